@@ -1,0 +1,189 @@
+"""The ``metanets`` command line: bench, list, train, predict, demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+from .errors import MetanetError
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        for p in getattr(args, "plugin", None) or []:
+            from .plugins import load_plugin
+
+            load_plugin(p)
+        return int(args.func(args) or 0)
+    except ZooError as e:
+        print(f"metanets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metanets {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import BATCH_SIZE, EPOCHS
+
+    parser = argparse.ArgumentParser(
+        prog="metanets",
+        description="metazoo: benchmark metanetworks that predict a net's test accuracy from its weights.",
+        epilog="Run 'metanets COMMAND --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p, *, lr_auto=True):
+        p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
+        p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
+        p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"batch size (default {BATCH_SIZE})")
+        p.add_argument("--params", default="trainable", choices=("trainable", "all"),
+                       help="feed only trainable parameters (default; drops W-Asym fixed entries) or all")
+        p.add_argument("--target", default=None, help="table metric to predict (default: the zoo's, test_acc)")
+        p.add_argument("--plugin", action="append", metavar="FILE",
+                       help="a Python file registering extra metanets (repeatable)")
+
+    b = sub.add_parser("bench", help="benchmark metanets on one or more zoos")
+    b.add_argument("zoos", nargs="+", metavar="ZOO", help="zoo directories (written by `zoo`)")
+    b.add_argument("--metanets", default="mlp,dmc,deepsets,statnn,statnn-gbm",
+                   help="comma-separated metanet names (see `metanets list`)")
+    b.add_argument("--seeds", type=int, default=5, help="seeds per (metanet, zoo) (default 5)")
+    b.add_argument("--out", required=True, help="folder for results.{json,csv,md} and plots")
+    b.add_argument("--lr", default="auto", help="auto (sweep on seed 0, pick by val R²) or a learning rate")
+    b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common(b)
+    b.set_defaults(func=cmd_bench)
+
+    ls = sub.add_parser("list", help="show the registered metanets")
+    ls.add_argument("--plugin", action="append", metavar="FILE", help="also load metanets from FILE")
+    ls.set_defaults(func=cmd_list)
+
+    t = sub.add_parser("train", help="train one metanet on one zoo and save it")
+    t.add_argument("zoo", metavar="ZOO")
+    t.add_argument("--metanet", required=True, help="registry name (see `metanets list`)")
+    t.add_argument("--out", required=True, help="file to save the trained metanet to (e.g. mlp.pt)")
+    t.add_argument("--lr", default="1e-3", help="learning rate (default 1e-3) or auto (sweep, pick by val R²)")
+    t.add_argument("--seed", type=int, default=0)
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict with a saved metanet")
+    p.add_argument("model", metavar="METANET_FILE", help="file written by `metanets train`")
+    p.add_argument("zoo", metavar="ZOO")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--out", default=None, help="CSV of model_id, target, prediction (default: print a summary)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--plugin", action="append", metavar="FILE")
+    p.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("demo", help="generate the two digits zoos (standard, W-Asym) and benchmark them")
+    d.add_argument("--out", default="runs", help="folder for the zoos and results (default runs/)")
+    d.add_argument("--models", type=int, default=None, help="models per zoo (default: the presets')")
+    d.add_argument("--metanets", default=None, help="override the demo's metanet list")
+    d.add_argument("--seeds", type=int, default=None, help="override the demo's seeds")
+    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.add_argument("--lr", default=None, help="override the demo's learning rate (auto = full sweep)")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_bench(args) -> int:
+    from . import bench, registry, report
+
+    cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(args.metanets)), seeds=args.seeds,
+                            epochs=args.epochs, lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
+                            device=args.device, params=args.params, target=args.target)
+    result = bench.run(args.zoos, cfg, progress=not args.no_progress)
+    files = report.write(result, args.out)
+    print(files["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from . import registry
+
+    for n in registry.names():
+        cls = registry.get(n)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        origin = f"  [plugin {cls.plugin_path}]" if getattr(cls, "plugin_path", None) else ""
+        print(f"{n:12s} view={cls.view:7s} kind={cls.kind:8s} {doc[0] if doc else ''}{origin}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import bench, data, persist, registry
+    from .train import LR_GRID, fit, sweep_lr
+
+    name = registry.parse_names(args.metanet)[0]
+    bench.BenchConfig(metanets=(name,), epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                      params=args.params).check()
+    lr = bench.parse_lr(args.lr)
+    ws = data.load(args.zoo, params=args.params, target=args.target, device=args.device)
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, device=args.device)
+    if registry.get(name).kind == "sklearn":
+        res = fit(name, ws, lr=None, seed=args.seed, **kw)
+    elif lr == "auto":
+        lr, results = sweep_lr(name, ws, LR_GRID, seed=args.seed, **kw)
+        res = next(r for r in results if r.lr == lr)
+    else:
+        res = fit(name, ws, lr=lr, seed=args.seed, **kw)
+    scores = {"val_r2": res.val_r2, "val_tau": res.val_tau, "test_r2": res.test_r2, "test_tau": res.test_tau,
+              "lr": res.lr, "best_epoch": res.best_epoch, "seed": args.seed, "zoo": str(args.zoo)}
+    persist.save(args.out, name, res.model, ws.info, target=ws.target, meta=scores)
+    print(f"{name} on {ws.name}: val R² {res.val_r2:.4f} τ {res.val_tau:.4f} | test R² {res.test_r2:.4f} "
+          f"τ {res.test_tau:.4f} (lr {res.lr}, best epoch {res.best_epoch}); saved {args.out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from . import data, persist, registry
+    from .metrics import kendall_tau, r2
+    from .train import predict
+
+    name, model, info, rec = persist.load(args.model, args.device)
+    ws = data.load(args.zoo, params=info.params, target=rec["target"], checkpoint=rec["checkpoint"],
+                   device=args.device)
+    if not ws.info.layout.same_tensors(info.layout):
+        raise MetanetError(f"{args.zoo}: its {info.params} parameter layout ({ws.info.num_inputs} inputs) differs "
+                           f"from the one {args.model} was trained on ({info.num_inputs} inputs)")
+    splits = data.SPLITS if args.split == "all" else (args.split,)
+    view = registry.get(name).view
+    frames = []
+    for s in splits:
+        yhat = predict(model, ws.features(s, view), view, info)
+        frames.append(pd.DataFrame({"model_id": ws.ids(s), "split": s, "target": ws.selection.y[s],
+                                    "prediction": yhat}))
+    df = pd.concat(frames, ignore_index=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+    print(f"{name} on {ws.name} ({args.split}, {len(df)} nets, {ws.n_excluded} excluded): "
+          f"R² {r2(df.target, df.prediction):.4f}  τ {kendall_tau(df.target, df.prediction):.4f}"
+          + (f"; wrote {args.out}" if args.out else ""))
+    if not args.out:
+        print(df.head(10).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0 if np.isfinite(df.prediction).all() else 1
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, models=args.models, metanets=args.metanets, seeds=args.seeds, epochs=args.epochs,
+             lr=args.lr, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Weight-space inputs: a zoo on disk -> tensors a metanet can read.
+
+Two sources give the same batches:
+
+* :func:`load` — the fast path: reads a whole zoo once (shard by shard, not row by
+  row), keeps the usable models' vectors in memory (on the training device), and
+  precomputes per-tensor statistics. Used whenever the zoo fits.
+* :class:`ZooDataset` — a ``torch.utils.data.Dataset`` reading one net per item from
+  HDF5, for zoos that do not fit; each DataLoader worker opens its own file handles
+  (``zoo.reader.Zoo`` drops open handles when pickled).
+
+Views (what a metanet's ``view`` attribute asks for):
+
+* ``vector``: the flat parameter vector ``[B, D]`` — all parameters, or only the
+  trainable ones (``params="trainable"``, the default: a W-Asym net's fixed entries are
+  dropped, norms and biases kept, as the paper feeds them);
+* ``layers``: dict tensor name -> ``[B, *shape]`` (views of the flat vector);
+* ``stats``: ``[B, T, 7]`` statistics per parameter tensor (:data:`STATS`).
+
+The target is one column of the zoo table (``test_acc`` in [0, 1] by default).
+Diverged models (and models whose target is not finite) are excluded and counted.
+The zoo's own stored split is used, so every metanet and run sees the same nets.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import zoo
+from zoo.layout import Layout
+from zoo.store import metric_column
+
+from .errors import MetanetError
+
+SPLITS = ("train", "val", "test")
+PARAMS = ("trainable", "all")
+#: Per-tensor statistics of StatNN (Unterthiner et al. 2020), in feature order.
+STATS = ("mean", "var", "min", "max", "q25", "q50", "q75")
+#: R² and Kendall tau need at least two nets; training needs at least two.
+MIN_PER_SPLIT = 2
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What a metanet is built for: the layout of the vector it reads.
+
+    ``layout`` is the zoo's layout, or its trainable-only layout (``params="trainable"``)."""
+
+    layout: Layout
+    params: str = "trainable"
+
+    @property
+    def num_inputs(self) -> int:
+        return self.layout.num_params
+
+    @property
+    def num_tensors(self) -> int:
+        return len(self.layout)
+
+    @property
+    def num_stats(self) -> int:
+        return len(STATS)
+
+    def to_dict(self) -> dict:
+        return {"layout": self.layout.to_dict(), "params": self.params}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputInfo":
+        return cls(Layout.from_dict(d["layout"]), d["params"])
+
+
+def input_layout(z: zoo.reader.Zoo, params: str) -> Layout:
+    _check_params(params)
+    return z.layout.trainable_layout() if params == "trainable" else Layout(z.layout.tensors)
+
+
+def _check_params(params):
+    if params not in PARAMS:
+        raise MetanetError(f"params={params!r} is invalid; allowed: {', '.join(PARAMS)}")
+
+
+# ------------------------------------------------------------------ statistics
+
+def tensor_stats(x: torch.Tensor, layout: Layout, chunk: int = 512) -> torch.Tensor:
+    """``[N, D]`` flat vectors -> ``[N, T, 7]`` statistics of each of the T tensors.
+
+    Quantiles interpolate linearly between order statistics (numpy's default), computed
+    from a sort so they work on any device and any tensor size (``torch.quantile`` has a
+    size limit)."""
+    if x.shape[-1] != layout.num_params:
+        raise ValueError(f"vectors have {x.shape[-1]} entries, layout has {layout.num_params}")
+    n = x.shape[0]
+    out = torch.empty(n, len(layout), len(STATS), dtype=torch.float32, device=x.device)
+    for ti, t in enumerate(layout.tensors):
+        for a in range(0, n, chunk):
+            v = x[a:a + chunk, t.slice].float()
+            s = v.sort(dim=1).values
+            cols = [v.mean(1), v.var(1, unbiased=False), s[:, 0], s[:, -1]]
+            for q in (0.25, 0.5, 0.75):
+                pos = q * (t.size - 1)
+                lo, hi = math.floor(pos), math.ceil(pos)
+                cols.append(s[:, lo] + (pos - lo) * (s[:, hi] - s[:, lo]))
+            out[a:a + chunk, ti] = torch.stack(cols, dim=1)
+    return out
+
+
+def as_view(x, view: str, layout: Layout):
+    """A batch of stored features -> the metanet's view (``layers`` splits the vector)."""
+    return layout.unflatten(x) if view == "layers" else x
+
+
+# ------------------------------------------------------------------ selecting nets
+
+@dataclass
+class Selection:
+    """Which nets of a zoo enter the benchmark, per split, and their targets."""
+
+    ids: dict
+    y: dict
+    n_diverged: int
+    n_nonfinite: int
+    target: str
+
+
+def zoo_target(z: zoo.reader.Zoo, target: str | None) -> str:
+    """The metric a zoo is read for: ``target`` if given, else the zoo's declared target."""
+    name = target or z.manifest.get("target", "test_acc")
+    return name
+
+
+def select(z: zoo.reader.Zoo, target: str | None = None, checkpoint: str = "final") -> Selection:
+    """Usable nets per split: not diverged, finite target. Errors if a split is too small."""
+    name = zoo_target(z, target)
+    col = metric_column(name, checkpoint)
+    table = z.table
+    if col not in table:
+        metrics = [c for c in table.columns if c.split("@")[0] in ("train_loss", "train_acc", "test_loss", "test_acc")]
+        raise MetanetError(f"{z.path}: target {col!r} is not a column of the zoo table; "
+                           f"available metrics: {', '.join(metrics) or 'none'}")
+    diverged = table["diverged"].astype(bool).to_numpy() if "diverged" in table else np.zeros(len(table), bool)
+    y = table[col].to_numpy(np.float64)
+    finite = np.isfinite(y)
+    keep = ~diverged & finite
+    ids, ys = {}, {}
+    for s in SPLITS:
+        m = keep & (table["split"].to_numpy() == s)
+        ids[s] = table["model_id"].to_numpy()[m].astype(np.int64)
+        ys[s] = y[m].astype(np.float32)
+    small = {s: len(ids[s]) for s in SPLITS if len(ids[s]) < MIN_PER_SPLIT}
+    if small:
+        fr = z.manifest.get("splits", {}).get("fractions") or [0.5, 0.25, 0.25]
+        need = math.ceil(MIN_PER_SPLIT / min(fr)) + int((~keep).sum())
+        have = ", ".join(f"{s}={len(ids[s])}" for s in SPLITS)
+        raise MetanetError(
+            f"zoo {z.path} is too small for its train/val/test split: usable models per split {have} "
+            f"({int(diverged.sum())} diverged excluded); the benchmark needs at least {MIN_PER_SPLIT} per split, "
+            f"i.e. a zoo of at least {need} models at split fractions {'/'.join(str(f) for f in fr)}")
+    return Selection(ids, ys, int(diverged.sum()), int((~finite & ~diverged).sum()), name)
+
+
+# ------------------------------------------------------------------ in-memory zoo
+
+@dataclass
+class WeightSet:
+    """One zoo's usable nets, in memory: flat vectors, statistics and targets per split."""
+
+    path: Path
+    name: str
+    info: InputInfo
+    selection: Selection
+    x: dict  # split -> [n, D] float32 tensor
+    stats: dict = field(default_factory=dict)  # split -> [n, T, 7], filled on first use
+
+    @property
+    def target(self) -> str:
+        return self.selection.target
+
+    @property
+    def n_excluded(self) -> int:
+        return self.selection.n_diverged + self.selection.n_nonfinite
+
+    def y(self, split: str) -> torch.Tensor:
+        return torch.as_tensor(self.selection.y[split], device=self.x[split].device)
+
+    def ids(self, split: str) -> np.ndarray:
+        return self.selection.ids[split]
+
+    def features(self, split: str, view: str) -> torch.Tensor:
+        """Stored features of a split: vectors (``vector``/``layers``) or statistics (``stats``)."""
+        if view == "stats":
+            if split not in self.stats:
+                self.stats[split] = tensor_stats(self.x[split], self.info.layout)
+            return self.stats[split]
+        return self.x[split]
+
+    def to(self, device) -> "WeightSet":
+        self.x = {k: v.to(device) for k, v in self.x.items()}
+        self.stats = {k: v.to(device) for k, v in self.stats.items()}
+        return self
+
+
+def memory_budget() -> int:
+    """Bytes the in-memory fast path may use: half of the machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def fits_in_memory(z: zoo.reader.Zoo, budget: int | None = None) -> bool:
+    # The whole zoo is read once, then the trainable columns are copied: count both.
+    return 2 * len(z) * z.layout.num_params * 4 <= (budget or memory_budget())
+
+
+def open_zoo(path) -> zoo.reader.Zoo:
+    """``zoo.open`` with the errors a benchmark user needs (a path that is not a zoo)."""
+    p = Path(path)
+    if p.is_file():
+        raise MetanetError(f"{p} is a file, not a zoo directory (a zoo is a folder holding manifest.json)")
+    return zoo.open(p)
+
+
+def load(path, *, params: str = "trainable", target: str | None = None, checkpoint: str = "final",
+         device="cpu") -> WeightSet:
+    """Read a zoo's usable nets into memory (the fast path). See the module docstring."""
+    _check_params(params)
+    z = open_zoo(path)
+    try:
+        sel = select(z, target, checkpoint)
+        if checkpoint not in z.checkpoints:
+            raise MetanetError(f"{z.path}: no checkpoint {checkpoint!r}; stored: {', '.join(z.checkpoints)}")
+        all_w = z.weights(None, checkpoint)  # whole shards at once: far faster than row reads
+        row_of = {int(i): r for r, i in enumerate(z.ids)}
+        cols = z.layout.trainable_index if params == "trainable" else None
+        x = {}
+        for s in SPLITS:
+            rows = np.fromiter((row_of[int(i)] for i in sel.ids[s]), np.int64, len(sel.ids[s]))
+            w = all_w[rows]
+            x[s] = torch.from_numpy(np.ascontiguousarray(w[:, cols] if cols is not None else w)).to(device)
+        del all_w
+        return WeightSet(z.path, z.name, InputInfo(input_layout(z, params), params), sel, x)
+    finally:
+        z.close()
+
+
+# ------------------------------------------------------------------ on-disk dataset
+
+class ZooDataset(torch.utils.data.Dataset):
+    """One net per item read from HDF5: ``(features, target)`` in a metanet's view.
+
+    For zoos too large for :func:`load`. Safe with DataLoader workers: the zoo object
+    is pickled into each worker without open file handles, and each worker opens its own."""
+
+    def __init__(self, path, split: str, *, view: str = "vector", params: str = "trainable",
+                 target: str | None = None, checkpoint: str = "final"):
+        _check_params(params)
+        self.zoo = open_zoo(path)
+        self.selection = select(self.zoo, target, checkpoint)
+        self.split, self.view, self.params, self.checkpoint = split, view, params, checkpoint
+        self.info = InputInfo(input_layout(self.zoo, params), params)
+        self.zoo.close()
+
+    def __len__(self):
+        return len(self.selection.ids[self.split])
+
+    def __getitem__(self, i):
+        mid = int(self.selection.ids[self.split][i])
+        vec = torch.from_numpy(self.zoo.weights([mid], self.checkpoint, trainable_only=self.params == "trainable"))
+        if self.view == "stats":
+            x = tensor_stats(vec, self.info.layout)[0]
+        else:
+            x = as_view(vec[0], self.view, self.info.layout)
+        return x, torch.tensor(self.selection.y[self.split][i])

@@ -1,0 +1,55 @@
+"""``metanets demo``: the README's main job, end to end on a CPU.
+
+Generates (or reuses, when already complete) the two default digits zoos — standard
+and W-Asymmetric ResNet8s — under ``OUT/digits-std`` and ``OUT/digits-wasym`` with
+``zoo.generate``, benchmarks both and prints the table. The benchmark part is sized to
+finish within about five minutes on a 2-core CPU (see :data:`DEMO`); every setting can
+be overridden, and ``--lr auto --seeds 5 --epochs 50`` gives the paper's full protocol.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import bench, registry, report
+from .errors import MetanetError
+
+ZOOS = (("digits-resnet8", "digits-std"), ("digits-wasym-resnet8", "digits-wasym"))
+
+#: The demo's benchmark settings (fit the 5-minute CPU budget; see docs/METANETS.md).
+DEMO = dict(metanets="mlp,dmc,deepsets,statnn,statnn-gbm", seeds=3, epochs=20, lr="1e-3")
+
+
+def ensure_zoo(preset: str, path: Path, models: int | None, device: str, progress: bool) -> Path:
+    """Generate the preset's zoo at ``path`` unless a complete one with ``models`` nets is there."""
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        import zoo
+
+        z = zoo.open(path)
+        if models is None or len(z) == models:
+            print(f"reusing {path} ({len(z)} models)")
+            return path
+    try:
+        from zoo.generate import generate
+        from zoo.spec import load_spec
+    except ImportError as e:
+        raise MetanetError(f"metanets demo needs zoo.generate to build the digits zoos ({e}); "
+                           f"pass existing zoos to `metanets bench` instead") from None
+    print(f"generating {preset} -> {path}" + (f" ({models} models)" if models else ""))
+    return Path(generate(load_spec(preset), path, models=models, device=device, progress=progress))
+
+
+def run_demo(out="runs", *, models=None, metanets=None, seeds=None, epochs=None, lr=None, device="cpu",
+             progress=True) -> dict:
+    out = Path(out)
+    if models is not None and models < 1:
+        raise MetanetError(f"--models {models} is invalid; allowed: >= 1")
+    paths = [ensure_zoo(preset, out / sub, models, device, progress) for preset, sub in ZOOS]
+    cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(metanets or DEMO["metanets"])),
+                            seeds=seeds or DEMO["seeds"], epochs=epochs or DEMO["epochs"],
+                            lr=bench.parse_lr(lr or DEMO["lr"]), device=device)
+    result = bench.run(paths, cfg, progress=progress)
+    files = report.write(result, out / "bench")
+    print(files["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return result

@@ -1,0 +1,79 @@
+"""The metanet registry: names -> metanet classes.
+
+A CLI flag, a saved checkpoint, a test and a user's plugin file all say ``"statnn"``
+and get the same class. A metanet is either
+
+* a ``torch.nn.Module`` (``kind = "torch"``) built as ``cls(info)`` whose ``forward``
+  takes a batch of inputs in its ``view`` and returns one prediction per net, or
+* an estimator (``kind = "sklearn"``) with ``fit(x, y, seed)`` / ``predict(x)``.
+
+``view`` names the weight-space input it reads (see :mod:`metanets.data`):
+``"vector"`` ([B, D] flat parameters), ``"layers"`` (dict name -> [B, *shape]) or
+``"stats"`` ([B, T, 7] per-tensor statistics).
+"""
+from __future__ import annotations
+
+from .errors import MetanetError
+
+VIEWS = ("vector", "layers", "stats")
+KINDS = ("torch", "sklearn")
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make a metanet available under ``name`` (lower-case, no spaces)."""
+    if not isinstance(name, str) or not name or name != name.strip().lower() or " " in name or "," in name:
+        raise MetanetError(f"metanet name {name!r} is invalid: use a lower-case word without spaces or commas")
+
+    def deco(cls):
+        view = getattr(cls, "view", None)
+        kind = getattr(cls, "kind", "torch")
+        if view not in VIEWS:
+            raise MetanetError(f"metanet {name!r} ({cls.__name__}): class attribute view = {view!r}; "
+                               f"allowed: {', '.join(VIEWS)}")
+        if kind not in KINDS:
+            raise MetanetError(f"metanet {name!r} ({cls.__name__}): class attribute kind = {kind!r}; "
+                               f"allowed: {', '.join(KINDS)}")
+        old = _REGISTRY.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise MetanetError(f"metanet name {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+        cls.registry_name = name
+        cls.kind = kind
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtins() -> None:
+    # Importing the modules runs their @register decorators.
+    from . import deepsets, dmc, gbm, mlp, statnn  # noqa: F401
+
+
+def names() -> list[str]:
+    """Registered metanet names, built-ins first in the paper's order, then plugins."""
+    _load_builtins()
+    order = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm"]
+    return [n for n in order if n in _REGISTRY] + sorted(n for n in _REGISTRY if n not in order)
+
+
+def get(name: str) -> type:
+    """The class registered as ``name``; an unknown name is an error listing the known ones."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise MetanetError(f"unknown metanet {name!r}; known: {', '.join(names())} "
+                           f"(register your own with --plugin FILE)")
+    return _REGISTRY[name]
+
+
+def parse_names(text: str) -> list[str]:
+    """``"mlp,dmc"`` -> ``["mlp", "dmc"]``, each checked against the registry."""
+    out = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not out:
+        raise MetanetError(f"--metanets {text!r} names no metanet; known: {', '.join(names())}")
+    for n in out:
+        get(n)
+    if len(set(out)) != len(out):
+        raise MetanetError(f"--metanets {text!r} names a metanet twice")
+    return out

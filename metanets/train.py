@@ -1,0 +1,175 @@
+"""Training a metanet on one zoo, the paper's protocol.
+
+AdamW (weight decay 1e-2), MSE on the target, batch 128, 50 epochs; after every epoch
+the validation R² is measured and the epoch with the best one is kept. Everything is
+seeded: the initialisation and the batch order derive from ``seed`` and the metanet
+name, so a run is reproducible on CPU (and on CUDA up to kernel nondeterminism).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from zoo.nets import derived_seed
+
+from . import registry
+from .data import InputInfo, WeightSet, as_view
+from .errors import MetanetError
+from .metrics import kendall_tau, r2
+
+#: The paper's learning-rate grid.
+LR_GRID = (1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)
+EPOCHS = 50
+BATCH_SIZE = 128
+WEIGHT_DECAY = 1e-2
+
+
+@dataclass
+class FitResult:
+    """One trained metanet and its scores (``lr``/``best_epoch`` are None for sklearn metanets)."""
+
+    metanet: str
+    model: object
+    seed: int
+    lr: float | None
+    best_epoch: int | None
+    val_r2: float
+    val_tau: float
+    test_r2: float
+    test_tau: float
+    train_time_s: float
+    num_params: int
+    predictions: dict = field(repr=False, default_factory=dict)  # split -> np.ndarray
+    val_r2_history: list = field(repr=False, default_factory=list)
+
+
+def build(name: str, info: InputInfo, seed: int = 0, device="cpu"):
+    """A fresh metanet ``name`` for inputs ``info``, initialised from ``seed``."""
+    cls = registry.get(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, "init", name))
+        model = cls(info)
+    return model.to(device) if cls.kind == "torch" else model
+
+
+def num_parameters(model) -> int:
+    if isinstance(model, torch.nn.Module):
+        return sum(p.numel() for p in model.parameters())
+    return int(model.num_parameters()) if hasattr(model, "num_parameters") else 0
+
+
+def check_output(name: str, model, x) -> None:
+    """A metanet must return one float prediction per net: shape [B] or [B, 1]."""
+    b = len(x) if not isinstance(x, dict) else len(next(iter(x.values())))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(x)
+        except Exception as e:  # a plugin's bug: report it against the plugin, not the runner
+            raise MetanetError(f"metanet {name!r}: forward failed on a batch of {b} nets: "
+                               f"{type(e).__name__}: {e}") from e
+    model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if not isinstance(out, torch.Tensor) or shape not in ((b,), (b, 1)):
+        raise MetanetError(f"metanet {name!r}: forward returned {shape} for a batch of {b} nets; "
+                           f"it must return a tensor of shape [{b}] or [{b}, 1] (one prediction per net)")
+
+
+@torch.no_grad()
+def predict(model, features: torch.Tensor, view: str, info: InputInfo, batch_size: int = 512) -> np.ndarray:
+    """Predictions ``[N]`` for stored features of N nets (eval mode, batched)."""
+    if not isinstance(model, torch.nn.Module):
+        return np.asarray(model.predict(features.cpu()), np.float32)
+    model.eval()
+    outs = []
+    for a in range(0, len(features), batch_size):
+        outs.append(model(as_view(features[a:a + batch_size], view, info.layout)).reshape(-1).float().cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros(0, np.float32)
+
+
+def fit(name: str, ws: WeightSet, *, lr: float | None = 1e-3, seed: int = 0, epochs: int = EPOCHS,
+        batch_size: int = BATCH_SIZE, weight_decay: float = WEIGHT_DECAY, device="cpu",
+        progress=None) -> FitResult:
+    """Train metanet ``name`` on ``ws``'s train split; keep the best-validation-R² epoch.
+
+    ``progress``: an optional callable ``(epoch, val_r2)`` called after every epoch."""
+    if epochs < 1:
+        raise MetanetError(f"epochs={epochs} is invalid; allowed: >= 1")
+    if batch_size < 2:
+        raise MetanetError(f"batch_size={batch_size} is invalid; allowed: >= 2")
+    cls = registry.get(name)
+    view, info = cls.view, ws.info
+    feats = {s: ws.features(s, view).to(device) for s in ("train", "val", "test")}
+    y = {s: ws.y(s).to(device) for s in ("train", "val", "test")}
+    t0 = time.perf_counter()
+    model = build(name, info, seed, device)
+    if cls.kind == "sklearn":
+        model.fit(feats["train"].cpu(), y["train"].cpu().numpy(), seed=derived_seed(seed, "fit", name) % 2**31)
+        return _finish(name, model, seed, None, None, [], feats, y, view, info, t0)
+    if lr is None or not (lr > 0):
+        raise MetanetError(f"lr={lr!r} is invalid for metanet {name!r}; allowed: a float > 0")
+    check_output(name, model, as_view(feats["train"][:2], view, info.layout))
+    if hasattr(model, "prepare"):
+        model.prepare(feats["train"])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    order = torch.Generator().manual_seed(derived_seed(seed, "order", name))
+    n = len(feats["train"])
+    best = (-math.inf, 0, copy.deepcopy(model.state_dict()))
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=order).to(feats["train"].device)
+        diverged = False
+        for a in range(0, n, batch_size):
+            idx = perm[a:a + batch_size]
+            if len(idx) < 2:  # BatchNorm (DMC) cannot train on a batch of one net
+                continue
+            pred = model(as_view(feats["train"][idx], view, info.layout)).reshape(-1)
+            loss = torch.nn.functional.mse_loss(pred.float(), y["train"][idx])
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        score = r2(y["val"].cpu().numpy(), predict(model, feats["val"], view, info))
+        history.append(score)
+        if progress:
+            progress(epoch, score)
+        if np.isfinite(score) and score > best[0]:
+            best = (score, epoch, copy.deepcopy(model.state_dict()))
+        if diverged:  # a too-large lr: later epochs cannot recover a nan model
+            break
+    model.load_state_dict(best[2])
+    return _finish(name, model, seed, lr, best[1], history, feats, y, view, info, t0)
+
+
+def _finish(name, model, seed, lr, best_epoch, history, feats, y, view, info, t0) -> FitResult:
+    preds = {s: predict(model, feats[s], view, info) for s in ("train", "val", "test")}
+    elapsed = time.perf_counter() - t0
+    yt = {s: y[s].cpu().numpy() for s in y}
+    return FitResult(name, model, seed, lr, best_epoch,
+                     r2(yt["val"], preds["val"]), kendall_tau(yt["val"], preds["val"]),
+                     r2(yt["test"], preds["test"]), kendall_tau(yt["test"], preds["test"]),
+                     elapsed, num_parameters(model), preds, history)
+
+
+def sweep_lr(name: str, ws: WeightSet, lrs=LR_GRID, *, seed: int = 0, on_result=None, **kw):
+    """Train one run per learning rate; return (best lr by validation R², all results).
+
+    ``on_result``: optional callable receiving each :class:`FitResult` as it finishes."""
+    results = []
+    for lr in lrs:
+        res = fit(name, ws, lr=lr, seed=seed, **kw)
+        results.append(res)
+        if on_result:
+            on_result(res)
+    scored = [r for r in results if np.isfinite(r.val_r2)]
+    best = max(scored, key=lambda r: r.val_r2) if scored else results[0]
+    return best.lr, results

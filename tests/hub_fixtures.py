@@ -1,0 +1,284 @@
+"""Fixtures for the hub tests: tiny upstream zoos in their published layouts, a local HTTP
+server on 127.0.0.1 (started and stopped by each test), and a CLI runner.
+
+Nothing here touches the internet.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import http.server
+import importlib.util
+import io
+import json
+import socket
+import sys
+import tarfile
+import threading
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from zoo.layout import Layout
+from zoo.nets import NetConfig, ResNet
+
+# ------------------------------------------------------------------ HTTP
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    truncated: set = set()
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        name = self.path.lstrip("/").split("?")[0]
+        if name in self.truncated:
+            data = (Path(self.directory) / name).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])  # then close: a download cut short
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def http_server(directory, truncated=()):
+    """Serve ``directory`` on 127.0.0.1 (a free port); yields the base URL."""
+    handler = type("Handler", (_Handler,), {"truncated": set(truncated)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def dead_url(name="x.zip") -> str:
+    """A URL on 127.0.0.1 where nothing listens (the port was just freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{name}"
+
+
+# ------------------------------------------------------------------- CLI
+
+def run_cli(argv) -> int:
+    """``zoo.cli.main(argv)``. zoo/commands.py (info, verify, generate) is written in parallel;
+    until it lands, an empty stand-in lets the parser load so the hub commands can be tested."""
+    if importlib.util.find_spec("zoo.commands") is None and "zoo.commands" not in sys.modules:
+        stand_in = types.ModuleType("zoo.commands")
+        stand_in.register = lambda sub: None
+        sys.modules["zoo.commands"] = stand_in
+    from zoo.cli import main
+
+    return main(argv)
+
+
+# --------------------------------------------------------------- lim2024
+
+_UPSTREAM = {"norm1": "bn1", "norm2": "bn2", "shortcut_conv": "shortcut.0", "shortcut_norm": "shortcut.1",
+             "fc": "linear"}
+
+
+def upstream_name(ours: str) -> str:
+    parts = ours.split(".")
+    return ".".join(_UPSTREAM.get(p, p) for p in parts)
+
+
+def lim_masks(seed=0):
+    """Paper-style masks: 8 fixed input filters per output channel in every conv (the 3-channel
+    stem fully fixed), 8 fixed entries per row of the linear; mask 1 = trained, 0 = fixed."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in Layout.from_module(ResNet(NetConfig())).tensors:
+        if t.role == "conv_weight":
+            o, i = t.shape[:2]
+            fixed = torch.rand(o, i, generator=g).argsort(1)[:, : min(8, i)]
+            m = torch.ones(o, i).scatter_(1, fixed, 0.0)[:, :, None, None].expand(t.shape).clone()
+        elif t.role == "linear_weight":
+            o, i = t.shape
+            m = torch.ones(o, i).scatter_(1, torch.rand(o, i, generator=g).argsort(1)[:, :8], 0.0)
+        else:
+            continue
+        out[t.name.rsplit(".", 1)[0]] = (m, torch.randn(t.shape, generator=g))
+    return out
+
+
+def lim_state_dict(seed: int, masks=None, kappa=2.0, nudge=True) -> dict:
+    """An upstream-named state dict of a ResNet8; W-Asym when ``masks`` is given (raw weights
+    whose fixed entries are slightly off, as AdamW weight decay leaves them)."""
+    torch.manual_seed(seed)
+    net = ResNet(NetConfig())
+    sd = {}
+    for name, p in net.state_dict().items():
+        p = p.clone()
+        if name.endswith(".bias") or "norm" in name:
+            p += 0.1 * torch.randn_like(p)
+        mod = name.rsplit(".", 1)[0]
+        if masks is not None and mod in masks and name.endswith("weight"):
+            m, n = masks[mod]
+            p = p * m + (1 - m) * kappa * n * (0.99 if nudge else 1.0)
+            sd[upstream_name(mod) + ".mask"] = m
+            sd[upstream_name(mod) + ".normal_mask"] = n
+        sd[upstream_name(name)] = p
+    return sd
+
+
+def write_lim_zoo(folder: Path, n: int, wasym: bool, nan_ids=(), start_seed=0) -> list[float]:
+    folder.mkdir(parents=True, exist_ok=True)
+    masks = lim_masks() if wasym else None
+    accs = []
+    for i in range(n):
+        sd = lim_state_dict(start_seed + i, masks)
+        if i in nan_ids:
+            sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        acc = 40.0 + 3.5 * i
+        accs.append(acc)
+        torch.save((sd, acc), folder / f"net_{i}.pt")
+    return accs
+
+
+def upstream_forward(sd: dict, x: torch.Tensor, kappa=2.0) -> torch.Tensor:
+    """The paper's ResNet8 forward from an upstream state dict (effective W-Asym weights)."""
+    def w(layer):
+        raw = sd[f"{layer}.weight"]
+        if f"{layer}.mask" in sd:
+            m = sd[f"{layer}.mask"]
+            raw = raw * m + (1 - m) * kappa * sd[f"{layer}.normal_mask"]
+        return raw
+
+    def gn(h, layer):
+        return F.group_norm(h, 1, sd[f"{layer}.weight"], sd[f"{layer}.bias"])
+
+    h = F.relu(gn(F.conv2d(x, w("conv1"), padding=1), "bn1"))
+    for k, stride in ((1, 1), (2, 2), (3, 2)):
+        p = f"layer{k}.0"
+        out = F.relu(gn(F.conv2d(h, w(f"{p}.conv1"), stride=stride, padding=1), f"{p}.bn1"))
+        out = gn(F.conv2d(out, w(f"{p}.conv2"), padding=1), f"{p}.bn2")
+        if f"{p}.shortcut.0.weight" in sd:
+            h = gn(F.conv2d(h, w(f"{p}.shortcut.0"), stride=stride), f"{p}.shortcut.1")
+        h = F.relu(out + h)
+    return F.linear(h.mean(dim=(2, 3)), w("linear"), sd["linear.bias"])
+
+
+# ----------------------------------------------------------- smallcnnzoo
+
+#: (TF variable name, TF shape) of a tiny Keras CNN in the Small CNN Zoo's naming.
+SMALL_TF = [("sequential/conv2d/kernel:0", (3, 3, 1, 4)), ("sequential/conv2d/bias:0", (4,)),
+            ("sequential/conv2d_1/kernel:0", (3, 3, 4, 4)), ("sequential/conv2d_1/bias:0", (4,)),
+            ("sequential/dense/kernel:0", (4, 10)), ("sequential/dense/bias:0", (10,))]
+
+
+def write_smallcnnzoo(folder: Path, runs: int = 5, ckpts: int = 9, gz: bool = True, seed: int = 0,
+                      diverged_run: int | None = None) -> dict:
+    """weights.npy + metrics.csv(.gz) + layout.csv in ``folder``; checkpoint rows interleaved
+    across runs so grouping is really tested. Returns the arrays used."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, pos = [], 0
+    for name, shape in SMALL_TF:
+        size = int(np.prod(shape))
+        rows.append({"varname": name, "start_idx": pos, "end_idx": pos + size, "shape": str(shape)})
+        pos += size
+    pd.DataFrame(rows).to_csv(folder / "layout.csv", index=False)
+    order = [(r, c) for c in range(ckpts) for r in range(runs)]  # all runs' ckpt 0, then ckpt 1, ...
+    weights = rng.normal(size=(len(order), pos)).astype(np.float32)
+    if diverged_run is not None:
+        weights[[k for k, (r, c) in enumerate(order) if r == diverged_run and c == ckpts - 1], 0] = np.nan
+    steps = [0, 10, 20, 30, 200, 400, 600, 800, 860][:ckpts]
+    metrics = pd.DataFrame({
+        "config.learning_rate": [10.0 ** -(1 + r) for r, _ in order],
+        "config.optimizer": ["adam" if r % 2 else "sgd" for r, _ in order],
+        "config.l2reg": [1e-4 * (r + 1) for r, _ in order],
+        "step": [steps[c] * (r + 1) for r, c in order],  # train_fraction varies: steps differ per run
+        "train_accuracy": [0.1 + 0.08 * c + 0.01 * r for r, c in order],
+        "test_accuracy": [0.1 + 0.07 * c + 0.01 * r for r, c in order],
+        "train_loss": [2.3 - 0.2 * c for r, c in order],
+        "test_loss": [2.3 - 0.19 * c for r, c in order],
+    }, index=[f"/zoo/run_{r:04d}" for r, _ in order])
+    np.save(folder / "weights.npy", weights)
+    if gz:
+        with gzip.open(folder / "metrics.csv.gz", "wt") as f:
+            metrics.to_csv(f)
+    else:
+        metrics.to_csv(folder / "metrics.csv")
+    return {"weights": weights, "order": order, "metrics": metrics, "steps": steps}
+
+
+def tar_folder(folder: Path, out: Path, mode="w:xz", arc_root: str | None = None) -> Path:
+    with tarfile.open(out, mode) as tf:
+        for p in sorted(folder.rglob("*")):
+            rel = p.relative_to(folder)
+            tf.add(p, arcname=str(Path(arc_root) / rel) if arc_root else str(rel), recursive=False)
+    return out
+
+
+def tf_conv_same(x_nhwc: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """TensorFlow's conv2d ('SAME', stride 1, NHWC input, [kh, kw, in, out] kernel), in numpy."""
+    kh, kw = kernel.shape[:2]
+    xp = np.pad(x_nhwc, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    n, h, w, _ = x_nhwc.shape
+    out = np.zeros((n, h, w, kernel.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nhwc,co->nhwo", xp[:, i:i + h, j:j + w, :], kernel[i, j])
+    return out
+
+
+# ------------------------------------------------------------- modelzoos
+
+class TinyCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.module_list = torch.nn.ModuleList([
+            torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Linear(4, 10)])
+
+
+def write_modelzoos(zip_path: Path, nets: int = 4, epochs=(0, 1, 2), missing: dict | None = None,
+                    nan_net: int | None = None) -> list[dict]:
+    """A zip of per-net folders: params.json, result.json (JSON lines), checkpoint_<e>/checkpoints.
+
+    ``missing``: net -> epoch left out. Returns each net's state dict per epoch."""
+    missing = missing or {}
+    saved = []
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for n in range(nets):
+            d = f"zoo_cifar_seed/NN_tune_trainable_{n:05d}_seed={n}"
+            params = {"model::type": "CNN", "optim::lr": 1e-3 * (n + 1), "seed": n, "training::epochs_train": 2,
+                      "optim::wd": [0.0, 1e-4][n % 2]}
+            zf.writestr(f"{d}/params.json", json.dumps(params))
+            lines = [json.dumps({"training_iteration": e, "test_acc": 0.1 + 0.2 * e + 0.01 * n,
+                                 "train_acc": 0.12 + 0.2 * e, "test_loss": 2.0 - 0.3 * e, "train_loss": 2.0 - 0.35 * e,
+                                 "ggap": 0.02}) for e in epochs]
+            zf.writestr(f"{d}/result.json", "\n".join(lines) + "\n")
+            per_epoch = {}
+            for e in epochs:
+                if missing.get(n) == e:
+                    continue
+                torch.manual_seed(100 * n + e)
+                m = TinyCNN()
+                with torch.no_grad():
+                    m.module_list[1].running_mean.normal_()
+                    m.module_list[1].running_var.uniform_(0.5, 2)
+                sd = m.state_dict()
+                if nan_net == n and e == epochs[-1]:
+                    sd["module_list.0.weight"][0, 0, 0, 0] = float("nan")
+                buf = io.BytesIO()
+                torch.save(sd, buf)
+                zf.writestr(f"{d}/checkpoint_{e:06d}/checkpoints", buf.getvalue())
+                per_epoch[e] = sd
+            saved.append(per_epoch)
+    return saved

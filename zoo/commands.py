@@ -1,0 +1,159 @@
+"""Sub-commands of ``zoo`` that make and inspect zoos: presets, generate, info, verify, merge."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+
+def register(sub) -> None:
+    p = sub.add_parser("presets", help="list the shipped zoo specs",
+                       description="List the zoo specs shipped with metazoo (use a name with 'zoo generate').")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser(
+        "generate", help="train a zoo from a preset or spec file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train every model of a zoo spec and write the sharded HDF5 weight dataset.\n\n"
+                    "Rerunning the same command after an interruption (even kill -9) resumes: finished\n"
+                    "groups of models are kept and the result equals an uninterrupted run.",
+        epilog="examples:\n  zoo generate digits-wasym-resnet8 --out runs/digits-wasym\n"
+               "  zoo generate lim2024-resnet8 --out runs/lim-std --device cuda --models 2000\n"
+               "  zoo generate my_spec.toml --out runs/mine --shard 0 --num-shards 4   # one of 4 jobs")
+    p.add_argument("spec", metavar="PRESET_OR_FILE", help="a preset name (see 'zoo presets') or a TOML spec file")
+    p.add_argument("--out", required=True, type=Path, help="output directory (created; resumed if it holds this zoo)")
+    p.add_argument("--models", type=int, help="number of models (overrides the spec's 'models')")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--group-size", type=int, help="models trained at once (default: chosen for the device)")
+    p.add_argument("--shard", type=int, help="this job's index, with --num-shards (see 'zoo merge')")
+    p.add_argument("--num-shards", type=int, help="number of parallel jobs sharing the output directory")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (fp32 is the exact reference)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the shards as Ray tasks on a running cluster at ADDRESS (or a local one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="summarise a zoo (or a generation in progress)",
+                       description="Models, accuracy distribution, diverged count and size on disk of a zoo; "
+                                   "for a generation in progress, how far it is.")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("verify", help="check a zoo's checksums, schema, shapes and weights",
+                       description="Check every shard against the manifest (sha256, schema, shapes, ids) and that "
+                                   "non-diverged models have finite weights. Exit 1 naming the bad shard.")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("merge", help="write the manifest once shard jobs have finished",
+                       description="After 'zoo generate ... --shard I --num-shards N' jobs wrote all shards into "
+                                   "one directory, check them and write manifest.json.")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_presets(args) -> int:
+    from .spec import load_spec, presets
+
+    for name in sorted(presets()):
+        s = load_spec(name)
+        print(f"{name:26s} {s.models:6d} models  {s.data['source']:8s}  {s.description}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    if args.ray:
+        from .distributed import generate_ray
+
+        generate_ray(args.spec, args.out, address=None if args.ray == "local" else args.ray, models=args.models,
+                     group_size=args.group_size, progress=not args.quiet)
+    else:
+        from .generate import generate
+
+        generate(args.spec, args.out, models=args.models, device=args.device, group_size=args.group_size,
+                 shard=args.shard, num_shards=args.num_shards, progress=not args.quiet, bf16=args.bf16,
+                 channels_last=args.channels_last)
+    if (args.out / "manifest.json").exists():
+        print_info(args.out)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .generate import write_manifest
+
+    m = write_manifest(args.path)
+    print(f"{args.path}: merged {len(m['shards'])} shards, {m['num_models']} models")
+    return 0
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+
+
+def print_info(path: Path) -> None:
+    import zoo
+
+    z = zoo.open(path)
+    t = z.table
+    acc = t.loc[~t["diverged"].astype(bool), "test_acc"] if "test_acc" in t else None
+    m = z.manifest
+    print(f"zoo {z.name!r} at {path}")
+    print(f"  models      {len(z)}  ({(t['diverged'].astype(bool)).sum()} diverged)   "
+          f"splits train/val/test {len(z.splits['train'])}/{len(z.splits['val'])}/{len(z.splits['test'])}")
+    print(f"  parameters  {z.layout.num_params:,} per model ({z.layout.num_trainable:,} trainable)"
+          f"   checkpoints {', '.join(z.checkpoints)}")
+    src = m.get("data") or {}
+    if src:
+        print(f"  data        {src.get('source')} {src.get('shape')} {src.get('num_classes')} classes")
+    if acc is not None and len(acc):
+        q = np.percentile(acc, [0, 10, 25, 50, 75, 90, 100])
+        print("  test acc    min {:.3f}  p10 {:.3f}  p25 {:.3f}  median {:.3f}  p75 {:.3f}  p90 {:.3f}  max {:.3f}"
+              .format(*q))
+        hist, edges = np.histogram(acc, bins=10, range=(0, 1))
+        top = max(hist.max(), 1)
+        for h, e in zip(hist, edges):
+            print(f"    {e:.1f}-{e + 0.1:.1f} {'#' * int(round(40 * h / top)):40s} {h}")
+    print(f"  on disk     {_human(_size(path))} in {len(m['shards'])} shard(s)")
+
+
+def cmd_info(args) -> int:
+    path = args.path
+    if not (path / "manifest.json").exists() and (path / "zoo-plan.json").exists():
+        from .generate import progress_of
+
+        p = progress_of(path)
+        print(f"zoo {p['name']!r} at {path}: generation in progress or interrupted")
+        print(f"  models done {p['done']} / {p['models']}   shards {p['shards_done']} / {p['shards_total']}   "
+              f"group size {p['group_size']}")
+        print(f"  on disk     {_human(_size(path))}")
+        return 0
+    print_info(path)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .store import verify
+
+    problems = verify(args.path)
+    if problems:
+        for p in problems:
+            print(f"{args.path}: {p}", file=sys.stderr)
+        print(f"zoo verify: {len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    import zoo
+
+    z = zoo.open(args.path)
+    print(f"{args.path}: OK ({len(z)} models in {len(z.manifest['shards'])} shard(s), checksums, schema, shapes "
+          "and finite weights verified)")
+    return 0

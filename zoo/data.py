@@ -1,0 +1,222 @@
+"""Image data for training zoos, kept on the training device as uint8 tensors.
+
+Sources: ``digits`` (scikit-learn's bundled 8x8 handwritten digits; offline), ``npz:PATH``
+(a user's own arrays) and ``cifar10``, ``cifar100``, ``svhn``, ``mnist``, ``fashion_mnist``
+through torchvision (an optional extra, imported only for those).
+
+Like airbench, there is no DataLoader: the whole dataset sits on the device and
+each model's batches are gathered by index, with augmentation done there too.
+The random draws behind data order and augmentation come from a per-model CPU
+generator (:func:`epoch_plan`), so a model sees the same batches whether it is
+trained alone or in a group of 256.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import SpecError, ZooError
+
+TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN", "mnist": "MNIST",
+               "fashion_mnist": "FashionMNIST"}
+SOURCES = ("digits", "npz:PATH", *TORCHVISION)
+#: (channels, height, width, classes) of the named sources, for checks before any download.
+SHAPES = {"digits": (1, 8, 8, 10), "cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100),
+          "svhn": (3, 32, 32, 10), "mnist": (1, 28, 28, 10), "fashion_mnist": (1, 28, 28, 10)}
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("METAZOO_DATA", Path.home() / ".cache" / "metazoo" / "data"))
+
+
+def validate_source(data: dict) -> None:
+    src = data.get("source")
+    unknown = set(data) - {"source", "root"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise SpecError(f"data.{k}", data[k], "unknown field; known: source, root")
+    if not isinstance(src, str) or not (src in SHAPES or src.startswith("npz:")):
+        raise SpecError("data.source", src, f"allowed: {', '.join(SOURCES)}")
+
+
+@dataclass
+class ImageData:
+    """Train/test images ``[N, C, H, W]`` uint8 and int64 labels, on one device."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    mean: torch.Tensor  # [C] in [0, 1] units
+    std: torch.Tensor
+
+    @property
+    def shape(self):
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    def to(self, device) -> "ImageData":
+        return ImageData(self.name, *(t.to(device) for t in (self.x_train, self.y_train, self.x_test,
+                                                              self.y_test, self.mean, self.std)))
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., C, H, W]`` -> float32 standardised per channel."""
+        x = x_uint8.float().div_(255.0)
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def describe(self) -> dict:
+        return {"source": self.name, "shape": list(self.shape), "num_classes": self.num_classes,
+                "num_train": len(self.y_train), "num_test": len(self.y_test)}
+
+
+def load(data_spec: dict, device="cpu") -> ImageData:
+    src = data_spec["source"]
+    if src == "digits":
+        arrays = _digits()
+    elif src.startswith("npz:"):
+        arrays = _npz(Path(src[4:]).expanduser())
+    else:
+        arrays = _torchvision(src, Path(data_spec.get("root") or default_cache()).expanduser())
+    xtr, ytr, xte, yte = arrays
+    xs = torch.from_numpy(xtr).float().div_(255)
+    mean = xs.mean(dim=(0, 2, 3))
+    std = xs.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return ImageData(src, torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte),
+                     torch.from_numpy(yte).long(), mean, std).to(device)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.clip(d.images * 16, 0, 255).astype(np.uint8)[:, None]  # pixel values 0..16 -> 0..255
+    y = d.target.astype(np.int64)
+    # A fixed split (its own seed, not the zoo's) so every digits zoo sees the same test set.
+    perm = np.random.default_rng(20241).permutation(len(y))
+    n_test = len(y) // 4
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _to_nchw_uint8(x: np.ndarray, path, key) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise ZooError(f"{path}: array {key!r} has shape {x.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W]")
+    if x.dtype != np.uint8:
+        x = x.astype(np.float32)
+        if x.max() <= 1.0 + 1e-6 and x.min() >= 0:
+            x = x * 255.0
+        if x.min() < 0 or x.max() > 255:
+            raise ZooError(f"{path}: array {key!r} has values in [{x.min()}, {x.max()}]; expected uint8, "
+                           "floats in [0, 1] or floats in [0, 255]")
+        x = np.rint(x).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+def _npz(path: Path):
+    if not path.exists():
+        raise ZooError(f"data file {path} does not exist (data.source = 'npz:{path}')")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
+            if missing:
+                raise ZooError(f"{path}: missing arrays {missing}; an npz source needs x_train, y_train, x_test, y_test")
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (ValueError, OSError) as e:
+        raise ZooError(f"{path}: not a readable .npz file of plain arrays: {e}") from e
+    xtr, xte = (_to_nchw_uint8(arrays[k], path, k) for k in ("x_train", "x_test"))
+    ytr, yte = (arrays[k].astype(np.int64).reshape(-1) for k in ("y_train", "y_test"))
+    for xk, yk, x, y in (("x_train", "y_train", xtr, ytr), ("x_test", "y_test", xte, yte)):
+        if len(x) != len(y):
+            raise ZooError(f"{path}: {xk} has {len(x)} images but {yk} has {len(y)} labels")
+        if len(y) and y.min() < 0:
+            raise ZooError(f"{path}: {yk} has negative label {y.min()}; labels must be 0..K-1")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise ZooError(f"{path}: x_train images are {xtr.shape[1:]} but x_test images are {xte.shape[1:]}")
+    return xtr, ytr, xte, yte
+
+
+def _torchvision(name: str, root: Path):
+    try:
+        import torchvision
+    except ImportError as e:
+        raise ZooError(f"data source {name!r} needs torchvision: pip install 'metazoo[vision]'") from e
+    cls = getattr(torchvision.datasets, TORCHVISION[name])
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        if name == "svhn":
+            tr, te = cls(root, split="train", download=True), cls(root, split="test", download=True)
+            xtr, ytr, xte, yte = tr.data, tr.labels, te.data, te.labels
+        else:
+            tr, te = cls(root, train=True, download=True), cls(root, train=False, download=True)
+            xtr, ytr, xte, yte = (np.asarray(tr.data), np.asarray(tr.targets),
+                                  np.asarray(te.data), np.asarray(te.targets))
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; torchvision raises RuntimeError on bad files
+        raise ZooError(f"could not download or read {name!r} into {root} ({e}). Offline? Put torchvision's "
+                       f"{TORCHVISION[name]} files under {root} (or set data.root / METAZOO_DATA) and rerun") from e
+    xtr, xte = (x.numpy() if hasattr(x, "numpy") else x for x in (xtr, xte))
+    return (_to_nchw_uint8(xtr, root, "train"), np.asarray(ytr, np.int64),
+            _to_nchw_uint8(xte, root, "test"), np.asarray(yte, np.int64))
+
+
+# ------------------------------------------------------------- augmentation
+
+def train_subset(gen: torch.Generator, n_total: int, fraction: float) -> torch.Tensor:
+    """The model's own subset of training indices (all of them when fraction = 1)."""
+    n = max(1, int(round(fraction * n_total)))
+    if n == n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=gen)[:n].sort().values
+
+
+def epoch_plan(gen: torch.Generator, subset: torch.Tensor, hp: dict, hw: tuple[int, int]) -> dict:
+    """One epoch of random draws for one model: data order and per-image augmentation.
+
+    The draw order is fixed, so the plan is a function of the generator state alone."""
+    n = len(subset)
+    order = subset[torch.randperm(n, generator=gen)]
+    flip = torch.rand(n, generator=gen) < 0.5
+    t = int(hp["translate"])
+    shift = torch.randint(-t, t + 1, (n, 2), generator=gen) if t else torch.zeros(n, 2, dtype=torch.long)
+    center = torch.stack([torch.randint(0, s, (n,), generator=gen) for s in hw], dim=1)
+    return {"order": order, "flip": flip & bool(hp["flip"]), "shift": shift, "center": center}
+
+
+def augment(x: torch.Tensor, flip, shift, center, translate, cutout) -> torch.Tensor:
+    """Augment a normalised batch ``x [N, C, H, W]`` on its device.
+
+    ``flip [N]`` bool, ``shift [N, 2]`` pixel offsets (zero-padded translation),
+    ``center [N, 2]`` cutout centres; ``translate``/``cutout`` are ``[N]`` sizes (0 = off)."""
+    N, C, H, W = x.shape
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    T = int(translate.max()) if translate.numel() else 0
+    if T:
+        # Translate by gathering from a zero-padded copy at per-image row/column offsets.
+        pad = F.pad(x, (T, T, T, T))
+        rows = (torch.arange(H, device=x.device)[None] + T - shift[:, 0:1])  # [N, H]
+        cols = (torch.arange(W, device=x.device)[None] + T - shift[:, 1:2])  # [N, W]
+        pad = pad.gather(2, rows[:, None, :, None].expand(N, C, H, W + 2 * T))
+        x = pad.gather(3, cols[:, None, None, :].expand(N, C, H, W))
+    S = int(cutout.max()) if cutout.numel() else 0
+    if S:
+        r = torch.arange(H, device=x.device)[None]
+        c = torch.arange(W, device=x.device)[None]
+        lo_r = center[:, 0:1] - cutout[:, None] // 2
+        lo_c = center[:, 1:2] - cutout[:, None] // 2
+        in_r = (r >= lo_r) & (r < lo_r + cutout[:, None])
+        in_c = (c >= lo_c) & (c < lo_c + cutout[:, None])
+        hole = in_r[:, :, None] & in_c[:, None, :]
+        x = x.masked_fill(hole[:, None], 0.0)  # 0 = the channel mean after normalisation
+    return x

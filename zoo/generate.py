@@ -1,0 +1,333 @@
+"""``zoo generate``: turn a spec into a sharded weight dataset, resumably.
+
+The work is planned deterministically from the spec: shard ``s`` holds model ids
+``[s*models_per_shard, ...)``; inside a shard, models are grouped by the
+hyper-parameters that fix the step structure (batch size, data fraction,
+optimizer), sorted by epoch count (so group members finish together and the
+device is not left computing for a few stragglers), and cut into groups of the
+plan's group size. The plan (with its group size) is written to ``zoo-plan.json``
+first, so every process that works on the directory, now or after a crash, forms
+the same groups and so computes bit-for-bit the same models.
+
+Each finished group is written atomically as a part file; when all groups of a
+shard are done, the parts are assembled into the shard (atomically) and removed.
+A ``kill -9`` therefore loses at most the groups in flight.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data as image_data
+from .errors import ZooError
+from .layout import Layout
+from .nets import FiGLU, build_net
+from .spec import GROUP_KEYS, HPARAMS, ZooSpec, load_spec, validate_for_data
+from .store import (MANIFEST, PLAN, ShardContent, build_manifest, concat_contents, make_splits, open_shard,
+                    read_shard, shard_entry, shard_name, versions, write_json, write_shard)
+from .train import GroupTrainer, Job, TrainOptions, train_alone
+
+PLAN_FORMAT = "metazoo-plan"
+PARTS = ".parts"
+
+
+# ------------------------------------------------------------------ plan
+
+def plan_groups(spec: ZooSpec, shard: int, group_size: int) -> list[list[int]]:
+    """Deterministic groups of model ids for one shard."""
+    ids = list(spec.shard_ids(shard))
+    hps = {i: spec.sample_hparams(i) for i in ids}
+    key = lambda i: tuple(str(hps[i][k]) for k in GROUP_KEYS)  # noqa: E731
+    groups = []
+    for k in sorted({key(i) for i in ids}):
+        members = sorted((i for i in ids if key(i) == k), key=lambda i: (hps[i]["epochs"], i))
+        groups += [members[j:j + group_size] for j in range(0, len(members), group_size)]
+    return groups
+
+
+def auto_group_size(spec: ZooSpec, cfg, data, device: str) -> int:
+    """The group size to use when the user gives none.
+
+    CPU: grouping pays only at small batches (grouped convolutions lose to plain ones at
+    large batch on a CPU; see scripts/bench_generate.py), so the size follows the batch.
+    CUDA: as many models as fit in ~60% of the free memory, measured with a probe group."""
+    hp = spec.sample_hparams(0)
+    batch = int(hp["batch_size"])
+    if not device.startswith("cuda"):
+        return 1 if batch >= 256 else (4 if batch >= 96 else 8)
+    free, _ = torch.cuda.mem_get_info(device)
+    probe = 8
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    jobs = [Job(-1 - i, i, {**hp, "epochs": 1, "train_fraction": min(1.0, 2 * batch / len(data.y_train))})
+            for i in range(probe)]
+    GroupTrainer(cfg, data, ["final"], TrainOptions(device=device)).train(jobs)
+    per_model = max(1, (torch.cuda.max_memory_allocated(device) - base) / probe)
+    torch.cuda.empty_cache()
+    return int(max(1, min(1024, 0.6 * free / per_model)))
+
+
+# ------------------------------------------------------------------ state
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZooError(f"{path} is damaged ({e}); delete it to start the generation afresh") from e
+
+
+def _check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
+    """Refuse a directory holding something else; return the existing plan, if any."""
+    fp = spec.fingerprint()
+    if (out / MANIFEST).exists():
+        m = _read_json(out / MANIFEST)
+        if m.get("spec_fingerprint") != fp:
+            raise ZooError(f"{out} already holds a different zoo ({m.get('name')!r}, "
+                           f"{m.get('num_models')} models); choose another --out or delete it")
+        return {"complete": True}
+    if (out / PLAN).exists():
+        plan = _read_json(out / PLAN)
+        if plan.get("format") != PLAN_FORMAT or plan.get("fingerprint") != fp:
+            raise ZooError(f"{out} holds an unfinished generation of a different spec "
+                           f"({plan.get('spec', {}).get('name')!r}, {plan.get('spec', {}).get('models')} models); "
+                           "resuming it with this spec would mix two zoos. Use the original spec, "
+                           "another --out, or delete the directory")
+        return plan
+    if out.exists() and any(out.iterdir()):
+        raise ZooError(f"{out} is not empty and holds no metazoo zoo; choose an empty or new --out directory")
+    return None
+
+
+def _valid_part(path: Path, expected_ids) -> bool:
+    try:
+        with open_shard(path) as f:
+            return list(f["ids"][()]) == list(expected_ids)
+    except (ZooError, KeyError, OSError):
+        return False
+
+
+def _check_shard(path: Path, expected_ids) -> None:
+    try:
+        with open_shard(path) as f:
+            ids = list(f["ids"][()])
+    except (ZooError, KeyError, OSError) as e:
+        raise ZooError(f"{path} is corrupt or truncated ({e}); move it away or delete it and rerun to "
+                       "regenerate its models (no other shard is affected)") from e
+    if ids != list(expected_ids):
+        raise ZooError(f"{path} holds models {ids[:1]}..{ids[-1:]} but the plan expects "
+                       f"{expected_ids[0]}..{expected_ids[-1]}; it belongs to another zoo")
+
+
+# --------------------------------------------------------------- contents
+
+def _fixed_arrays(template, layout: Layout):
+    fixed_values = None
+    if layout.fixed_mask is not None:
+        fixed_values = np.zeros(layout.num_params, np.float32)
+        for name, mod in template.named_modules():
+            if getattr(mod, "fixed_mask", None) is not None:
+                fixed_values[layout[f"{name}.weight"].slice] = mod.fixed_values.reshape(-1).numpy()
+    extra = {f"{n}.mix": m.mix.numpy() for n, m in template.named_modules() if isinstance(m, FiGLU)}
+    return fixed_values, extra or None
+
+
+def results_to_content(results, spec: ZooSpec, cfg, layout, template, attrs) -> ShardContent:
+    ckpts = spec.checkpoint_names
+    rows = []
+    for r in results:
+        row = {k: r.hp[k] for k in HPARAMS}
+        row["seed"] = spec.model_seed(r.model_id)
+        row.update({k: r.metrics[k] for k in sorted(r.metrics)})
+        row["diverged"], row["diverged_epoch"] = r.diverged, r.diverged_epoch
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    fixed_values, extra = _fixed_arrays(template, layout)
+    return ShardContent(
+        ids=np.array([r.model_id for r in results]),
+        weights={ck: np.stack([r.weights[ck] for r in results]) for ck in ckpts},
+        buffers={ck: np.stack([r.buffers[ck] for r in results]) for ck in ckpts} if layout.buffers else None,
+        table=table, layout=layout, fixed_values=fixed_values, extra_fixed=extra, attrs=attrs)
+
+
+# ---------------------------------------------------------------- generate
+
+def generate(spec, out, *, models: int | None = None, device: str = "cpu", group_size: int | None = None,
+             shard: int | None = None, num_shards: int | None = None, progress: bool = True,
+             bf16: bool = False, channels_last: bool = False, reference: bool = False) -> Path:
+    """Generate (or resume) the zoo of ``spec`` into ``out``; return ``out``.
+
+    ``shard``/``num_shards`` make this call one of ``num_shards`` jobs: it does the
+    shards ``s`` with ``s % num_shards == shard`` and writes the manifest only if, when
+    it ends, every shard of the zoo is on disk (else ``zoo merge`` does it later).
+    ``reference=True`` trains one model at a time with plain layers (for benchmarks)."""
+    if not isinstance(spec, ZooSpec):
+        spec = load_spec(spec)
+    if models is not None:
+        spec = spec.with_models(models)
+    out = Path(out)
+    if (shard is None) != (num_shards is None):
+        raise ZooError("--shard and --num-shards go together")
+    if num_shards is not None and not (num_shards >= 1 and 0 <= shard < num_shards):
+        raise ZooError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num-shards")
+    if group_size is not None and group_size < 1:
+        raise ZooError(f"--group-size {group_size}: must be >= 1")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ZooError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+
+    plan = _check_out_dir(out, spec)
+    if plan and plan.get("complete"):
+        if progress:
+            print(f"{out}: zoo already complete ({spec.models} models)")
+        return out
+    data = image_data.load(spec.data, device)
+    C, K = data.shape[0], data.num_classes
+    cfg = validate_for_data(spec, C, K)
+    if plan is None:
+        gs = group_size or auto_group_size(spec, cfg, data, device)
+        plan = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
+                "group_size": gs, "num_shards": spec.num_shards, "data": data.describe()}
+        write_json(out / PLAN, plan)
+    elif group_size is not None and group_size != plan["group_size"] and progress:
+        print(f"note: resuming with the plan's group size {plan['group_size']} (not {group_size}), "
+              "so the zoo comes out exactly as it would have uninterrupted")
+    gs = int(plan["group_size"])
+
+    template = build_net(cfg)
+    layout = Layout.from_module(template)
+    opts = TrainOptions(device=device, bf16=bf16, channels_last=channels_last)
+    attrs = {"spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint(), "net": cfg.to_dict(),
+             "created_by": versions(device), "data": data.describe()}
+    mine = [s for s in range(spec.num_shards) if num_shards is None or s % num_shards == shard]
+    todo = []
+    for s in mine:
+        path = out / shard_name(s)
+        if path.exists():
+            _check_shard(path, list(spec.shard_ids(s)))
+        else:
+            todo.append(s)
+    total = sum(len(spec.shard_ids(s)) for s in todo)
+    bar = _progress(total, progress, spec.name)
+    trainer = GroupTrainer(cfg, data, list(spec.checkpoints), opts)
+    try:
+        for s in todo:
+            parts_dir = out / PARTS / f"shard-{s:05d}"
+            parts = []
+            for gi, group in enumerate(plan_groups(spec, s, gs)):
+                part = parts_dir / f"group-{gi:05d}.h5"
+                parts.append(part)
+                if part.exists() and _valid_part(part, group):
+                    bar.update(len(group))
+                    continue
+                jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in group]
+                t0 = time.perf_counter()
+                if reference:
+                    results = [train_alone(j, cfg, data, list(spec.checkpoints), opts) for j in jobs]
+                else:
+                    results = trainer.train(jobs)
+                content = results_to_content(results, spec, cfg, layout, template,
+                                             {**attrs, "train_seconds": time.perf_counter() - t0})
+                write_shard(part, content)
+                bar.update(len(group))
+            content = concat_contents([read_shard(p) for p in parts])
+            content.attrs = {**attrs, "shard_index": s}
+            write_shard(out / shard_name(s), content)
+            shutil.rmtree(parts_dir, ignore_errors=True)
+    finally:
+        bar.close()
+    if all((out / shard_name(s)).exists() for s in range(spec.num_shards)):
+        write_manifest(out)
+    elif progress:
+        left = [s for s in range(spec.num_shards) if not (out / shard_name(s)).exists()]
+        print(f"{out}: this job's shards are done; {len(left)} shard(s) of the zoo are still missing "
+              "(other jobs); run `zoo merge` once they are all written")
+    return out
+
+
+def write_manifest(out: Path) -> dict:
+    """Write ``manifest.json`` for a directory whose shards are all written (``zoo merge``)."""
+    out = Path(out)
+    if not (out / PLAN).exists():
+        raise ZooError(f"{out} has no {PLAN}: it is not a zoo being generated")
+    plan = _read_json(out / PLAN)
+    from .spec import spec_from_dict
+
+    spec = spec_from_dict(plan["spec"])
+    missing = [shard_name(s) for s in range(spec.num_shards) if not (out / shard_name(s)).exists()]
+    if missing:
+        raise ZooError(f"{out}: {len(missing)} of {spec.num_shards} shards are not written yet "
+                       f"(first missing: {missing[0]}); finish the jobs that own them, then merge")
+    entries, layout, net = [], None, None
+    for s in range(spec.num_shards):
+        path = out / shard_name(s)
+        _check_shard(path, list(spec.shard_ids(s)))
+        with open_shard(path) as f:
+            ids = f["ids"][()]
+            if layout is None:
+                mask = f["fixed/mask"][()] if "fixed" in f and "mask" in f["fixed"] else None
+                layout = Layout.from_json(f.attrs["layout"], mask)
+                net = json.loads(f.attrs["net"])
+                device = json.loads(f.attrs["created_by"]).get("device")
+        entries.append(shard_entry(path, ids))
+    all_ids = np.arange(spec.models)
+    manifest = build_manifest(name=spec.name, layout=layout, shards=entries, checkpoints=spec.checkpoint_names,
+                              splits=make_splits(all_ids, spec.split, spec.seed), spec=spec.to_dict(), net=net,
+                              source={"kind": "generated"}, device=device, data=plan.get("data"))
+    manifest["spec_fingerprint"] = spec.fingerprint()
+    write_json(out / MANIFEST, manifest)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+    return manifest
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool, name: str):
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):
+        """tqdm with models/hour beside the per-second rate and ETA."""
+
+        @property
+        def format_dict(self):
+            d = super().format_dict
+            rate = d["n"] / d["elapsed"] if d["elapsed"] else 0
+            d["postfix"] = f"{rate * 3600:,.0f} models/h"
+            return d
+
+    return Bar(total=total, unit="model", desc=f"generate {name}", smoothing=0.1)
+
+
+def progress_of(out: Path) -> dict:
+    """How far a (possibly running) generation is, read from finished shards and parts only."""
+    out = Path(out)
+    plan = _read_json(out / PLAN)
+    per = plan["spec"].get("models_per_shard", 1000)
+    total = plan["spec"]["models"]
+    done = 0
+    for s in range(plan["num_shards"]):
+        if (out / shard_name(s)).exists():
+            done += min(per, total - s * per)
+    parts = list((out / PARTS).glob("shard-*/group-*.h5")) if (out / PARTS).exists() else []
+    for p in parts:
+        if not (out / shard_name(int(p.parent.name.split("-")[1]))).exists():
+            try:
+                with open_shard(p) as f:
+                    done += len(f["ids"])
+            except ZooError:
+                pass
+    return {"name": plan["spec"]["name"], "models": total, "done": done, "group_size": plan["group_size"],
+            "shards_total": plan["num_shards"],
+            "shards_done": sum((out / shard_name(s)).exists() for s in range(plan["num_shards"]))}

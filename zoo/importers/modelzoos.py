@@ -1,0 +1,202 @@
+"""Importer for the Model Zoos of Schürholt et al. (NeurIPS 2022 Datasets & Benchmarks).
+
+Upstream layout: a zip (one per zoo, on Zenodo) of per-net training folders, each holding
+
+* ``params.json`` -- the net's configuration (hyper-parameters, seed, ...);
+* ``result.json`` -- JSON lines, one per epoch, with ``training_iteration`` (the epoch) and
+  metrics such as ``test_acc``, ``train_acc``, ``test_loss``, ``train_loss``;
+* ``checkpoint_<epoch>/checkpoints`` (also ``checkpoint_<epoch:06d>``) -- a torch state dict.
+
+Every epoch that all nets share becomes a checkpoint: ``epoch_<e>``, and ``final`` for the
+last one. Nets missing one of those epochs are dropped and listed in ``source.dropped``.
+The layout is the first net's state dict; every other net must match it tensor by
+tensor. BatchNorm running statistics are stored as buffers; ``num_batches_tracked`` is
+skipped. Nets with non-finite weights are kept and marked ``diverged``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import ZooError
+from ..layout import Layout, role_of
+from ..safety import load_tensors, unpacked
+from ..store import ShardContent, metric_column
+from .common import RESERVED, SHARD_SIZE, ZooWriter, check_fraction, column_name, table_frame
+
+_CKPT = re.compile(r"^checkpoint_0*(\d+)$")
+_ALIASES = {"test_acc": ("test_acc", "test_accuracy", "acc_test"),
+            "train_acc": ("train_acc", "train_accuracy", "acc_train"),
+            "test_loss": ("test_loss", "loss_test"), "train_loss": ("train_loss", "loss_train")}
+
+
+def _net_dirs(root: Path) -> list[Path]:
+    dirs = {p.parent for p in root.rglob("result.json")}
+    return sorted(dirs, key=lambda p: str(p.relative_to(root)))
+
+
+def _epochs(net: Path) -> dict[int, Path]:
+    out = {}
+    for d in net.iterdir():
+        m = _CKPT.match(d.name)
+        if m and d.is_dir() and (d / "checkpoints").is_file():
+            out[int(m.group(1))] = d / "checkpoints"
+    return out
+
+
+def _results(net: Path) -> dict[int, dict]:
+    path = net / "result.json"
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ZooError(f"{path} line {n}: not valid JSON ({e.msg})") from e
+        if "training_iteration" not in row:
+            raise ZooError(f"{path} line {n}: no 'training_iteration' (the epoch of the row)")
+        out[int(row["training_iteration"])] = row
+    return out
+
+
+def _params(net: Path) -> dict:
+    path = net / "params.json"
+    if not path.exists():
+        raise ZooError(f"{net}: params.json missing (each Model Zoos net folder has params.json, result.json)")
+    try:
+        return _flatten(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ZooError(f"{path}: not valid JSON ({e.msg})") from e
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _state_layout(path: Path, sd: dict) -> tuple[Layout, list[str]]:
+    """Layout of a state dict in stored order: float tensors are parameters, except BatchNorm
+    running statistics (buffers); integer counters are skipped."""
+    norm_mods = {k.rsplit(".", 1)[0] for k in sd if k.endswith(".running_mean")}
+    items, buffers, skipped = [], [], []
+    for k, t in sd.items():
+        if not isinstance(t, torch.Tensor):
+            raise ZooError(f"{path}: entry {k!r} is a {type(t).__name__}, not a tensor")
+        if not t.is_floating_point():
+            skipped.append(k)
+            continue
+        mod, leaf = k.rsplit(".", 1) if "." in k else ("", k)
+        shape = tuple(t.shape)
+        if leaf in ("running_mean", "running_var"):
+            buffers.append((k, shape, "other"))
+        else:
+            items.append((k, shape, role_of(k, shape, "norm" if mod in norm_mods else None)))
+    if not items:
+        raise ZooError(f"{path}: no floating-point tensors in this state dict")
+    return Layout.from_shapes(items, buffers=buffers), skipped
+
+
+def _metrics(row: dict | None, where: str) -> dict:
+    out = {}
+    for ours, names in _ALIASES.items():
+        v = next((row[n] for n in names if row and n in row), None)
+        v = math.nan if v is None else float(v)
+        out[ours] = check_fraction(v, f"{where}: {ours}") if ours.endswith("acc") else v
+    return out
+
+
+def import_modelzoos(src, out, *, epochs: str | None = None, name: str | None = None, force: bool = False,
+                     source: dict | None = None) -> dict:
+    """Convert a Model Zoos zip (or its extracted folder) into a metazoo zoo at ``out``.
+
+    ``epochs``: comma-separated epochs to keep (default: every epoch all nets share)."""
+    with ZooWriter(out, force=force) as writer, unpacked(src, workdir=writer.out.parent) as root:
+        nets = _net_dirs(root)
+        if not nets:
+            raise ZooError(f"{src}: no net folders found (Model Zoos folders hold params.json, result.json "
+                           f"and checkpoint_<epoch>/checkpoints)")
+        found = {n: _epochs(n) for n in nets}
+        counts = Counter(e for eps in found.values() for e in eps)
+        if epochs:
+            try:
+                wanted = sorted({int(e) for e in str(epochs).split(",") if e.strip()})
+            except ValueError as e:
+                raise ZooError(f"modelzoos option epochs = {epochs!r}: expected comma-separated integers") from e
+        else:
+            majority = len(nets) / 2
+            wanted = sorted(e for e, c in counts.items() if c > majority)
+        if not wanted:
+            raise ZooError(f"{src}: no checkpoint epoch is shared by most nets")
+        ckpts = {e: ("final" if e == wanted[-1] else f"epoch_{e}") for e in wanted}
+        dropped, kept = [], []
+        for n in nets:
+            miss = [e for e in wanted if e not in found[n]]
+            (dropped if miss else kept).append(n)
+            if miss:
+                dropped[-1] = f"{n.relative_to(root)} (no checkpoint for epoch {miss[0]})"
+        if not kept:
+            raise ZooError(f"{src}: no net has checkpoints for every epoch in {wanted}")
+
+        first = found[kept[0]][wanted[-1]]
+        layout, skipped = _state_layout(first, load_tensors(first))
+        # Hyper-parameters of all nets at once, so every shard gets the same columns and types.
+        params = table_frame([{column_name(k, RESERVED): v for k, v in _params(n).items()} for n in kept])
+        params["source_dir"] = np.asarray([str(n.relative_to(root)) for n in kept], dtype=object)
+        for b in range(0, len(kept), SHARD_SIZE):
+            block = kept[b:b + SHARD_SIZE]
+            w = {ck: np.empty((len(block), layout.num_params), np.float32) for ck in ckpts.values()}
+            buf = {ck: np.empty((len(block), layout.num_buffers), np.float32) for ck in ckpts.values()} \
+                if layout.buffers else None
+            rows = []
+            for i, net in enumerate(block):
+                results = _results(net)
+                row = {}
+                finite = True
+                for e, ck in ckpts.items():
+                    path = found[net][e]
+                    sd = load_tensors(path)
+                    if not isinstance(sd, dict):
+                        raise ZooError(f"{path}: expected a state dict, found {type(sd).__name__}")
+                    lay, _ = _state_layout(path, sd)
+                    if not lay.same_tensors(layout):
+                        raise ZooError(f"{path}: tensors differ from the zoo's layout (taken from {first}): "
+                                       f"{_first_difference(lay, layout)}")
+                    w[ck][i] = layout.flatten(sd)
+                    if buf is not None:
+                        buf[ck][i] = layout.flatten_buffers(sd)
+                    finite &= bool(np.isfinite(w[ck][i]).all())
+                    for k, v in _metrics(results.get(e), f"{net / 'result.json'} epoch {e}").items():
+                        row[metric_column(k, ck)] = v
+                row["diverged"] = not finite or math.isnan(row["test_acc"])
+                rows.append(row)
+            ids = np.arange(b, b + len(block))
+            metrics = pd.DataFrame(rows)
+            table = pd.concat([params.iloc[b:b + len(block)].reset_index(drop=True), metrics], axis=1)
+            table["diverged"] = table["diverged"].astype(bool)
+            writer.add(ShardContent(ids=ids, weights=w, buffers=buf, table=table, layout=layout))
+        return writer.finish(
+            name=name or f"modelzoos-{Path(src).name.split('.')[0]}", net=None,
+            source={"kind": "import", "format": "modelzoos", "path": str(src),
+                    "epochs": wanted, "dropped": [str(d) for d in dropped], "skipped_tensors": skipped,
+                    **(source or {})})
+
+
+def _first_difference(a: Layout, b: Layout) -> str:
+    for x, y in zip(a.tensors + a.buffers, b.tensors + b.buffers):
+        if (x.name, x.shape) != (y.name, y.shape):
+            return f"{x.name} {x.shape} where the zoo has {y.name} {y.shape}"
+    return f"{len(a) + len(a.buffers)} tensors where the zoo has {len(b) + len(b.buffers)}"

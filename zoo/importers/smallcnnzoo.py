@@ -1,0 +1,224 @@
+"""Importer for the Small CNN Zoo of Unterthiner et al. (2020), "Predicting Neural Network
+Accuracy from Weights" (four datasets: cifar10, mnist, fashion_mnist, svhn_cropped).
+
+Upstream layout, one ``.tar.xz`` per dataset, holding (at any depth):
+
+* ``weights.npy`` -- ``[rows, 4970]`` float32, one row per *checkpoint* of a run;
+* ``metrics.csv`` or ``metrics.csv.gz`` -- one row per ``weights.npy`` row: hyper-parameters
+  (``config.*`` columns), ``step``, ``train_accuracy``, ``test_accuracy``, ``train_loss``,
+  ``test_loss``, and optionally a first (index) column naming the run's directory;
+* ``layout.csv`` -- one row per variable: name (e.g. ``sequential/conv2d/kernel:0``),
+  start index, end index, shape (e.g. ``(3, 3, 1, 16)``).
+
+Kernels are stored in TensorFlow order (conv ``[kh, kw, in, out]``, dense ``[in, out]``)
+and become PyTorch order (``[out, in, kh, kw]``, ``[out, in]``) here. The checkpoints of
+one run (9 upstream) stay together as one model with checkpoints ``ckpt_0`` ...
+``ckpt_{k-2}`` and ``final`` (the last step); the step of each is a table column. Runs
+are recognised by the run-directory column when there is one, otherwise by identical
+hyper-parameters (the zoo used one seed per configuration). Runs with an unusual
+number of checkpoints are dropped and listed in ``source.dropped``. Runs whose weights
+or accuracy are not finite are kept and marked ``diverged``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ZooError
+from ..layout import Layout
+from ..safety import load_npy, unpacked
+from ..store import ShardContent, metric_column
+from .common import RESERVED, SHARD_SIZE, ZooWriter, column_name
+
+DATASETS = ("cifar10", "mnist", "fashion_mnist", "svhn_cropped")
+_METRICS = {"test_acc": ("test_accuracy", "test_acc"), "train_acc": ("train_accuracy", "train_acc"),
+            "test_loss": ("test_loss",), "train_loss": ("train_loss",)}
+_RUN_COLUMNS = ("modeldir", "model_dir", "run", "run_id")
+
+
+def tf_to_torch(kernel: np.ndarray) -> np.ndarray:
+    """A TensorFlow kernel in PyTorch order: conv ``[kh, kw, in, out] -> [out, in, kh, kw]``,
+    dense ``[in, out] -> [out, in]``; anything else (biases) unchanged. Leading batch axes kept."""
+    if kernel.ndim == 4:
+        return np.transpose(kernel, (3, 2, 0, 1))
+    if kernel.ndim == 2:
+        return kernel.T
+    return kernel
+
+
+def _find(root: Path, names) -> Path | None:
+    for n in names:
+        hits = sorted(root.rglob(n))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _parse_shape(text, where: str) -> tuple[int, ...]:
+    nums = re.findall(r"-?\d+", str(text))
+    if not nums or any(int(n) <= 0 for n in nums):
+        raise ZooError(f"{where}: shape {text!r} is not a list of positive sizes")
+    return tuple(int(n) for n in nums)
+
+
+def read_layout(path: Path):
+    """layout.csv -> [(our name, tf shape, start, end, role)], checked to tile [0, P) exactly."""
+    df = pd.read_csv(path)
+    cols = {c.lower(): c for c in df.columns}
+    pick = lambda *opts: next((cols[o] for o in opts if o in cols), None)  # noqa: E731
+    c_name, c_start = pick("varname", "name", "variable"), pick("start_idx", "start")
+    c_end, c_shape = pick("end_idx", "end"), pick("shape")
+    if None in (c_name, c_start, c_end, c_shape):
+        raise ZooError(f"{path}: needs columns varname, start_idx, end_idx, shape; found {', '.join(df.columns)}")
+    raw_names = [str(n).split(":")[0] for n in df[c_name]]
+    parts = [n.split("/") for n in raw_names]
+    common = parts[0][0] if parts and len(parts[0]) > 2 and all(p[0] == parts[0][0] and len(p) > 2 for p in parts) \
+        else None
+    rows, pos = [], 0
+    for (_, r), p in sorted(zip(df.iterrows(), parts), key=lambda x: int(x[0][1][c_start])):
+        where = f"{path} row {r[c_name]!r}"
+        shape = _parse_shape(r[c_shape], where)
+        start, end = int(r[c_start]), int(r[c_end])
+        if start != pos:
+            raise ZooError(f"{where}: starts at {start}, expected {pos} (variables must tile the weight vector)")
+        if end - start != math.prod(shape):
+            raise ZooError(f"{where}: spans {end - start} entries but shape {shape} has {math.prod(shape)}")
+        leaf = p[-1]
+        name = ".".join((p[1:] if common else p)[:-1] + ["weight" if leaf == "kernel" else leaf])
+        role = "bias" if leaf == "bias" else {4: "conv_weight", 2: "linear_weight"}.get(len(shape), "other")
+        rows.append((name, shape, start, end, role))
+        pos = end
+    if len({r[0] for r in rows}) != len(rows):
+        raise ZooError(f"{path}: variable names are not unique after conversion")
+    return rows, pos
+
+
+def _run_keys(metrics: pd.DataFrame, hp_cols: list[str]) -> tuple[pd.Series, str]:
+    for c in metrics.columns:
+        if c.lower() in _RUN_COLUMNS:
+            return metrics[c].astype(str), c
+    first = metrics.columns[0]
+    if first.startswith("Unnamed") or first == "":
+        return metrics[first].astype(str), first
+    if not hp_cols:
+        raise ZooError("metrics.csv has neither a run column nor hyper-parameter columns to group checkpoints by")
+    return metrics[hp_cols].astype(str).agg("|".join, axis=1), "hyper-parameters"
+
+
+def import_smallcnnzoo(src, out, *, dataset: str | None = None, name: str | None = None, force: bool = False,
+                       source: dict | None = None) -> dict:
+    """Convert an upstream ``.tar.xz`` (or its extracted folder) into a metazoo zoo at ``out``."""
+    if dataset is not None and dataset not in DATASETS:
+        raise ZooError(f"smallcnnzoo option dataset = {dataset!r}; allowed: {', '.join(DATASETS)}")
+    with ZooWriter(out, force=force) as writer, unpacked(src, workdir=writer.out.parent) as root:
+        w_path = _find(root, ["weights.npy"])
+        m_path = _find(root, ["metrics.csv", "metrics.csv.gz"])
+        l_path = _find(root, ["layout.csv"])
+        missing = [n for n, p in (("weights.npy", w_path), ("metrics.csv(.gz)", m_path), ("layout.csv", l_path))
+                   if p is None]
+        if missing:
+            raise ZooError(f"{src}: missing {', '.join(missing)} (a Small CNN Zoo archive holds weights.npy, "
+                           f"metrics.csv(.gz) and layout.csv)")
+        tensors, P = read_layout(l_path)
+        weights = load_npy(w_path)
+        if weights.ndim != 2 or weights.shape[1] != P:
+            raise ZooError(f"{w_path}: shape {weights.shape}, but layout.csv describes {P} parameters per row")
+        metrics = pd.read_csv(m_path)
+        if len(metrics) != weights.shape[0]:
+            raise ZooError(f"{m_path}: {len(metrics)} rows, but weights.npy has {weights.shape[0]} (one per checkpoint)")
+        if "step" not in metrics.columns:
+            raise ZooError(f"{m_path}: column 'step' missing (needed to order each run's checkpoints)")
+        metric_src = {}
+        for ours, names in _METRICS.items():
+            found = next((n for n in names if n in metrics.columns), None)
+            if found is None:
+                raise ZooError(f"{m_path}: column {names[0]!r} missing")
+            metric_src[ours] = found
+        hp_cols = [c for c in metrics.columns if c.startswith("config.")]
+        keys, key_kind = _run_keys(metrics, hp_cols)
+
+        # Group rows into runs (in order of first appearance), each ordered by step.
+        groups: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        n_ckpt = Counter(len(v) for v in groups.values()).most_common(1)[0][0]
+        runs, dropped = [], []
+        steps = metrics["step"].to_numpy()
+        for k, rows in groups.items():
+            if len(rows) != n_ckpt:
+                dropped.append(f"{k} ({len(rows)} checkpoints, expected {n_ckpt})")
+                continue
+            runs.append(sorted(rows, key=lambda r: steps[r]))
+        ckpts = [f"ckpt_{j}" for j in range(n_ckpt - 1)] + ["final"]
+        layout = Layout.from_shapes([(n, _torch_shape(s), role) for n, s, _, _, role in tensors])
+        hp_names = {c: column_name(c[len("config."):], RESERVED) for c in hp_cols}
+
+        for b in range(0, len(runs), SHARD_SIZE):
+            block = np.array(runs[b:b + SHARD_SIZE])  # [n, n_ckpt] row indices
+            ids = np.arange(b, b + len(block))
+            per_ckpt = {ck: _to_torch_order(np.asarray(weights[np.sort(block[:, j])])[
+                np.argsort(np.argsort(block[:, j]))], tensors) for j, ck in enumerate(ckpts)}
+            last = block[:, -1]
+            cols = {hp_names[c]: metrics[c].to_numpy()[last] for c in hp_cols}
+            for j, ck in enumerate(ckpts):
+                rows = block[:, j]
+                cols[metric_column("step", ck)] = steps[rows].astype(np.int64)
+                for ours, up in metric_src.items():
+                    cols[metric_column(ours, ck)] = metrics[up].to_numpy(np.float64)[rows]
+            cols["run"] = np.asarray(keys.to_numpy()[last], dtype=object)
+            finite = np.stack([np.isfinite(w).all(1) for w in per_ckpt.values()], 1).all(1)
+            cols["diverged"] = ~finite | ~np.isfinite(cols["test_acc"])
+            table = _storable(pd.DataFrame(cols))
+            for ours in ("test_acc", "train_acc"):
+                bad = table[ours][(table[ours] < 0) | (table[ours] > 1)]
+                if len(bad):
+                    raise ZooError(f"{m_path}: {metric_src[ours]} = {bad.iloc[0]!r} is not an accuracy in [0, 1]")
+            writer.add(ShardContent(ids=ids, weights=per_ckpt, table=table, layout=layout))
+        ds = dataset or _guess_dataset(Path(src))
+        return writer.finish(
+            name=name or f"smallcnnzoo-{ds or 'unknown'}", net=None,
+            data={"name": ds} if ds else None,
+            source={"kind": "import", "format": "smallcnnzoo", "path": str(src), "runs_grouped_by": key_kind,
+                    "checkpoints_per_run": n_ckpt, "dropped": dropped,
+                    "kernel_order": "converted from TensorFlow [kh, kw, in, out] to PyTorch [out, in, kh, kw]",
+                    **(source or {})})
+
+
+def _torch_shape(tf_shape):
+    if len(tf_shape) == 4:
+        return (tf_shape[3], tf_shape[2], tf_shape[0], tf_shape[1])
+    if len(tf_shape) == 2:
+        return (tf_shape[1], tf_shape[0])
+    return tf_shape
+
+
+def _to_torch_order(rows: np.ndarray, tensors) -> np.ndarray:
+    """``[n, P]`` rows in TensorFlow layout -> ``[n, P]`` float32 in our (PyTorch) layout."""
+    n = rows.shape[0]
+    parts = []
+    for _, shape, start, end, _ in tensors:
+        t = rows[:, start:end].reshape((n,) + shape)
+        if len(shape) == 4:
+            t = np.transpose(t, (0, 4, 3, 1, 2))
+        elif len(shape) == 2:
+            t = np.transpose(t, (0, 2, 1))
+        parts.append(t.reshape(n, -1))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+
+def _storable(df: pd.DataFrame) -> pd.DataFrame:
+    for c in df.columns:
+        if df[c].dtype == object or str(df[c].dtype) in ("string", "str"):
+            df[c] = np.asarray(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                                for v in df[c]], dtype=object)
+    return df
+
+
+def _guess_dataset(src: Path) -> str | None:
+    name = src.name.lower()
+    return next((d for d in sorted(DATASETS, key=len, reverse=True) if name.startswith(d)), None)
