@@ -28,13 +28,14 @@ class BenchConfig:
     metanets: tuple = ("mlp", "dmc", "deepsets", "statnn", "statnn-gbm")
     seeds: int = 5
     epochs: int = EPOCHS
-    lr: str | float = "auto"
+    lr: str | float | dict = "auto"  # or {metanet: "auto" | rate}; unlisted metanets sweep
     lr_grid: tuple = LR_GRID
     batch_size: int = BATCH_SIZE
     device: str = "cpu"
     params: str = "trainable"
     target: str | None = None
     checkpoint: str = "final"
+    in_memory: bool | None = None  # None: load the zoo into memory when it fits
 
     def check(self) -> "BenchConfig":
         for n in self.metanets:
@@ -47,17 +48,36 @@ class BenchConfig:
             raise MetanetError(f"epochs={self.epochs} is invalid; allowed: >= 1")
         if self.batch_size < 2:
             raise MetanetError(f"batch_size={self.batch_size} is invalid; allowed: >= 2")
-        if self.lr != "auto" and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise MetanetError(f"lr={self.lr!r} is invalid; allowed: 'auto' or a number > 0")
+        for name, lr in (self.lr.items() if isinstance(self.lr, dict) else [("", self.lr)]):
+            if name:
+                registry.get(name)
+            if lr != "auto" and not (isinstance(lr, (int, float)) and lr > 0):
+                raise MetanetError(f"lr={lr!r}{' for ' + name if name else ''} is invalid; "
+                                   f"allowed: 'auto' or a number > 0")
         if self.params not in data.PARAMS:
             raise MetanetError(f"params={self.params!r} is invalid; allowed: {', '.join(data.PARAMS)}")
         _check_device(self.device)
         return self
 
+    def lr_for(self, name: str):
+        """The learning rate of metanet ``name``: a number, or "auto" (sweep)."""
+        if isinstance(self.lr, dict):
+            return self.lr.get(name, "auto")
+        return self.lr
+
 
 def parse_lr(text: str):
-    """``"auto"`` or a positive float, from the command line."""
-    if str(text).strip().lower() == "auto":
+    """``"auto"``, a positive float, or ``"mlp=auto,dmc=1e-3"`` (per metanet; others sweep)."""
+    text = str(text).strip()
+    if "=" in text:
+        out = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            if not name.strip() or not value.strip():
+                raise MetanetError(f"--lr {text!r} is invalid: write NAME=RATE pairs, e.g. mlp=auto,dmc=1e-3")
+            out[name.strip().lower()] = parse_lr(value)
+        return out
+    if text.lower() == "auto":
         return "auto"
     try:
         v = float(text)
@@ -106,20 +126,20 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
     if not paths:
         raise MetanetError("no zoo given; pass one or more zoo directories")
     zoo_targets(paths, cfg.target)
-    sets = [data.load(p, params=cfg.params, target=cfg.target, checkpoint=cfg.checkpoint, device=cfg.device)
-            for p in paths]
+    sets = [data.load(p, params=cfg.params, target=cfg.target, checkpoint=cfg.checkpoint, device=cfg.device,
+                      in_memory=cfg.in_memory) for p in paths]
     labels = zoo_labels(sets)
     zoos = []
     for label, ws in zip(labels, sets):
         info = {"zoo": label, "path": str(ws.path), "target": ws.target, "params": cfg.params,
-                "num_inputs": ws.info.num_inputs, "num_tensors": ws.info.num_tensors,
+                "num_inputs": ws.info.num_inputs, "streamed": isinstance(ws.x["train"], data.StreamedRows), "num_tensors": ws.info.num_tensors,
                 "diverged_excluded": ws.selection.n_diverged, "nonfinite_target_excluded": ws.selection.n_nonfinite,
                 **{f"n_{s}": int(len(ws.ids(s))) for s in data.SPLITS}}
         zoos.append(info)
         log(f"{label}: {info['n_train']}/{info['n_val']}/{info['n_test']} train/val/test nets, "
             f"{info['num_inputs']} inputs ({cfg.params}), {info['diverged_excluded']} diverged excluded")
-    sweep_n = len(cfg.lr_grid) if cfg.lr == "auto" else 1
-    total = sum((cfg.seeds if registry.get(m).kind == "sklearn" else cfg.seeds - 1 + sweep_n)
+    total = sum((cfg.seeds if registry.get(m).kind == "sklearn" else
+                 cfg.seeds - 1 + (len(cfg.lr_grid) if cfg.lr_for(m) == "auto" else 1))
                 for m in cfg.metanets) * len(sets)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
     runs, sweeps, preds = [], [], []
@@ -141,7 +161,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                 done = {}
                 if registry.get(m).kind == "sklearn":
                     lr = None
-                elif cfg.lr == "auto":
+                elif cfg.lr_for(m) == "auto":
                     results, rows = [], {}
                     for lr_try in cfg.lr_grid:
                         r = fit(m, ws, lr=lr_try, seed=0, **kw)
@@ -151,7 +171,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                     best = max(scored, key=lambda r: r.val_r2) if scored else results[0]
                     lr, done[0] = best.lr, best
                 else:
-                    lr = float(cfg.lr)
+                    lr = float(cfg.lr_for(m))
                 for seed in range(cfg.seeds):
                     if seed in done:
                         res = done[seed]

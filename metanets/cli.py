@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'metanets COMMAND --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(p, *, lr_auto=True):
+    def common(p):
         p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
         p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
         p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"batch size (default {BATCH_SIZE})")
@@ -55,8 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated metanet names (see `metanets list`)")
     b.add_argument("--seeds", type=int, default=5, help="seeds per (metanet, zoo) (default 5)")
     b.add_argument("--out", required=True, help="folder for results.{json,csv,md} and plots")
-    b.add_argument("--lr", default="auto", help="auto (sweep on seed 0, pick by val R²) or a learning rate")
+    b.add_argument("--lr", default="auto",
+                   help="auto (sweep the paper's grid on seed 0, pick by val R²), a rate, or per metanet: "
+                        "mlp=auto,dmc=1e-3")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    b.add_argument("--stream", action="store_true",
+                   help="read weights from HDF5 per batch instead of loading each zoo into memory "
+                        "(automatic when a zoo exceeds half the machine's memory)")
     common(b)
     b.set_defaults(func=cmd_bench)
 
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--metanets", default=None, help="override the demo's metanet list")
     d.add_argument("--seeds", type=int, default=None, help="override the demo's seeds")
     d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.add_argument("--batch-size", type=int, default=None, help="override the demo's batch size")
     d.add_argument("--lr", default=None, help="override the demo's learning rate (auto = full sweep)")
     d.add_argument("--device", default="cpu")
     d.add_argument("--no-progress", action="store_true")
@@ -100,7 +106,8 @@ def cmd_bench(args) -> int:
 
     cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(args.metanets)), seeds=args.seeds,
                             epochs=args.epochs, lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
-                            device=args.device, params=args.params, target=args.target)
+                            device=args.device, params=args.params, target=args.target,
+                            in_memory=False if args.stream else None)
     result = bench.run(args.zoos, cfg, progress=not args.no_progress)
     files = report.write(result, args.out)
     print(files["md"].read_text())
@@ -113,7 +120,8 @@ def cmd_list(args) -> int:
 
     for n in registry.names():
         cls = registry.get(n)
-        doc = (cls.__doc__ or "").strip().splitlines()
+        doc = [getattr(cls, "description", None)] if getattr(cls, "description", None) else \
+            (cls.__doc__ or "").strip().splitlines()
         origin = f"  [plugin {cls.plugin_path}]" if getattr(cls, "plugin_path", None) else ""
         print(f"{n:12s} view={cls.view:7s} kind={cls.kind:8s} {doc[0] if doc else ''}{origin}")
     return 0
@@ -127,6 +135,8 @@ def cmd_train(args) -> int:
     bench.BenchConfig(metanets=(name,), epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                       params=args.params).check()
     lr = bench.parse_lr(args.lr)
+    if isinstance(lr, dict):
+        raise MetanetError(f"--lr {args.lr!r}: train takes one rate or auto, not NAME=RATE pairs")
     ws = data.load(args.zoo, params=args.params, target=args.target, device=args.device)
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, device=args.device)
     if registry.get(name).kind == "sklearn":
@@ -181,7 +191,7 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(args.out, models=args.models, metanets=args.metanets, seeds=args.seeds, epochs=args.epochs,
-             lr=args.lr, device=args.device, progress=not args.no_progress)
+             batch_size=args.batch_size, lr=args.lr, device=args.device, progress=not args.no_progress)
     return 0
 
 

@@ -98,7 +98,9 @@ def tensor_stats(x: torch.Tensor, layout: Layout, chunk: int = 512) -> torch.Ten
     out = torch.empty(n, len(layout), len(STATS), dtype=torch.float32, device=x.device)
     for ti, t in enumerate(layout.tensors):
         for a in range(0, n, chunk):
-            v = x[a:a + chunk, t.slice].float()
+            # a fresh contiguous copy: reductions over a view can round differently
+            # depending on where the view starts in memory, and results must not depend on that
+            v = x[a:a + chunk, t.slice].float().contiguous()
             s = v.sort(dim=1).values
             cols = [v.mean(1), v.var(1, unbiased=False), s[:, 0], s[:, -1]]
             for q in (0.25, 0.5, 0.75):
@@ -173,7 +175,7 @@ class WeightSet:
     name: str
     info: InputInfo
     selection: Selection
-    x: dict  # split -> [n, D] float32 tensor
+    x: dict  # split -> [n, D] float32 tensor, or StreamedRows
     stats: dict = field(default_factory=dict)  # split -> [n, T, 7], filled on first use
 
     @property
@@ -194,7 +196,9 @@ class WeightSet:
         """Stored features of a split: vectors (``vector``/``layers``) or statistics (``stats``)."""
         if view == "stats":
             if split not in self.stats:
-                self.stats[split] = tensor_stats(self.x[split], self.info.layout)
+                x = self.x[split]
+                self.stats[split] = x.stats(self.info.layout) if isinstance(x, StreamedRows) \
+                    else tensor_stats(x, self.info.layout)
             return self.stats[split]
         return self.x[split]
 
@@ -225,15 +229,50 @@ def open_zoo(path) -> zoo.reader.Zoo:
     return zoo.open(p)
 
 
+class StreamedRows:
+    """Rows of one split read from HDF5 on indexing: a stand-in for the ``[n, D]`` tensor
+    of :class:`WeightSet` when a zoo does not fit in memory (slower: one row read per net)."""
+
+    def __init__(self, path, ids, checkpoint: str, trainable_only: bool, num_inputs: int, device="cpu"):
+        self.zoo = zoo.open(path)
+        self.ids, self.checkpoint, self.trainable_only = np.asarray(ids), checkpoint, trainable_only
+        self.shape = (len(self.ids), num_inputs)
+        self.device = torch.device(device)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        w = self.zoo.weights(np.atleast_1d(self.ids[idx]), self.checkpoint, trainable_only=self.trainable_only)
+        return torch.from_numpy(w).to(self.device)
+
+    def to(self, device):
+        self.device = torch.device(device)
+        return self
+
+    def stats(self, layout: Layout, chunk: int = 256) -> torch.Tensor:
+        return torch.cat([tensor_stats(self[slice(a, a + chunk)], layout) for a in range(0, len(self), chunk)]) \
+            if len(self) else torch.zeros(0, len(layout), len(STATS), device=self.device)
+
+
 def load(path, *, params: str = "trainable", target: str | None = None, checkpoint: str = "final",
-         device="cpu") -> WeightSet:
-    """Read a zoo's usable nets into memory (the fast path). See the module docstring."""
+         device="cpu", in_memory: bool | None = None) -> WeightSet:
+    """A zoo's usable nets: read into memory (the fast path) when ``in_memory`` is True,
+    or None and the zoo fits (:func:`fits_in_memory`); otherwise streamed from HDF5 per
+    batch (:class:`StreamedRows`; statistics are still computed once and kept)."""
     _check_params(params)
     z = open_zoo(path)
     try:
         sel = select(z, target, checkpoint)
         if checkpoint not in z.checkpoints:
             raise MetanetError(f"{z.path}: no checkpoint {checkpoint!r}; stored: {', '.join(z.checkpoints)}")
+        info = InputInfo(input_layout(z, params), params)
+        if in_memory is False or (in_memory is None and not fits_in_memory(z)):
+            x = {s: StreamedRows(z.path, sel.ids[s], checkpoint, params == "trainable", info.num_inputs, device)
+                 for s in SPLITS}
+            return WeightSet(z.path, z.name, info, sel, x)
         all_w = z.weights(None, checkpoint)  # whole shards at once: far faster than row reads
         row_of = {int(i): r for r, i in enumerate(z.ids)}
         cols = z.layout.trainable_index if params == "trainable" else None
@@ -243,7 +282,7 @@ def load(path, *, params: str = "trainable", target: str | None = None, checkpoi
             w = all_w[rows]
             x[s] = torch.from_numpy(np.ascontiguousarray(w[:, cols] if cols is not None else w)).to(device)
         del all_w
-        return WeightSet(z.path, z.name, InputInfo(input_layout(z, params), params), sel, x)
+        return WeightSet(z.path, z.name, info, sel, x)
     finally:
         z.close()
 

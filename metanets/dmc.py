@@ -35,16 +35,19 @@ def min_length() -> int:
 
 
 def _convs_fast(convs, x):
-    """Run the conv stack; on CPU without oneDNN, whose kernels for 1-8 channel 1-D convs
-    are about 8x slower than PyTorch's native ones (the backward pass follows the choice
-    made here)."""
-    if x.device.type != "cpu" or not torch.backends.mkldnn.enabled:
+    """Run the conv stack; on CPU with PyTorch's native kernels instead of NNPACK and
+    oneDNN, which for these 1-64 channel, very long 1-D convs are 3-8x slower (measured
+    with scripts/bench_metanets.py). The backward pass follows the choice made here."""
+    if x.device.type != "cpu":
         return convs(x)
+    nnpack = torch.backends.nnpack.set_flags(False)[0]
+    mkldnn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
         return convs(x)
     finally:
-        torch.backends.mkldnn.enabled = True
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.backends.nnpack.set_flags(nnpack)
 
 
 @register("dmc")
@@ -56,6 +59,7 @@ class DMC(nn.Module):
     readout applies Linear(64,64)+LayerNorm+ReLU at every position, mean-pools positions,
     then Linear(64,64)+LayerNorm+ReLU and Linear(64,1)."""
 
+    description = "1-D CNN over the flat parameter vector (Eilertsen et al. 2020)"
     view = "vector"
 
     def __init__(self, info: InputInfo):

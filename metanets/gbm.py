@@ -18,6 +18,7 @@ class StatGBM:
     ``fit(x, y, seed)`` / ``predict(x)`` on numpy arrays or CPU tensors. The boosting
     learning rate is the estimator's (0.1); the benchmark's lr sweep does not apply."""
 
+    description = "StatNN's statistics into scikit-learn gradient boosting (non-neural baseline)"
     view = "stats"
     kind = "sklearn"
 

@@ -14,6 +14,7 @@ class MLP(nn.Module):
     Not invariant to anything: it must learn every permutation of a standard net
     separately, which is why it profits most from W-Asymmetric zoos."""
 
+    description = "MLP on the flat parameter vector (Lim et al. 2024)"
     view = "vector"
 
     def __init__(self, info: InputInfo, hidden: int = 64):

@@ -51,9 +51,14 @@ def markdown(result: dict) -> str:
                 cells += [_pm(r.r2_mean, r.r2_std), _pm(r.tau_mean, r.tau_std)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     cfg = result["config"]
+    lr = cfg["lr"]
+    if isinstance(lr, dict):
+        how = ", ".join(f"{k} {v}" for k, v in lr.items()) + "; others auto"
+    else:
+        how = str(lr)
     notes = [f"Test-split R² and Kendall τ predicting `{target}` from weights ({cfg['params']} parameters); "
              f"mean ± std over {cfg['seeds']} seed(s); {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
-             f"lr {'chosen by validation R² over ' + str(cfg['lr_grid']) if cfg['lr'] == 'auto' else cfg['lr']}."]
+             f"lr {how} (auto = chosen by validation R² of seed 0 over {cfg['lr_grid']})."]
     for z in result["zoos"]:
         lrs = ", ".join(f"{r.metanet} {r.lr:g}" for r in s[s.zoo == z["zoo"]].itertuples()
                         if r.lr is not None and np.isfinite(r.lr))
@@ -143,8 +148,9 @@ def plot_bars(result: dict, path) -> Path:
         ax.set_xticks(x, mets, fontsize=8)
         ax.set_title(name)
         ax.axhline(0, color="k", lw=0.6)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(zoos), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -19,6 +19,7 @@ class StatNN(nn.Module):
     Features are standardised with the training set's mean and std (:meth:`prepare`),
     because variances and maxima of different tensors differ by orders of magnitude."""
 
+    description = "MLP on 7 statistics per parameter tensor (Unterthiner et al. 2020)"
     view = "stats"
 
     def __init__(self, info: InputInfo, hidden: int = 256):

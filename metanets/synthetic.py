@@ -33,10 +33,14 @@ def net_vector(net, layout: Layout) -> np.ndarray:
 
 def make_zoo(root, *, models: int = 64, wasym: bool = False, width: float = 0.25, in_channels: int = 1,
              seed: int = 0, n_diverged: int = 0, shard_size: int = 64, noise: float = 0.01,
-             name: str | None = None) -> Path:
+             name: str | None = None, mode: str = "scale") -> Path:
     """Write a synthetic zoo of ``models`` ResNet8s to ``root`` and return the path.
 
-    ``n_diverged`` of them are marked diverged (non-finite weights and metrics)."""
+    ``mode="scale"``: weights multiplied by ``s`` (a hidden-unit permutation-invariant,
+    nonlinear cue); ``mode="shift"``: ``log s`` added to every weight (a linear cue even an
+    MLP reads). ``n_diverged`` of them are marked diverged (non-finite weights and metrics)."""
+    if mode not in ("scale", "shift"):
+        raise ValueError(f"mode={mode!r}; allowed: scale, shift")
     cfg = NetConfig(depth=8, width=width, in_channels=in_channels, num_classes=10,
                     wasym=WAsym(n_fix=2, n_fix_linear=2) if wasym else None, asym_seed=seed)
     net0 = build_net(cfg, seed=0)
@@ -49,7 +53,10 @@ def make_zoo(root, *, models: int = 64, wasym: bool = False, width: float = 0.25
         net = build_net(cfg, seed=derived_seed(seed, "synthetic", i))
         with torch.no_grad():
             for p in net.parameters():
-                p.mul_(float(np.exp(log_s[i])))
+                if mode == "scale":
+                    p.mul_(float(np.exp(log_s[i])))
+                else:
+                    p.add_(float(log_s[i]))
         w[i] = net_vector(net, layout)
     diverged = np.zeros(models, bool)
     diverged[rng.choice(models, n_diverged, replace=False)] = True

@@ -29,6 +29,8 @@ from zoo import data as image_data  # noqa: E402
 from zoo.spec import load_spec, validate_for_data  # noqa: E402
 from zoo.train import GroupTrainer, Job, TrainOptions, train_alone  # noqa: E402
 
+# The figures of record are in docs/BENCHMARKS.md, each with the command that produced it.
+
 
 def cifar_shaped(device, n_train=50_000, n_test=10_000) -> image_data.ImageData:
     g = torch.Generator().manual_seed(0)
@@ -40,12 +42,14 @@ def cifar_shaped(device, n_train=50_000, n_test=10_000) -> image_data.ImageData:
                                 mean, std).to(device)
 
 
-def jobs_for(spec, n, epochs):
+def jobs_for(spec, n, epochs, fraction=None):
     out = []
     for i in range(n):
         hp = spec.sample_hparams(i)
         # Same recipe, shortened: every model trains `epochs` epochs (warm-up scaled to fit).
         hp = {**hp, "epochs": epochs, "warmup_epochs": min(hp["warmup_epochs"], epochs / 2)}
+        if fraction:
+            hp["train_fraction"] = fraction
         out.append(Job(i, spec.model_seed(i), hp))
     return out
 
@@ -55,32 +59,40 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_group(spec, cfg, data, device, M, epochs, opts, repeats=1):
-    jobs = jobs_for(spec, M, epochs)
+def _timed(device, fn):
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def marginal(device, run):
+    """(seconds of one steady-state epoch, seconds of everything else in a 1-epoch run).
+
+    run(E) trains for E epochs. A first untimed run warms caches and cuDNN's autotuner on the
+    very shapes that are timed; then epoch = t(2) - t(1) and overhead (init, evaluation) = t(1) - epoch."""
+    run(1)
+    t1 = _timed(device, lambda: run(1))
+    t2 = _timed(device, lambda: run(2))
+    epoch = max(t2 - t1, 1e-9)
+    return epoch, max(t1 - epoch, 0.0)
+
+
+def run_group(spec, cfg, data, device, M, fraction, opts):
     trainer = GroupTrainer(cfg, data, ["final"], opts)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if device.startswith("cuda") else 0
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        trainer.train(jobs)
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+    epoch, over = marginal(device, lambda E: trainer.train(jobs_for(spec, M, E, fraction)))
     peak = (torch.cuda.max_memory_allocated() - base) / M if device.startswith("cuda") else float("nan")
-    return M * epochs / best, peak
+    return epoch, over, peak
 
 
-def run_reference(spec, cfg, data, device, n, epochs):
-    jobs = jobs_for(spec, n, epochs)
-    sync(device)
-    t0 = time.perf_counter()
-    for j in jobs:
-        train_alone(j, cfg, data, ["final"], TrainOptions(device=device))
-    sync(device)
-    return n * epochs / (time.perf_counter() - t0)
+def run_reference(spec, cfg, data, device, fraction):
+    opts = TrainOptions(device=device)
+    return marginal(device, lambda E: train_alone(jobs_for(spec, 1, E, fraction)[0], cfg, data, ["final"], opts))
 
 
 def main():
@@ -88,8 +100,9 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--presets", help="comma-separated presets (default: digits on CPU, lim2024 on CUDA)")
     ap.add_argument("--group-sizes", help="comma-separated group sizes (default: 1,4,8,16 on CPU; 256 on CUDA)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per timed run (default 2 CPU, 1 CUDA)")
-    ap.add_argument("--reference-models", type=int, default=None, help="models for the reference (default 4 CPU, 2 CUDA)")
+    ap.add_argument("--fraction", type=float, default=None,
+                    help="fraction of the training set per timed epoch (default 1 on CPU, 0.2 on CUDA); "
+                         "epoch times are scaled to the full set")
     ap.add_argument("--variants", default=None, help="CUDA variants: fp32,bf16,cl,bf16+cl (default all)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
@@ -99,8 +112,7 @@ def main():
     presets = (args.presets or ("lim2024-resnet8,lim2024-wasym-resnet8" if cuda else
                                 "digits-resnet8,digits-wasym-resnet8")).split(",")
     sizes = [int(s) for s in (args.group_sizes or ("256" if cuda else "1,4,8,16")).split(",")]
-    epochs = args.epochs or (1 if cuda else 2)
-    n_ref = args.reference_models or (2 if cuda else 4)
+    fraction = args.fraction or (0.2 if cuda else 1.0)
     variants = (args.variants or ("fp32,bf16,cl,bf16+cl" if cuda else "fp32")).split(",")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
     dev_name = torch.cuda.get_device_name() if cuda else f"CPU x{torch.get_num_threads()} threads"
@@ -111,26 +123,34 @@ def main():
         data = cifar_shaped(args.device) if spec.data["source"] != "digits" else image_data.load(spec.data, args.device)
         cfg = validate_for_data(spec, data.shape[0], data.num_classes)
         mean_epochs = float(np.mean([spec.sample_hparams(i)["epochs"] for i in range(200)]))
-        # Warm up (cuDNN autotune, allocator) before timing anything.
-        run_group(spec, cfg, data, args.device, 2, 1, TrainOptions(device=args.device))
-        ref = run_reference(spec, cfg, data, args.device, n_ref, epochs)
-        rows.append((preset, "reference (one at a time)", 1, ref, float("nan"), 1.0, mean_epochs))
+
+        def row(path, M, epoch, over, peak):
+            epoch_full = epoch / fraction  # seconds per full-data epoch of the whole group
+            rate = M / epoch_full
+            per_hour = 3600 * M / (mean_epochs * epoch_full + over)
+            return [preset, path, M, rate, per_hour, peak]
+
+        ref = row("reference (one at a time)", 1, *run_reference(spec, cfg, data, args.device, fraction), float("nan"))
+        rows.append(ref + [1.0])
+        print(f"# {preset:24s} reference {ref[3]:8.2f} model-epochs/s", flush=True)
         for M in sizes:
             for v in variants:
                 opts = TrainOptions(device=args.device, bf16="bf16" in v, channels_last="cl" in v)
                 try:
-                    rate, peak = run_group(spec, cfg, data, args.device, M, epochs, opts)
+                    r = row(f"group {v}", M, *run_group(spec, cfg, data, args.device, M, fraction, opts))
                 except torch.cuda.OutOfMemoryError:
                     print(f"# {preset} M={M} {v}: out of memory")
                     continue
-                rows.append((preset, f"group {v}", M, rate, peak, rate / ref, mean_epochs))
-                print(f"# {preset:24s} M={M:4d} {v:8s} {rate:8.2f} model-epochs/s", flush=True)
+                rows.append(r + [r[3] / ref[3]])
+                print(f"# {preset:24s} M={M:4d} {v:8s} {r[3]:8.2f} model-epochs/s", flush=True)
     print(f"\n{'preset':24s} {'path':26s} {'M':>5s} {'model-ep/s':>11s} {'models/h':>10s} "
           f"{'MiB/model':>10s} {'x ref':>7s}")
-    for preset, path, M, rate, peak, ratio, me in rows:
+    for preset, path, M, rate, per_hour, peak, ratio in rows:
         mib = f"{peak / 2**20:10.1f}" if peak == peak else f"{'-':>10s}"
-        print(f"{preset:24s} {path:26s} {M:5d} {rate:11.2f} {rate / me * 3600:10.0f} {mib} {ratio:7.2f}")
-    print(f"\nmodels/h assumes the preset's mean of its epoch distribution; command: {command}")
+        print(f"{preset:24s} {path:26s} {M:5d} {rate:11.2f} {per_hour:10.0f} {mib} {ratio:7.2f}")
+    print(f"\nmodel-ep/s: steady-state training epochs (full training set) per second, from t(2 epochs) - t(1 epoch)"
+          f" on {fraction:.0%} of the data; models/h: at the preset's mean epoch count ({mean_epochs:.1f}), "
+          f"including init and the final evaluation.\ncommand: {command}")
 
 
 if __name__ == "__main__":

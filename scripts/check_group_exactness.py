@@ -27,7 +27,11 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 convs/matmuls on CUDA (off: true fp32)")
     args = ap.parse_args()
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     spec = load_spec(args.preset)
     data = image_data.load(spec.data, args.device)
     cfg = validate_for_data(spec, data.shape[0], data.num_classes)

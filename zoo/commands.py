@@ -30,8 +30,11 @@ def register(sub) -> None:
     p.add_argument("--group-size", type=int, help="models trained at once (default: chosen for the device)")
     p.add_argument("--shard", type=int, help="this job's index, with --num-shards (see 'zoo merge')")
     p.add_argument("--num-shards", type=int, help="number of parallel jobs sharing the output directory")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (fp32 is the exact reference)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="compute precision (default auto: bf16 on CUDA, the fastest there; fp32 on CPU, "
+                        "the exact reference). Weights are always kept and stored in fp32")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="channels-last memory format (default auto: on for CUDA)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the shards as Ray tasks on a running cluster at ADDRESS (or a local one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,8 +78,9 @@ def cmd_generate(args) -> int:
         from .generate import generate
 
         generate(args.spec, args.out, models=args.models, device=args.device, group_size=args.group_size,
-                 shard=args.shard, num_shards=args.num_shards, progress=not args.quiet, bf16=args.bf16,
-                 channels_last=args.channels_last)
+                 shard=args.shard, num_shards=args.num_shards, progress=not args.quiet,
+                 bf16=None if args.precision == "auto" else args.precision == "bf16",
+                 channels_last=None if args.channels_last == "auto" else args.channels_last == "on")
     if (args.out / "manifest.json").exists():
         print_info(args.out)
     return 0

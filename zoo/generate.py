@@ -51,12 +51,14 @@ def plan_groups(spec: ZooSpec, shard: int, group_size: int) -> list[list[int]]:
     return groups
 
 
-def auto_group_size(spec: ZooSpec, cfg, data, device: str) -> int:
+def auto_group_size(spec: ZooSpec, cfg, data, opts: TrainOptions) -> int:
     """The group size to use when the user gives none.
 
     CPU: grouping pays only at small batches (grouped convolutions lose to plain ones at
     large batch on a CPU; see scripts/bench_generate.py), so the size follows the batch.
-    CUDA: as many models as fit in ~60% of the free memory, measured with a probe group."""
+    CUDA: as many models as fit in ~60% of the free memory (measured with a probe group),
+    at most 256: on an H100, 256 ran no faster than 128 (docs/BENCHMARKS.md)."""
+    device = opts.device
     hp = spec.sample_hparams(0)
     batch = int(hp["batch_size"])
     if not device.startswith("cuda"):
@@ -67,10 +69,10 @@ def auto_group_size(spec: ZooSpec, cfg, data, device: str) -> int:
     base = torch.cuda.memory_allocated(device)
     jobs = [Job(-1 - i, i, {**hp, "epochs": 1, "train_fraction": min(1.0, 2 * batch / len(data.y_train))})
             for i in range(probe)]
-    GroupTrainer(cfg, data, ["final"], TrainOptions(device=device)).train(jobs)
+    GroupTrainer(cfg, data, ["final"], opts).train(jobs)
     per_model = max(1, (torch.cuda.max_memory_allocated(device) - base) / probe)
     torch.cuda.empty_cache()
-    return int(max(1, min(1024, 0.6 * free / per_model)))
+    return int(max(1, min(256, 0.6 * free / per_model)))
 
 
 # ------------------------------------------------------------------ state
@@ -159,13 +161,15 @@ def results_to_content(results, spec: ZooSpec, cfg, layout, template, attrs) -> 
 
 def generate(spec, out, *, models: int | None = None, device: str = "cpu", group_size: int | None = None,
              shard: int | None = None, num_shards: int | None = None, progress: bool = True,
-             bf16: bool = False, channels_last: bool = False, reference: bool = False) -> Path:
+             bf16: bool | None = None, channels_last: bool | None = None, reference: bool = False) -> Path:
     """Generate (or resume) the zoo of ``spec`` into ``out``; return ``out``.
 
     ``shard``/``num_shards`` make this call one of ``num_shards`` jobs: it does the
     shards ``s`` with ``s % num_shards == shard`` and writes the manifest only if, when
     it ends, every shard of the zoo is on disk (else ``zoo merge`` does it later).
-    ``reference=True`` trains one model at a time with plain layers (for benchmarks)."""
+    ``reference=True`` trains one model at a time with plain layers (for benchmarks).
+    ``bf16``/``channels_last`` default to on for CUDA (fastest in scripts/bench_generate.py)
+    and off for the CPU, where fp32 is the exact reference."""
     if not isinstance(spec, ZooSpec):
         spec = load_spec(spec)
     if models is not None:
@@ -180,6 +184,9 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ZooError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
 
+    cuda = device.startswith("cuda")
+    opts = TrainOptions(device=device, bf16=cuda if bf16 is None else bf16,
+                        channels_last=cuda if channels_last is None else channels_last)
     plan = _check_out_dir(out, spec)
     if plan and plan.get("complete"):
         if progress:
@@ -189,7 +196,7 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
     C, K = data.shape[0], data.num_classes
     cfg = validate_for_data(spec, C, K)
     if plan is None:
-        gs = group_size or auto_group_size(spec, cfg, data, device)
+        gs = group_size or auto_group_size(spec, cfg, data, opts)
         plan = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
                 "group_size": gs, "num_shards": spec.num_shards, "data": data.describe()}
         write_json(out / PLAN, plan)
@@ -200,7 +207,6 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
 
     template = build_net(cfg)
     layout = Layout.from_module(template)
-    opts = TrainOptions(device=device, bf16=bf16, channels_last=channels_last)
     attrs = {"spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint(), "net": cfg.to_dict(),
              "created_by": versions(device), "data": data.describe()}
     mine = [s for s in range(spec.num_shards) if num_shards is None or s % num_shards == shard]

@@ -32,7 +32,7 @@ class GroupedOps:
         w = self.params[f"{name}.weight"]
         mod = self.mods[name]
         if getattr(mod, "fixed_mask", None) is not None:
-            w = torch.where(mod.fixed_mask, mod.fixed_values, w)
+            w = torch.where(mod.fixed_mask, mod.fixed_values.to(w.dtype), w)
         return w
 
     def conv(self, name, x):
@@ -46,12 +46,14 @@ class GroupedOps:
         if isinstance(mod, nn.GroupNorm):
             return F.group_norm(x, M * mod.num_groups, w, b, mod.eps)
         rm, rv = self.bn[f"{name}.running_mean"], self.bn[f"{name}.running_var"]
-        return F.batch_norm(x, rm.view(-1), rv.view(-1), w, b, self.training, mod.momentum, mod.eps)
+        # Running statistics stay fp32 whatever the compute dtype.
+        return F.batch_norm(x.float(), rm.view(-1), rv.view(-1), w.float(), b.float(), self.training,
+                            mod.momentum, mod.eps).to(x.dtype)
 
     def act(self, name, x):
         mod = self.mods[name]
         if isinstance(mod, FiGLU):
-            return torch.sigmoid(F.conv2d(x, self.mixes[name], groups=self.M)) * x
+            return torch.sigmoid(F.conv2d(x, self.mixes[name].to(x.dtype), groups=self.M)) * x
         return F.relu(x)
 
     def pool(self, x):
@@ -103,16 +105,18 @@ class GroupState:
     def block(self, flat: torch.Tensor, t) -> torch.Tensor:
         return flat[t.offset * self.M: t.stop * self.M].view(self.M, *t.shape)
 
-    def params(self) -> dict:
-        return {t.name: self.block(self.flat, t) for t in self.layout.tensors}
+    def params(self, dtype=torch.float32) -> dict:
+        flat = self.flat if dtype == self.flat.dtype else self.flat.to(dtype)
+        return {t.name: self.block(flat, t) for t in self.layout.tensors}
 
-    def forward(self, x: torch.Tensor, training: bool, channels_last: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, training: bool, channels_last: bool = False,
+                dtype=torch.float32) -> torch.Tensor:
         """``x [M, B, C, H, W]`` (model k's batch in row k) -> logits ``[M, B, K]``."""
         M, B = x.shape[:2]
-        h = x.transpose(0, 1).reshape(B, M * x.shape[2], *x.shape[3:])
+        h = x.transpose(0, 1).reshape(B, M * x.shape[2], *x.shape[3:]).to(dtype)
         if channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        ops = GroupedOps(self.template, self.params(), self.bn, M, training, self.mixes)
+        ops = GroupedOps(self.template, self.params(dtype), self.bn, M, training, self.mixes)
         return self.template._run(h, ops)
 
     def rows(self, flat: torch.Tensor | None = None) -> torch.Tensor:

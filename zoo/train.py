@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,9 +54,18 @@ class TrainOptions:
     """How to run the arithmetic (never what is computed): fp32 is the exact reference."""
 
     device: str = "cpu"
-    bf16: bool = False  # autocast matmuls/convs to bfloat16 (CUDA)
+    # bf16: weights are cast once per step from the fp32 master copy and activations stay
+    # bf16 end to end (autocast would cast around every fp32-only GroupNorm instead).
+    bf16: bool = False
     channels_last: bool = False
     eval_batch: int = 1024
+    # cuDNN's default heuristics pick poor kernels for grouped convs with few channels per
+    # group; benchmarking once per shape is far faster over a zoo's thousands of steps.
+    cudnn_benchmark: bool = True
+
+    def apply(self):
+        if self.device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
 
 # ------------------------------------------------------------------ shared
@@ -67,22 +75,29 @@ def steps_per_epoch(n_train: int, hp: dict) -> int:
     return math.ceil(n / int(hp["batch_size"]))
 
 
+SCHEDULES = ("lim2024", "cosine", "constant")
+
+
 def lr_factor(step, total, warmup, kind):
     """Multiplier of the base lr at optimizer step ``step`` (0-based) of ``total``.
 
     'lim2024': linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``
     (the paper's recipe); 'cosine': the same warm-up, then half a cosine; 'constant'.
-    Works elementwise on tensors (one entry per model) as well as on floats."""
-    s = torch.as_tensor(step, dtype=torch.float64)
-    total = torch.as_tensor(total, dtype=torch.float64)
-    warmup = torch.minimum(torch.as_tensor(warmup, dtype=torch.float64), total)
-    warm = torch.where(warmup > 0, (s + 1) / warmup.clamp_min(1e-12), torch.ones_like(s))
-    frac = ((s - warmup) / (total - warmup).clamp_min(1e-12)).clamp(0, 1)
-    kind = np.asarray(kind)
-    decay = torch.where(torch.from_numpy(kind == "lim2024"), 1 - frac,
-                        torch.where(torch.from_numpy(kind == "cosine"), 0.5 * (1 + torch.cos(math.pi * frac)),
-                                    torch.ones_like(frac)))
-    return torch.where(s < warmup, warm, decay)
+    ``total``/``warmup`` are float64 tensors (one entry per model) and ``kind`` an integer
+    tensor of indices into SCHEDULES, all on the training device: no host sync per step."""
+    warmup = torch.minimum(warmup, total)
+    warm = torch.where(warmup > 0, (step + 1) / warmup.clamp_min(1e-12), torch.ones_like(total))
+    frac = ((step - warmup) / (total - warmup).clamp_min(1e-12)).clamp(0, 1)
+    decay = torch.where(kind == 0, 1 - frac,
+                        torch.where(kind == 1, 0.5 * (1 + torch.cos(math.pi * frac)), torch.ones_like(frac)))
+    return torch.where(step < warmup, warm, decay)
+
+
+def _schedule_tensors(hps, spe, device):
+    f64 = dict(dtype=torch.float64, device=device)
+    return (torch.tensor([h["epochs"] * spe for h in hps], **f64),
+            torch.tensor([h["warmup_epochs"] * spe for h in hps], **f64),
+            torch.tensor([SCHEDULES.index(h["schedule"]) for h in hps], device=device))
 
 
 def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, smoothing) -> torch.Tensor:
@@ -137,6 +152,7 @@ class GroupTrainer:
 
     def train(self, jobs: list[Job]) -> list[Result]:
         dev, data = self.opts.device, self.data
+        self.opts.apply()
         hp0 = jobs[0].hp
         opt_kind = hp0["optimizer"]
         template = build_net(self.cfg)
@@ -150,30 +166,27 @@ class GroupTrainer:
         state = {"m": torch.zeros_like(g.flat.detach()), "v": torch.zeros_like(g.flat.detach())} \
             if opt_kind == "adamw" else {"buf": torch.zeros_like(g.flat.detach())}
         hp_t = _hp_tensors([j.hp for j in active], dev)
-        totals = torch.tensor([j.hp["epochs"] * spe for j in active], dtype=torch.float64)
-        warms = torch.tensor([j.hp["warmup_epochs"] * spe for j in active], dtype=torch.float64)
-        kinds = np.array([j.hp["schedule"] for j in active])
+        totals, warms, kinds = _schedule_tensors([j.hp for j in active], spe, dev)
         hw = tuple(data.x_train.shape[2:])
         step = 0
         if 0 in self.ckpt_epochs:
             self._record(g, active, subsets, "epoch_0", results, range(len(active)))
         max_epochs = max(j.hp["epochs"] for j in jobs)
-        amp = torch.autocast("cuda", torch.bfloat16) if (self.opts.bf16 and dev.startswith("cuda")) else nullcontext()
+        dtype = torch.bfloat16 if self.opts.bf16 else torch.float32
         for epoch in range(max_epochs):
             plan = _stack_plans([epoch_plan(gen, sub, j.hp, hw) for gen, sub, j in zip(gens, subsets, active)], dev)
             bad = torch.zeros(len(active), dtype=torch.bool, device=dev)
             for s in range(spe):
                 sl = slice(s * B, (s + 1) * B)
                 x, y = _batch(data, plan["order"][:, sl], plan, sl, hp_t)
-                with amp:
-                    logits = g.forward(x, training=True, channels_last=self.opts.channels_last)
+                logits = g.forward(x, training=True, channels_last=self.opts.channels_last, dtype=dtype)
                 loss = smoothed_ce(logits, y, hp_t["label_smoothing"][:, None])
                 finite = torch.isfinite(loss)
                 bad |= ~finite
                 # A model whose loss is not finite gets no gradient from it; its own NaNs stay in
                 # its own channels, since no op mixes models.
                 torch.where(finite, loss, torch.zeros_like(loss)).sum().backward()
-                factor = lr_factor(step, totals, warms, kinds).to(dev, torch.float32)
+                factor = lr_factor(step, totals, warms, kinds).float()
                 self._step(g, state, hp_t, factor, step + 1, opt_kind)
                 step += 1
             done_epoch = epoch + 1
@@ -203,8 +216,7 @@ class GroupTrainer:
                 gens = [gens[k] for k in keep]
                 subsets = [subsets[k] for k in keep]
                 hp_t = {k: v[kt] for k, v in hp_t.items()}
-                kc = torch.tensor(keep)
-                totals, warms, kinds = totals[kc], warms[kc], kinds[keep]
+                totals, warms, kinds = totals[kt], warms[kt], kinds[kt]
         return [results[j.model_id] for j in jobs]
 
     @staticmethod
@@ -258,11 +270,11 @@ def _evaluate(g: GroupState, X, Y, idx, data: ImageData, opts: TrainOptions):
     per = max(1, opts.eval_batch * 64 // max(M, 1))
     loss = torch.zeros(M, dtype=torch.float64, device=idx.device)
     correct = torch.zeros(M, dtype=torch.float64, device=idx.device)
-    amp = torch.autocast("cuda", torch.bfloat16) if (opts.bf16 and opts.device.startswith("cuda")) else nullcontext()
+    dtype = torch.bfloat16 if opts.bf16 else torch.float32
     for i in range(0, n, per):
         j = idx[:, i:i + per]
-        with amp:
-            logits = g.forward(data.normalize(X[j]), training=False, channels_last=opts.channels_last).float()
+        logits = g.forward(data.normalize(X[j]), training=False, channels_last=opts.channels_last,
+                           dtype=dtype).float()
         y = Y[j]
         loss += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").double().sum(1)
         correct += (logits.argmax(-1) == y).double().sum(1)
@@ -275,6 +287,7 @@ def train_alone(job: Job, cfg: NetConfig, data: ImageData, checkpoints: list,
                 opts: TrainOptions = TrainOptions()) -> Result:
     """Train one model with plain ``nn.Module`` layers and ``torch.optim`` (the reference path)."""
     dev = opts.device
+    opts.apply()
     hp = job.hp
     net = build_net(cfg, job.seed).to(dev)
     gen = _data_gen(job)
@@ -289,6 +302,7 @@ def train_alone(job: Job, cfg: NetConfig, data: ImageData, checkpoints: list,
         opt = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
                               foreach=False)
     hp_t = _hp_tensors([hp], dev)
+    totals, warms, kinds = _schedule_tensors([hp], spe, "cpu")
     res = Result(job.model_id, hp)
     ckpt_epochs = [c for c in checkpoints if c != "final"]
     layout = Layout.from_module(net)
@@ -323,8 +337,7 @@ def train_alone(job: Job, cfg: NetConfig, data: ImageData, checkpoints: list,
             finite = bool(torch.isfinite(loss))
             bad |= not finite
             for grp in opt.param_groups:
-                grp["lr"] = hp["lr"] * float(lr_factor(step, hp["epochs"] * spe, hp["warmup_epochs"] * spe,
-                                                       [hp["schedule"]])[0])
+                grp["lr"] = hp["lr"] * float(lr_factor(step, totals, warms, kinds)[0].float())
             opt.zero_grad(set_to_none=True)
             torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).backward()
             opt.step()

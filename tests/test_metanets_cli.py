@@ -1,0 +1,175 @@
+"""The `metanets` command line: bench outputs, train/predict, plugins, and clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from metanets.cli import main
+from metanets.synthetic import make_zoo
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_metanet.py"
+FAST = ["--epochs", "3", "--batch-size", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def zoos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-zoos")
+    return (make_zoo(root / "std", models=48, n_diverged=2, seed=5, mode="shift"),
+            make_zoo(root / "wasym", models=48, wasym=True, seed=6, mode="shift"))
+
+
+def _error(capsys, argv) -> str:
+    """Run a command that must fail as a user error: exit 2, one line, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bench_writes_every_result_file(zoos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", *map(str, zoos), "--metanets", "mlp,statnn,statnn-gbm", "--seeds", "2",
+                 "--lr", "auto", "--out", str(out), *FAST]) == 0
+    res = json.loads((out / "results.json").read_text())
+    runs = pd.DataFrame(res["runs"])
+    # 3 metanets x 2 zoos x 2 seeds test runs; 2 neural metanets x 2 zoos x 6 rates in the sweep
+    assert len(runs) == 12 and len(res["sweeps"]) == 24
+    for col in ("zoo", "metanet", "seed", "lr", "best_epoch", "val_r2", "test_r2", "val_tau", "test_tau",
+                "train_time_s", "num_params"):
+        assert col in runs
+    assert res["zoos"][0]["diverged_excluded"] == 2
+    # every seed of a (metanet, zoo) uses the rate the sweep chose on seed 0
+    for (m, z), g in runs[runs.metanet != "statnn-gbm"].groupby(["metanet", "zoo"]):
+        sw = pd.DataFrame(res["sweeps"]).query("metanet == @m and zoo == @z")
+        assert set(g.lr) == {sw.loc[sw.val_r2.idxmax(), "lr"]}
+    assert len(pd.read_csv(out / "results.csv")) == 12
+    md = (out / "results.md").read_text()
+    assert "| metanet | std R² | std τ | wasym R² | wasym τ |" in md
+    assert all(f"| {m} |" in md for m in ("mlp", "statnn", "statnn-gbm"))
+    assert " ± " in md
+    for png in ("pred_vs_true.png", "zoos_bar.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "std R²" in capsys.readouterr().out
+
+
+def test_train_then_predict_reproduces_the_saved_metanets_predictions(zoos, tmp_path, capsys):
+    model = tmp_path / "statnn.pt"
+    assert main(["train", str(zoos[0]), "--metanet", "statnn", "--lr", "1e-3", "--out", str(model), *FAST[:4]]) == 0
+    capsys.readouterr()
+    csv = tmp_path / "pred.csv"
+    assert main(["predict", str(model), str(zoos[0]), "--out", str(csv)]) == 0
+    assert "R²" in capsys.readouterr().out
+    import torch
+
+    from metanets import data, train
+
+    ws = data.load(zoos[0])
+    res = train.fit("statnn", ws, lr=1e-3, seed=0, epochs=3, batch_size=16)
+    df = pd.read_csv(csv)
+    assert list(df.model_id) == list(ws.ids("test"))
+    torch.testing.assert_close(torch.tensor(df.prediction.to_numpy(), dtype=torch.float32),
+                               torch.from_numpy(res.predictions["test"]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_plugin_metanet_is_benchmarked_without_editing_metazoo(zoos, tmp_path, capsys):
+    assert main(["list", "--plugin", str(EXAMPLE)]) == 0
+    assert "norms-mlp" in capsys.readouterr().out
+    out = tmp_path / "plug"
+    assert main(["bench", str(zoos[0]), "--metanets", "norms-mlp", "--plugin", str(EXAMPLE), "--seeds", "1",
+                 "--lr", "1e-2", "--out", str(out), *FAST]) == 0
+    assert "| norms-mlp |" in (out / "results.md").read_text()
+
+
+def test_a_plugin_that_registers_nothing_is_a_clear_error(zoos, tmp_path, capsys):
+    plug = tmp_path / "empty_plugin.py"
+    plug.write_text("import torch\n\nclass Forgotten(torch.nn.Module):\n    view = 'vector'\n")
+    err = _error(capsys, ["bench", str(zoos[0]), "--plugin", str(plug), "--out", str(tmp_path / "o")])
+    assert "registered no metanet" in err and str(plug) in err
+
+
+def test_a_plugin_whose_forward_has_the_wrong_shape_is_a_clear_error(zoos, tmp_path, capsys):
+    plug = tmp_path / "wrong_shape.py"
+    plug.write_text(
+        "import torch\nfrom metanets import register\n\n"
+        "@register('wrong-shape')\nclass W(torch.nn.Module):\n    view = 'vector'\n"
+        "    def __init__(self, info):\n        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(info.num_inputs, 4)\n"
+        "    def forward(self, x):\n        return self.lin(x)\n")
+    err = _error(capsys, ["bench", str(zoos[0]), "--metanets", "wrong-shape", "--plugin", str(plug),
+                          "--lr", "1e-3", "--seeds", "1", "--out", str(tmp_path / "o"), *FAST])
+    assert "'wrong-shape'" in err and "(2, 4)" in err and "[2] or [2, 1]" in err
+
+
+def test_a_path_that_is_not_a_zoo_is_a_clear_error(tmp_path, capsys):
+    err = _error(capsys, ["bench", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert str(tmp_path) in err and "not a metazoo zoo" in err
+
+
+def test_an_unknown_schema_version_is_a_clear_error(zoos, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "future"
+    shutil.copytree(zoos[0], bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (bad / "manifest.json").write_text(json.dumps(m))
+    err = _error(capsys, ["bench", str(bad), "--out", str(tmp_path / "o")])
+    assert "schema version 99" in err
+
+
+def test_two_zoos_with_different_targets_in_one_table_is_a_clear_error(zoos, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "loss-zoo"
+    shutil.copytree(zoos[1], other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["target"] = "test_loss"
+    (other / "manifest.json").write_text(json.dumps(m))
+    err = _error(capsys, ["bench", str(zoos[0]), str(other), "--out", str(tmp_path / "o")])
+    assert "different targets" in err and "'test_loss'" in err and "'test_acc'" in err
+
+
+def test_a_zoo_too_small_for_the_split_says_how_many_models_are_needed(tmp_path, capsys):
+    tiny = make_zoo(tmp_path / "tiny", models=6)
+    err = _error(capsys, ["bench", str(tiny), "--metanets", "statnn", "--out", str(tmp_path / "o")])
+    assert "too small" in err and "at least 8 models" in err
+
+
+def test_an_unknown_metanet_name_lists_the_known_ones(zoos, tmp_path, capsys):
+    err = _error(capsys, ["bench", str(zoos[0]), "--metanets", "mlp,transformer", "--out", str(tmp_path / "o")])
+    assert "'transformer'" in err and "mlp, dmc, deepsets, statnn, statnn-gbm" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--seeds", "0"], "seeds=0"), (["--epochs", "0"], "epochs=0"), (["--lr", "fast"], "--lr 'fast'"),
+    (["--lr", "-1"], "--lr '-1'"),
+])
+def test_bad_options_name_the_option_and_allowed_values(zoos, tmp_path, capsys, argv, needle):
+    err = _error(capsys, ["bench", str(zoos[0]), "--metanets", "statnn", "--out", str(tmp_path / "o"), *argv])
+    assert needle in err and "allowed" in err
+
+
+def test_lr_accepts_one_rate_auto_or_per_metanet_rates():
+    from metanets.bench import BenchConfig, parse_lr
+
+    assert parse_lr("auto") == "auto" and parse_lr("5e-4") == 5e-4
+    per = parse_lr("mlp=auto,dmc=1e-3")
+    assert per == {"mlp": "auto", "dmc": 1e-3}
+    cfg = BenchConfig(lr=per).check()
+    assert cfg.lr_for("dmc") == 1e-3 and cfg.lr_for("mlp") == "auto" and cfg.lr_for("statnn") == "auto"
+
+
+def test_demo_generates_the_two_digits_zoos_once_and_benchmarks_both(tmp_path, capsys):
+    pytest.importorskip("zoo.generate")
+    argv = ["demo", "--out", str(tmp_path), "--models", "12", "--metanets", "statnn,statnn-gbm", "--seeds", "1",
+            "--epochs", "2", "--lr", "1e-3", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| statnn |" in out and "digits-wasym" in out
+    res = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert [z["path"] for z in res["zoos"]] == [str(tmp_path / "digits-std"), str(tmp_path / "digits-wasym")]
+    assert main(argv) == 0  # the second call reuses the complete zoos
+    assert capsys.readouterr().out.count("reusing") == 2
