@@ -150,7 +150,8 @@ def cmd_train(args) -> int:
               "lr": res.lr, "best_epoch": res.best_epoch, "seed": args.seed, "zoo": str(args.zoo)}
     persist.save(args.out, name, res.model, ws.info, target=ws.target, meta=scores)
     print(f"{name} on {ws.name}: val R² {res.val_r2:.4f} τ {res.val_tau:.4f} | test R² {res.test_r2:.4f} "
-          f"τ {res.test_tau:.4f} (lr {res.lr}, best epoch {res.best_epoch}); saved {args.out}")
+          f"τ {res.test_tau:.4f}" + (f" (lr {res.lr:g}, best epoch {res.best_epoch})" if res.lr else "")
+          + f"; saved {args.out}")
     return 0
 
 

@@ -98,8 +98,8 @@ def tensor_stats(x: torch.Tensor, layout: Layout, chunk: int = 512) -> torch.Ten
     out = torch.empty(n, len(layout), len(STATS), dtype=torch.float32, device=x.device)
     for ti, t in enumerate(layout.tensors):
         for a in range(0, n, chunk):
-            # a fresh contiguous copy: reductions over a view can round differently
-            # depending on where the view starts in memory, and results must not depend on that
+            # a fresh row-major copy: reductions round differently on strided inputs, and the
+            # statistics must not depend on how the rows were read
             v = x[a:a + chunk, t.slice].float().contiguous()
             s = v.sort(dim=1).values
             cols = [v.mean(1), v.var(1, unbiased=False), s[:, 0], s[:, -1]]
@@ -202,11 +202,6 @@ class WeightSet:
             return self.stats[split]
         return self.x[split]
 
-    def to(self, device) -> "WeightSet":
-        self.x = {k: v.to(device) for k, v in self.x.items()}
-        self.stats = {k: v.to(device) for k, v in self.stats.items()}
-        return self
-
 
 def memory_budget() -> int:
     """Bytes the in-memory fast path may use: half of the machine's physical memory."""
@@ -246,7 +241,9 @@ class StreamedRows:
         if isinstance(idx, torch.Tensor):
             idx = idx.cpu().numpy()
         w = self.zoo.weights(np.atleast_1d(self.ids[idx]), self.checkpoint, trainable_only=self.trainable_only)
-        return torch.from_numpy(w).to(self.device)
+        # row-major (numpy's column fancy-indexing can return column-major arrays, and CPU
+        # matmuls round differently on them): streaming must train exactly like the fast path
+        return torch.from_numpy(np.ascontiguousarray(w)).to(self.device)
 
     def to(self, device):
         self.device = torch.device(device)

@@ -1,7 +1,6 @@
 """Writing a benchmark's results: results.json, results.csv, results.md, predictions.csv, PNGs."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -155,6 +154,3 @@ def plot_bars(result: dict, path) -> Path:
     plt.close(fig)
     return Path(path)
 
-
-def load_results(out) -> dict:
-    return json.loads((Path(out) / "results.json").read_text())

@@ -9,7 +9,6 @@ read exactly like a generated one.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +75,6 @@ def make_zoo(root, *, models: int = 64, wasym: bool = False, width: float = 0.25
         shards.append(ShardContent(ids=np.arange(models)[sl], weights={"final": w[sl]},
                                    table=table.iloc[sl].reset_index(drop=True), layout=layout,
                                    fixed_values=fixed))
-    write_zoo(Path(root), shards, name=name or Path(root).name, net=replace(cfg).to_dict(),
+    write_zoo(Path(root), shards, name=name or Path(root).name, net=cfg.to_dict(),
               source={"kind": "synthetic", "seed": seed}, split_seed=seed)
     return Path(root)

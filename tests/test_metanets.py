@@ -17,6 +17,19 @@ from zoo.nets import NetConfig, build_net
 BUILTINS = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core box, OpenMP barriers made these tiny
+    trainings 10x slower with two threads (measured); results do not depend on it."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def zoos(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoos")
@@ -197,7 +210,7 @@ def _permute_hidden_units(net, seed=0):
         blk.conv2.weight.copy_(blk.conv2.weight[:, perm])
 
 
-def test_deepsets_and_statnn_are_invariant_to_permuting_hidden_units_of_a_resnet():
+def test_deepsets_statnn_and_gbm_are_invariant_to_permuting_hidden_units_of_a_resnet():
     cfg = NetConfig(depth=8, width=0.5, in_channels=1, num_classes=10)
     net = build_net(cfg, seed=7).eval()
     with torch.no_grad():  # non-trivial norm affines, so the permutation moves them too
@@ -225,6 +238,11 @@ def test_deepsets_and_statnn_are_invariant_to_permuting_hidden_units_of_a_resnet
             else:
                 a, b = model(before), model(after)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} changed under a hidden-unit permutation")
+    gbm = train.build("statnn-gbm", info, seed=0)
+    gen = torch.Generator().manual_seed(2)
+    fleet = torch.cat([before * (1 + 0.1 * torch.randn(1, generator=gen)) for _ in range(16)])
+    gbm.fit(data.tensor_stats(fleet, layout), np.linspace(0.1, 0.9, 16), seed=0)
+    assert gbm.predict(data.tensor_stats(before, layout)) == gbm.predict(data.tensor_stats(after, layout))
     mlp = train.build("mlp", info, seed=0).eval()
     with torch.no_grad():
         assert not torch.allclose(mlp(before), mlp(after)), "the MLP claims no invariance: it should notice"
@@ -305,3 +323,14 @@ def test_streaming_from_hdf5_trains_exactly_like_the_in_memory_fast_path(zoos, n
     a = train.fit(name, mem, lr=1e-3, seed=0, epochs=3, batch_size=8)
     b = train.fit(name, streamed, lr=1e-3, seed=0, epochs=3, batch_size=8)
     np.testing.assert_array_equal(a.predictions["test"], b.predictions["test"])
+
+
+def test_another_table_metric_can_be_the_target(zoos):
+    import zoo
+
+    ws = data.load(zoos["std"], target="train_loss")
+    assert ws.target == "train_loss"
+    want = zoo.open(zoos["std"]).metric("train_loss")[ws.ids("val")].to_numpy(np.float32)
+    np.testing.assert_array_equal(ws.selection.y["val"], want)
+    with pytest.raises(MetanetError, match=r"target 'val_acc' is not a column.*test_acc"):
+        data.load(zoos["std"], target="val_acc")

@@ -6,12 +6,26 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from metanets.cli import main
 from metanets.synthetic import make_zoo
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_metanet.py"
 FAST = ["--epochs", "3", "--batch-size", "16", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core box, OpenMP barriers made these tiny
+    trainings 10x slower with two threads (measured); results do not depend on it."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +176,7 @@ def test_lr_accepts_one_rate_auto_or_per_metanet_rates():
     assert cfg.lr_for("dmc") == 1e-3 and cfg.lr_for("mlp") == "auto" and cfg.lr_for("statnn") == "auto"
 
 
+@pytest.mark.slow  # trains 24 real digits nets through zoo.generate
 def test_demo_generates_the_two_digits_zoos_once_and_benchmarks_both(tmp_path, capsys):
     pytest.importorskip("zoo.generate")
     argv = ["demo", "--out", str(tmp_path), "--models", "12", "--metanets", "statnn,statnn-gbm", "--seeds", "1",

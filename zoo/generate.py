@@ -64,13 +64,17 @@ def auto_group_size(spec: ZooSpec, cfg, data, opts: TrainOptions) -> int:
     if not device.startswith("cuda"):
         return 1 if batch >= 256 else (4 if batch >= 96 else 8)
     free, _ = torch.cuda.mem_get_info(device)
-    probe = 8
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    jobs = [Job(-1 - i, i, {**hp, "epochs": 1, "train_fraction": min(1.0, 2 * batch / len(data.y_train))})
-            for i in range(probe)]
-    GroupTrainer(cfg, data, ["final"], opts).train(jobs)
-    per_model = max(1, (torch.cuda.max_memory_allocated(device) - base) / probe)
+    probe_hp = {**hp, "epochs": 1, "train_fraction": min(1.0, 2 * batch / len(data.y_train))}
+
+    def peak(m):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        GroupTrainer(cfg, data, ["final"], opts).train([Job(-1 - i, i, probe_hp) for i in range(m)])
+        return torch.cuda.max_memory_allocated(device) - base
+
+    # Two probes, so that fixed costs (cuDNN workspaces, data views) are not charged per model.
+    per_model = max(1, (peak(16) - peak(8)) / 8)
     torch.cuda.empty_cache()
     return int(max(1, min(256, 0.6 * free / per_model)))
 
@@ -159,6 +163,31 @@ def results_to_content(results, spec: ZooSpec, cfg, layout, template, attrs) -> 
 
 # ---------------------------------------------------------------- generate
 
+def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | None = None,
+                progress: bool = False):
+    """Check ``out`` and write its plan if it has none; return ``(plan, data, cfg)``, or
+    ``({"complete": True}, None, None)`` when ``out`` already holds the finished zoo.
+
+    A function of its own so that a Ray driver can have the plan written once, by one
+    task, before any shard task starts (zoo/distributed.py)."""
+    plan = _check_out_dir(out, spec)
+    if plan and plan.get("complete"):
+        return plan, None, None
+    data = image_data.load(spec.data, opts.device)
+    C, K = data.shape[0], data.num_classes
+    cfg = validate_for_data(spec, C, K)
+    if plan is None:
+        gs = group_size or auto_group_size(spec, cfg, data, opts)
+        plan = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
+                "group_size": gs, "num_shards": spec.num_shards, "data": data.describe(),
+                "cpu_threads": torch.get_num_threads()}
+        write_json(out / PLAN, plan)
+    elif group_size is not None and group_size != plan["group_size"] and progress:
+        print(f"note: resuming with the plan's group size {plan['group_size']} (not {group_size}), "
+              "so the zoo comes out exactly as it would have uninterrupted")
+    return plan, data, cfg
+
+
 def generate(spec, out, *, models: int | None = None, device: str = "cpu", group_size: int | None = None,
              shard: int | None = None, num_shards: int | None = None, progress: bool = True,
              bf16: bool | None = None, channels_last: bool | None = None, reference: bool = False) -> Path:
@@ -187,23 +216,18 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
     cuda = device.startswith("cuda")
     opts = TrainOptions(device=device, bf16=cuda if bf16 is None else bf16,
                         channels_last=cuda if channels_last is None else channels_last)
-    plan = _check_out_dir(out, spec)
-    if plan and plan.get("complete"):
+    plan, data, cfg = ensure_plan(spec, out, opts, group_size, progress)
+    if plan.get("complete"):
         if progress:
             print(f"{out}: zoo already complete ({spec.models} models)")
         return out
-    data = image_data.load(spec.data, device)
-    C, K = data.shape[0], data.num_classes
-    cfg = validate_for_data(spec, C, K)
-    if plan is None:
-        gs = group_size or auto_group_size(spec, cfg, data, opts)
-        plan = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
-                "group_size": gs, "num_shards": spec.num_shards, "data": data.describe()}
-        write_json(out / PLAN, plan)
-    elif group_size is not None and group_size != plan["group_size"] and progress:
-        print(f"note: resuming with the plan's group size {plan['group_size']} (not {group_size}), "
-              "so the zoo comes out exactly as it would have uninterrupted")
     gs = int(plan["group_size"])
+    # CPU reductions split their work by thread count, and so round differently: every process
+    # working on this directory (a resume, a shard job, a Ray task) uses the plan's count, so
+    # that they all compute bit-identical models.
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(int(plan.get("cpu_threads", threads)))
 
     template = build_net(cfg)
     layout = Layout.from_module(template)
@@ -246,6 +270,7 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
             shutil.rmtree(parts_dir, ignore_errors=True)
     finally:
         bar.close()
+        torch.set_num_threads(threads)
     if all((out / shard_name(s)).exists() for s in range(spec.num_shards)):
         write_manifest(out)
     elif progress:

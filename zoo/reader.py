@@ -148,7 +148,8 @@ class Zoo:
             for i, mid in enumerate(ids):
                 f, row = self._locate(int(mid))
                 out[i] = f["weights"][checkpoint][row]
-        return out[:, self.layout.trainable_index] if trainable_only else out
+        # Fancy indexing can return a column-major array; BLAS then rounds differently by layout.
+        return np.ascontiguousarray(out[:, self.layout.trainable_index]) if trainable_only else out
 
     def buffers(self, model_id: int, checkpoint: str = "final") -> np.ndarray | None:
         f, row = self._locate(int(model_id))

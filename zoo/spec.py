@@ -241,7 +241,11 @@ def spec_from_dict(d: dict) -> ZooSpec:
             k = sorted(unknown)[0]
             raise SpecError(f"net.wasym.{k}", wasym[k], "unknown field; known: kappa, mode, n_fix, n_fix_linear")
         wasym = WAsym(**wasym)
-    net = NetConfig(wasym=wasym, **net_d)
+    try:
+        net = NetConfig(wasym=wasym, **net_d)
+    except TypeError as e:
+        raise SpecError("net", net_d, f"bad field ({e})") from None
+    validate_net(net)  # fan-ins of all but the input layer do not depend on the data
 
     data = dict(d.get("data", {"source": "digits"}))
     from .data import validate_source

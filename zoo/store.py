@@ -353,7 +353,7 @@ def verify(root: Path) -> list[str]:
             problems.append(f"{s['file']}: {e}")
         except (KeyError, OSError) as e:
             problems.append(f"{s['file']}: damaged ({e})")
-    if seen:
+    if seen and not problems:  # with a bad shard, the id checks below would only echo it
         all_ids = np.concatenate(seen)
         if len(np.unique(all_ids)) != len(all_ids):
             problems.append("model ids are duplicated across shards")

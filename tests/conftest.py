@@ -1,0 +1,50 @@
+"""Shared fixtures: small, fast specs on scikit-learn's bundled digits (no downloads)."""
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Reproducible CPU timings are not asserted anywhere, but fewer threads keep two test
+# processes from fighting over a 2-core CI machine.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = {
+    "name": "tiny-digits",
+    "models": 8,
+    "seed": 3,
+    "models_per_shard": 4,
+    "checkpoints": [0, "final"],
+    "data": {"source": "digits"},
+    "net": {"arch": "resnet", "depth": 8, "width": 0.25, "asym_seed": 1,
+            "wasym": {"n_fix": 2, "n_fix_linear": 2, "kappa": 2.0, "mode": "filters"}},
+    "hparams": {
+        "lr": {"dist": "loguniform", "low": 1e-3, "high": 3e-2},
+        "weight_decay": {"dist": "loguniform", "low": 1e-5, "high": 1e-2},
+        "label_smoothing": {"dist": "uniform", "low": 0.0, "high": 0.2},
+        "epochs": {"dist": "randint", "low": 1, "high": 2},
+        "batch_size": 64, "warmup_epochs": 0.5, "translate": 1, "cutout": 2, "train_fraction": 0.3,
+    },
+}
+
+
+@pytest.fixture
+def tiny_dict():
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from zoo import data
+
+    return data.load({"source": "digits"})
+
+
+def write_toml(path: Path, d: dict) -> Path:
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(d))
+    return path

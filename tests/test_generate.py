@@ -1,0 +1,188 @@
+"""zoo generate: sharded output, fixed entries, rebuild, kill -9 and resume, refusals."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import zoo
+from conftest import write_toml
+from zoo import store
+from zoo.errors import ZooError
+from zoo.generate import generate
+from zoo.spec import spec_from_dict
+from zoo.train import GroupTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_same_zoo(a: Path, b: Path):
+    za, zb = zoo.open(a), zoo.open(b)
+    pd.testing.assert_frame_equal(za.table, zb.table)
+    for ck in za.checkpoints:
+        assert np.array_equal(za.weights(checkpoint=ck), zb.weights(checkpoint=ck)), ck
+    assert za.splits == zb.splits
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("gen") / "zoo"
+    generate(spec_from_dict(TINY), out, group_size=2, progress=False)
+    return out
+
+
+def test_generated_zoo_is_sharded_verified_and_complete(tiny_zoo):
+    m = store.read_manifest(tiny_zoo)
+    assert [s["file"] for s in m["shards"]] == ["shard-00000.h5", "shard-00001.h5"]
+    assert [(s["id_start"], s["id_stop"]) for s in m["shards"]] == [(0, 4), (4, 8)]
+    assert store.verify(tiny_zoo) == []
+    z = zoo.open(tiny_zoo)
+    t = z.table
+    assert list(t.model_id) == list(range(8))
+    for col in ("lr", "weight_decay", "label_smoothing", "epochs", "test_acc", "train_loss",
+                "test_acc@epoch_0", "train_acc@epoch_0", "diverged", "split", "seed"):
+        assert col in t, col
+    spec = spec_from_dict(m["spec"])
+    assert [spec.sample_hparams(i)["lr"] for i in range(8)] == list(t.lr), "stored hparams are the sampled ones"
+    assert z.checkpoints == ["epoch_0", "final"]
+    assert m["created_by"]["torch"] == torch.__version__ and m["created_by"]["device"] == "cpu"
+    with store.open_shard(tiny_zoo / "shard-00000.h5") as f:
+        assert f.attrs["schema_version"] == store.SCHEMA_VERSION and "spec" in f.attrs
+
+
+def test_every_models_fixed_entries_equal_the_stored_fixed_values(tiny_zoo):
+    z = zoo.open(tiny_zoo)
+    mask = z.layout.fixed_mask
+    assert mask is not None and 0 < mask.sum() < len(mask)
+    for ck in z.checkpoints:
+        W = z.weights(checkpoint=ck)
+        assert np.array_equal(W[:, mask], np.broadcast_to(z.fixed_values[mask], (len(W), mask.sum())))
+    moved = np.abs(z.weights(checkpoint="final") - z.weights(checkpoint="epoch_0"))[:, ~mask]
+    assert (moved.max(axis=1) > 0).all(), "trainable entries did train"
+
+
+def test_rebuilt_net_reproduces_the_stored_test_accuracy(tiny_zoo, digits):
+    z = zoo.open(tiny_zoo)
+    for mid in (0, 5):
+        net = z.rebuild(mid)
+        with torch.no_grad():
+            pred = net(digits.normalize(digits.x_test)).argmax(1)
+        acc = (pred == digits.y_test).double().mean().item()
+        assert acc == z.table.loc[mid, "test_acc"]
+        net0 = z.rebuild(mid, checkpoint="epoch_0")
+        with torch.no_grad():
+            acc0 = (net0(digits.normalize(digits.x_test)).argmax(1) == digits.y_test).double().mean().item()
+        assert acc0 == z.table.loc[mid, "test_acc@epoch_0"]
+
+
+def test_rerunning_a_complete_zoo_changes_nothing(tiny_zoo, tiny_dict):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_zoo.iterdir()}
+    generate(spec_from_dict(tiny_dict), tiny_zoo, group_size=2, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_zoo.iterdir()} == before
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_zoo_without_retraining(tiny_zoo, tiny_dict, tmp_path,
+                                                                          monkeypatch):
+    spec_file = write_toml(tmp_path / "spec.toml", tiny_dict)
+    out = tmp_path / "killed"
+    # Same thread count as the uninterrupted reference run (CPU rounding depends on it).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec_file), "--out", str(out),
+                             "--group-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first_part = out / ".parts" / "shard-00000" / "group-00000.h5"
+    deadline = time.monotonic() + 300
+    while not first_part.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first_part.exists() and not (out / "manifest.json").exists()
+    with store.open_shard(first_part) as f:
+        finished = set(f["ids"][()].tolist())
+    with pytest.raises(ZooError, match="generation seems to be in progress or was interrupted"):
+        zoo.open(out)
+
+    trained = []
+    real_train = GroupTrainer.train
+
+    def spy(self, jobs):
+        trained.extend(j.model_id for j in jobs)
+        return real_train(self, jobs)
+
+    monkeypatch.setattr(GroupTrainer, "train", spy)
+    generate(spec_from_dict(tiny_dict), out, progress=False)
+    assert finished and not finished & set(trained), "models finished before the kill are not retrained"
+    assert sorted(set(trained) | finished) == list(range(8))
+    assert not (out / ".parts").exists()
+    assert_same_zoo(tiny_zoo, out)
+
+
+def test_resuming_with_a_different_spec_is_refused(tiny_dict, tmp_path):
+    out = tmp_path / "z"
+    generate(spec_from_dict(tiny_dict), out, shard=0, num_shards=2, group_size=2, progress=False)
+    assert not (out / "manifest.json").exists() and (out / "shard-00000.h5").exists()
+    other = spec_from_dict({**tiny_dict, "seed": 99})
+    with pytest.raises(ZooError, match="unfinished generation of a different spec"):
+        generate(other, out, progress=False)
+    with pytest.raises(ZooError, match="already holds a different zoo"):
+        generate(other, _complete(tiny_dict, tmp_path / "done"), progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(ZooError, match="not empty and holds no metazoo zoo"):
+        generate(other, tmp_path / "junk", progress=False)
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+
+
+def _complete(d, out):
+    generate(spec_from_dict(d), out, group_size=2, progress=False)
+    return out
+
+
+def test_a_truncated_shard_met_on_resume_is_named_and_left_alone(tiny_dict, tmp_path):
+    out = tmp_path / "z"
+    generate(spec_from_dict(tiny_dict), out, shard=0, num_shards=2, group_size=2, progress=False)
+    shard = out / "shard-00000.h5"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    truncated = shard.read_bytes()
+    with pytest.raises(ZooError, match=r"shard-00000.h5 is corrupt or truncated.*delete it and rerun"):
+        generate(spec_from_dict(tiny_dict), out, progress=False)
+    assert shard.read_bytes() == truncated
+
+
+def test_shard_jobs_then_merge_equal_the_single_process_zoo(tiny_zoo, tiny_dict, tmp_path):
+    from zoo.generate import write_manifest
+
+    out = tmp_path / "jobs"
+    spec = spec_from_dict(tiny_dict)
+    generate(spec, out, shard=1, num_shards=2, group_size=2, progress=False)
+    with pytest.raises(ZooError, match="1 of 2 shards are not written yet"):
+        write_manifest(out)
+    generate(spec, out, shard=0, num_shards=2, group_size=2, progress=False)
+    assert (out / "manifest.json").exists(), "the last job to finish writes the manifest"
+    write_manifest(out)  # `zoo merge` on a finished zoo is harmless
+    assert_same_zoo(tiny_zoo, out)
+
+
+def test_digits_wasym_zoo_of_64_models_generates_verifies_and_summarises(tmp_path):
+    from zoo.cli import main
+
+    out = tmp_path / "digits-wasym"
+    env_threads = torch.get_num_threads()
+    assert main(["generate", "digits-wasym-resnet8", "--out", str(out), "--models", "64", "--quiet"]) == 0
+    torch.set_num_threads(env_threads)
+    assert main(["verify", str(out)]) == 0
+    z = zoo.open(out)
+    assert len(z) == 64 and z.layout.num_trainable < z.layout.num_params
+    acc = z.table.loc[~z.table.diverged, "test_acc"]
+    assert acc.max() - acc.min() > 0.5, "a useful zoo spreads its accuracies widely"
+    mask = z.layout.fixed_mask
+    W = z.weights()
+    assert np.array_equal(W[:, mask], np.broadcast_to(z.fixed_values[mask], (64, mask.sum())))

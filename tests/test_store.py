@@ -1,0 +1,121 @@
+"""The HDF5 store: atomic writes, verify, and the reader's views."""
+import errno
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import zoo
+from zoo import store
+from zoo.errors import ZooError
+from zoo.layout import Layout
+from zoo.nets import NetConfig, WAsym, build_net
+
+
+def tiny_zoo(root, n=6, per_shard=3, wasym=True):
+    cfg = NetConfig(width=0.25, in_channels=1, num_classes=10,
+                    wasym=WAsym(n_fix=2, n_fix_linear=2) if wasym else None)
+    nets = [build_net(cfg, seed=i) for i in range(n)]
+    lay = Layout.from_module(nets[0])
+    fixed = np.zeros(lay.num_params, np.float32)
+    if wasym:
+        for name, mod in nets[0].named_modules():
+            if getattr(mod, "fixed_values", None) is not None:
+                fixed[lay[f"{name}.weight"].slice] = mod.fixed_values.reshape(-1).numpy()
+    W = np.stack([lay.flatten(net.effective_state()) for net in nets])
+    shards = []
+    for s in range(0, n, per_shard):
+        ids = np.arange(s, min(n, s + per_shard))
+        table = pd.DataFrame({"lr": ids * 0.1, "test_acc": ids / 10.0, "diverged": np.zeros(len(ids), bool),
+                              "optimizer": ["adamw"] * len(ids)})
+        shards.append(store.ShardContent(ids, {"final": W[ids]}, table, lay, fixed_values=fixed if wasym else None))
+    store.write_zoo(root, shards, name="tiny", net=cfg.to_dict())
+    return W, cfg
+
+
+def test_reader_gives_table_weights_views_and_layout(tmp_path):
+    W, _ = tiny_zoo(tmp_path)
+    z = zoo.open(tmp_path)
+    assert len(z) == 6 and list(z.table.model_id) == list(range(6))
+    assert set(z.table.split) == {"train", "val", "test"}
+    assert np.array_equal(z.weights([4, 1]), W[[4, 1]])
+    assert np.array_equal(z.weights(), W)
+    tr = z.weights([2], trainable_only=True)
+    assert tr.shape == (1, z.layout.num_trainable) and np.array_equal(tr[0], W[2][~z.layout.fixed_mask])
+    layers = z.layer_weights(3)
+    assert layers["conv1.weight"].shape == (4, 1, 3, 3) and layers["fc.weight"].shape == (10, 16)
+    per_layer_trainable = z.layer_weights(3, trainable_only=True)
+    assert sum(v.numel() for v in per_layer_trainable.values()) == z.layout.num_trainable
+    assert "conv1.weight" not in per_layer_trainable, "the 1-channel stem is fully fixed"
+    with pytest.raises(ZooError, match="no model with id 99"):
+        z.weights([99])
+    with pytest.raises(ZooError, match="no checkpoint 'epoch_3'"):
+        z.weights([0], checkpoint="epoch_3")
+
+
+def test_rebuild_returns_a_net_computing_what_the_stored_weights_compute(tmp_path):
+    _, cfg = tiny_zoo(tmp_path)
+    net = zoo.open(tmp_path).rebuild(4)
+    ref = build_net(cfg, seed=4).eval()
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(net(x), ref(x))
+
+
+def test_verify_passes_a_sound_zoo_and_names_a_corrupted_shard(tmp_path):
+    tiny_zoo(tmp_path)
+    assert store.verify(tmp_path) == []
+    shard = tmp_path / "shard-00001.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = store.verify(tmp_path)
+    assert problems and all("shard-00001.h5" in p for p in problems)
+
+
+def test_verify_flags_non_finite_weights_of_a_model_not_marked_diverged(tmp_path):
+    W, _ = tiny_zoo(tmp_path, n=3, per_shard=3)
+    content = store.read_shard(tmp_path / "shard-00000.h5")
+    content.weights["final"][1, 5] = np.nan
+    sha = store.write_shard(tmp_path / "shard-00000.h5", content)
+    m = store.read_manifest(tmp_path)
+    m["shards"][0]["sha256"] = sha
+    store.write_json(tmp_path / store.MANIFEST, m)
+    assert any("model 1 has non-finite weights" in p for p in store.verify(tmp_path))
+
+
+def test_a_failed_write_leaves_no_half_written_shard_and_keeps_the_old_one(tmp_path, monkeypatch):
+    W, _ = tiny_zoo(tmp_path, n=3, per_shard=3)
+    path = tmp_path / "shard-00000.h5"
+    before = path.read_bytes()
+    content = store.read_shard(path)
+
+    def disk_full(f, c):
+        f.create_dataset("ids", data=c.ids)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_contents", disk_full)
+    with pytest.raises(ZooError, match="No space left on device.*nothing was left half-written"):
+        store.write_shard(path, content)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_not_a_zoo_and_unknown_schema_are_clear_errors(tmp_path):
+    with pytest.raises(ZooError, match="is not a metazoo zoo: no manifest.json"):
+        zoo.open(tmp_path)
+    tiny_zoo(tmp_path / "z")
+    m = store.read_manifest(tmp_path / "z")
+    m["schema_version"] = 99
+    store.write_json(tmp_path / "z" / store.MANIFEST, m)
+    with pytest.raises(ZooError, match="unknown schema version 99"):
+        zoo.open(tmp_path / "z")
+
+
+def test_splits_are_seeded_and_fifty_twenty_five_twenty_five():
+    a = store.make_splits(range(100), seed=1)
+    b = store.make_splits(range(100), seed=1)
+    c = store.make_splits(range(100), seed=2)
+    assert a == b and a["train"] != c["train"]
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (50, 25, 25)
+    assert sorted(a["train"] + a["val"] + a["test"]) == list(range(100))
