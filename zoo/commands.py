@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("spec", metavar="PRESET_OR_FILE", help="a preset name (see 'zoo presets') or a TOML spec file")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; resumed if it holds this zoo)")
     p.add_argument("--models", type=int, help="number of models (overrides the spec's 'models')")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cpu; with --ray, a GPU per task when the cluster has GPUs)")
     p.add_argument("--group-size", type=int, help="models trained at once (default: chosen for the device)")
     p.add_argument("--shard", type=int, help="this job's index, with --num-shards (see 'zoo merge')")
     p.add_argument("--num-shards", type=int, help="number of parallel jobs sharing the output directory")
@@ -73,11 +74,11 @@ def cmd_generate(args) -> int:
         from .distributed import generate_ray
 
         generate_ray(args.spec, args.out, address=None if args.ray == "local" else args.ray, models=args.models,
-                     group_size=args.group_size, progress=not args.quiet)
+                     group_size=args.group_size, progress=not args.quiet, device=args.device)
     else:
         from .generate import generate
 
-        generate(args.spec, args.out, models=args.models, device=args.device, group_size=args.group_size,
+        generate(args.spec, args.out, models=args.models, device=args.device or "cpu", group_size=args.group_size,
                  shard=args.shard, num_shards=args.num_shards, progress=not args.quiet,
                  bf16=None if args.precision == "auto" else args.precision == "bf16",
                  channels_last=None if args.channels_last == "auto" else args.channels_last == "on")

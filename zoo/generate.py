@@ -178,10 +178,16 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
     cfg = validate_for_data(spec, C, K)
     if plan is None:
         gs = group_size or auto_group_size(spec, cfg, data, opts)
-        plan = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
+        mine = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
                 "group_size": gs, "num_shards": spec.num_shards, "data": data.describe(),
                 "cpu_threads": torch.get_num_threads()}
-        write_json(out / PLAN, plan)
+        # Shard jobs started together race to plan: the first plan on disk wins and every job
+        # reads it back, so they all form the same groups.
+        try:
+            write_json(out / PLAN, mine, exclusive=True)
+        except FileExistsError:
+            pass
+        plan = _check_out_dir(out, spec) or mine
     elif group_size is not None and group_size != plan["group_size"] and progress:
         print(f"note: resuming with the plan's group size {plan['group_size']} (not {group_size}), "
               "so the zoo comes out exactly as it would have uninterrupted")

@@ -52,9 +52,12 @@ def versions(device: str | None = None) -> dict:
 # ----------------------------------------------------------- atomic files
 
 @contextlib.contextmanager
-def atomic_path(final: Path):
+def atomic_path(final: Path, exclusive: bool = False):
     """Yield a temporary path beside ``final``; on success fsync it and rename it over
-    ``final``; on any error delete it and re-raise. The rename is atomic on POSIX."""
+    ``final``; on any error delete it and re-raise. The rename is atomic on POSIX.
+
+    ``exclusive``: never replace an existing ``final`` (hard link instead of rename; the
+    first writer wins and later ones raise FileExistsError)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
@@ -65,14 +68,18 @@ def atomic_path(final: Path):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, final)
+        if exclusive:
+            os.link(tmp, final)
+            tmp.unlink()
+        else:
+            os.replace(tmp, final)
         with contextlib.suppress(OSError):  # make the rename itself durable
             dfd = os.open(final.parent, os.O_RDONLY)
             os.fsync(dfd)
             os.close(dfd)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
             raise ZooError(f"could not write {final}: {e.strerror or e}; nothing was left half-written") from e
         raise
 
@@ -81,8 +88,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
+def write_json(path: Path, obj, exclusive: bool = False) -> None:
+    with atomic_path(path, exclusive) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_json_default))
 
 
