@@ -31,6 +31,19 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a loaded 2-core box, OpenMP barriers made tiny
+    trainings 10x slower with two threads (measured); results do not depend on it."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_dict():
     return copy.deepcopy(TINY)

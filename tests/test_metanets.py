@@ -17,17 +17,7 @@ from zoo.nets import NetConfig, build_net
 BUILTINS = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded 2-core box, OpenMP barriers made these tiny
-    trainings 10x slower with two threads (measured); results do not depend on it."""
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

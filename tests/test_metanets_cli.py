@@ -15,17 +15,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_metanet.py"
 FAST = ["--epochs", "3", "--batch-size", "16", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded 2-core box, OpenMP barriers made these tiny
-    trainings 10x slower with two threads (measured); results do not depend on it."""
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +66,6 @@ def test_train_then_predict_reproduces_the_saved_metanets_predictions(zoos, tmp_
     csv = tmp_path / "pred.csv"
     assert main(["predict", str(model), str(zoos[0]), "--out", str(csv)]) == 0
     assert "R²" in capsys.readouterr().out
-    import torch
 
     from metanets import data, train
 
