@@ -262,7 +262,7 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
                     continue
                 jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in group]
                 t0 = time.perf_counter()
-                if reference:
+                if reference or gs == 1:  # one at a time: plain layers are never slower than a group of one
                     results = [train_alone(j, cfg, data, list(spec.checkpoints), opts) for j in jobs]
                 else:
                     results = trainer.train(jobs)
