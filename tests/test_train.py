@@ -62,17 +62,13 @@ def test_model_in_a_group_of_four_equals_it_trained_alone(digits, cfg, over):
 
 def test_fixed_entries_are_bit_identical_after_training(digits):
     cfg = NetConfig(width=0.25, in_channels=1, num_classes=10, wasym=WAsym(n_fix=2, n_fix_linear=2, kappa=2.0))
+    from zoo.generate import _fixed_arrays
     from zoo.layout import Layout
     from zoo.nets import build_net
 
     net = build_net(cfg)
     lay = Layout.from_module(net)
-    fixed = lay.flatten({n: getattr(m, "fixed_values") for n, m in
-                         ((f"{k}.weight", v) for k, v in net.named_modules())
-                         if getattr(m, "fixed_values", None) is not None} | {
-        t.name: torch.zeros(t.shape) for t in lay.tensors
-        if getattr(dict(net.named_modules())[t.name.rsplit(".", 1)[0]], "fixed_values", None) is None
-        or not t.name.endswith("weight")})
+    fixed, _ = _fixed_arrays(net, lay)  # what the store writes as fixed/values
     res = GroupTrainer(cfg, digits, [0, "final"]).train(jobs(lr=5e-2))
     mask = lay.fixed_mask
     for r in res:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import bisect
-import json
 from functools import cached_property
 from pathlib import Path
 
@@ -205,9 +204,6 @@ class Zoo:
                     mod_name, b_name = name.rsplit(".", 1)
                     getattr(mods[mod_name], b_name).copy_(t)
         return net.eval()
-
-    def info(self) -> dict:
-        return json.loads(json.dumps({k: self.manifest[k] for k in ("name", "num_models", "num_params")}))
 
 
 def open(path) -> Zoo:  # noqa: A001 - mirrors h5py.File / builtins.open for the one verb users need

@@ -10,7 +10,6 @@ model comes out the same either way.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -43,9 +42,6 @@ class Result:
     metrics: dict = field(default_factory=dict)  # table column -> value
     diverged: bool = False
     diverged_epoch: int = -1
-
-    def row(self) -> dict:
-        return {**self.hp, **self.metrics, "diverged": self.diverged, "diverged_epoch": self.diverged_epoch}
 
 
 @dataclass(frozen=True)
@@ -351,9 +347,3 @@ def train_alone(job: Job, cfg: NetConfig, data: ImageData, checkpoints: list,
             record("final")
             break
     return res
-
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0
