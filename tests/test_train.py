@@ -38,21 +38,33 @@ def assert_same(group, alone, atol=2e-5, rel=1e-6):
                 assert g.metrics[k] == pytest.approx(a.metrics[k], rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.parametrize("cfg,over", [
-    (NetConfig(width=0.25, in_channels=1, num_classes=10, wasym=WAsym(n_fix=2, n_fix_linear=2)), {}),
-    (CFG, {"optimizer": "sgd", "momentum": 0.9}),
-    (NetConfig(width=0.25, in_channels=1, num_classes=10, activation="figlu"), {}),
+ARCHS = {
+    "wasym": (NetConfig(width=0.25, in_channels=1, num_classes=10, wasym=WAsym(n_fix=2, n_fix_linear=2)), {}),
+    "standard": (CFG, {}),
+    "figlu": (NetConfig(width=0.25, in_channels=1, num_classes=10, activation="figlu"), {}),
     # BatchNorm couples every image of a step: at a high constant learning rate a last-bit
     # rounding difference grows chaotically (seen: 0.1 after 3 epochs), in a group or not.
-    # At a moderate rate the grouped and plain paths agree as tightly as the others.
-    (NetConfig(width=0.25, in_channels=1, num_classes=10, norm="batchnorm"), {"lr": 2e-3}),
-], ids=["wasym-adamw", "standard-sgd", "figlu", "batchnorm"])
-def test_model_in_a_group_of_four_equals_it_trained_alone(digits, cfg, over):
+    "batchnorm": (NetConfig(width=0.25, in_channels=1, num_classes=10, norm="batchnorm"), {"lr": 2e-3}),
+}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_model_in_a_group_of_four_equals_it_trained_alone(digits, arch, optimizer):
+    cfg, over = ARCHS[arch]
+    over = {**over, "optimizer": optimizer, "momentum": 0.9}
     js = jobs(**over)
     ckpts = [0, 1, "final"]
     group = GroupTrainer(cfg, digits, ckpts).train(js)
     alone = [train_alone(j, cfg, digits, ckpts) for j in js]
-    assert_same(group, alone)
+    if optimizer == "sgd":
+        assert_same(group, alone)
+    else:
+        # Adam divides each gradient by its running RMS, so an entry whose gradient is at rounding
+        # level (a few filters of these 4-channel nets) steps by about +-lr in a direction that
+        # rounding picks: such entries may differ by up to ~lr (seen: 5e-4 at lr 1e-3) while the
+        # nets agree to 1e-5 relative and on every prediction. SGD shows the arithmetic is exact.
+        assert_same(group, alone, atol=1e-3, rel=1e-4)
     accs = [a.metrics["test_acc"] for a in alone]
     assert len(set(accs)) == 4, "the four models really differ"
     if cfg.norm == "batchnorm":

@@ -127,3 +127,10 @@ def test_offline_download_names_the_folder_to_fill(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", fake)
     with pytest.raises(ZooError, match=rf"Offline\? Put torchvision's CIFAR10 files under {tmp_path}"):
         data.load({"source": "cifar10", "root": str(tmp_path)})
+
+
+def test_options_ray_cannot_honour_are_refused_not_ignored(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", "digits-resnet8", "--out", str(tmp_path / "o"), "--ray",
+                       "--precision", "fp32", "--shard", "0", "--num-shards", "2")
+    assert code == 2 and "--shard/--num-shards, --precision cannot be combined with --ray" in err
+    assert not (tmp_path / "o").exists()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ZooError
+
 
 
 def register(sub) -> None:
@@ -72,6 +74,13 @@ def cmd_presets(args) -> int:
 def cmd_generate(args) -> int:
     if args.ray:
         from .distributed import generate_ray
+
+        ignored = [flag for flag, used in (("--shard/--num-shards", args.shard is not None or args.num_shards is not None),
+                                            ("--precision", args.precision != "auto"),
+                                            ("--channels-last", args.channels_last != "auto")) if used]
+        if ignored:
+            raise ZooError(f"{', '.join(ignored)} cannot be combined with --ray (Ray tasks use the device defaults "
+                           "and one task per shard)")
 
         generate_ray(args.spec, args.out, address=None if args.ray == "local" else args.ray, models=args.models,
                      group_size=args.group_size, progress=not args.quiet, device=args.device)

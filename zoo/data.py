@@ -87,9 +87,11 @@ def load(data_spec: dict, device="cpu") -> ImageData:
     else:
         arrays = _torchvision(src, Path(data_spec.get("root") or default_cache()).expanduser())
     xtr, ytr, xte, yte = arrays
-    xs = torch.from_numpy(xtr).float().div_(255)
-    mean = xs.mean(dim=(0, 2, 3))
-    std = xs.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    # float64 reductions: a float32 sum rounds differently with the thread count, and every
+    # process working on a zoo must normalise its images identically.
+    xs = torch.from_numpy(xtr).double().div_(255)
+    mean = xs.mean(dim=(0, 2, 3)).float()
+    std = xs.std(dim=(0, 2, 3)).clamp_min(1e-3).float()
     return ImageData(src, torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte),
                      torch.from_numpy(yte).long(), mean, std).to(device)
 
