@@ -15,7 +15,7 @@ listed as skipped:
   c  R1 (compiled, CUDA-graphed one net) and R2 (k=4 R1 processes) in one run with R0
   d  the static-shape group step eager vs torch.compile(dynamic=False), M=128 and M=32
   e  a 20-step profile of M=128 bf16+cl with kernel categories and copy/transpose counts
-  f  fp32 group-vs-alone exactness on CUDA with TF32 off
+  f  fp32 group-vs-alone exactness on CUDA with TF32 off (plain; slot refill + static + compile)
   g  end to end: `zoo generate` of a CIFAR-shaped shard (init, evaluation, HDF5 writes), models/h
   h  metanet epoch times on a synthetic ResNet8 zoo, and a 2-epoch DMC profile
 
@@ -98,6 +98,9 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
                                                   "--rows", "20"], 60))
     out.append(("f", "fp32 exactness, TF32 off", [PY, "scripts/check_group_exactness.py", "--device", dev,
                                                   "--models", "4", "--epochs", "1"], 60))
+    out.append(("f", "fp32 exactness with slot refill and static shapes" + ("" if dry else " + compile"),
+                [PY, "scripts/check_group_exactness.py", "--device", dev, "--models", "6", "--epochs", "2",
+                 "--slots", "3", "--static"] + ([] if dry else ["--compile"]), 120))
     out.append(("g", "end to end: zoo generate of a CIFAR-shaped shard", None, 120))
     out.append(("h", "metanet epoch times", [PY, "scripts/bench_metanets.py", "--device", dev, "--models",
                                             "64" if dry else "2000", "--width", "0.25" if dry else "1.0",
