@@ -194,7 +194,10 @@ def build_variants(args, spec, cfg, data) -> list[Variant]:
     frac = n_sub / len(data.y_train)  # of a full-set epoch, per epoch trained
     E = args.window_epochs
     out = []
-    for name in args.variants.split(","):
+    names = args.variants.split(",")
+    if len(set(names)) < len(names):
+        raise SystemExit(f"--variants: {args.variants!r} names a variant twice")
+    for name in names:
         kind, *rest = name.split(":")
         if kind == "group":
             if len(rest) not in (1, 2):
