@@ -52,7 +52,7 @@ def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
 @pytest.mark.slow
 def test_the_gpu_session_script_runs_end_to_end_in_its_cpu_dry_run(tmp_path, one_thread):
     out = tmp_path / "gpu.md"
-    assert gpu_check.main(["--dry-run", "--only", "abg", "--out", str(out)]) == 0
+    assert gpu_check.main(["--dry-run", "--only", "abg", "--minutes", "30", "--out", str(out)]) == 0
     md = out.read_text()
     assert "output channels-last" in md and "model-epochs/s" in md and "models/h" in md
     assert "group:4:bf16+cl" in md and "r0" in md
