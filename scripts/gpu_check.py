@@ -96,10 +96,10 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
                                                   "0.02" if dry else "0.2", "--bf16", "--channels-last",
                                                   "--rows", "20"], 60))
     out.append(("f", "fp32 exactness, TF32 off", [PY, "scripts/check_group_exactness.py", "--device", dev,
-                                                  "--models", "4", "--epochs", "1"], 60))
+                                                  "--models", "2" if dry else "4", "--epochs", "1"], 60))
     out.append(("f", "fp32 exactness with slot refill and static shapes" + ("" if dry else " + compile"),
-                [PY, "scripts/check_group_exactness.py", "--device", dev, "--models", "6", "--epochs", "2",
-                 "--slots", "3", "--static"] + ([] if dry else ["--compile"]), 120))
+                [PY, "scripts/check_group_exactness.py", "--device", dev, "--models", "3" if dry else "6",
+                 "--epochs", "2", "--slots", "2" if dry else "3", "--static"] + ([] if dry else ["--compile"]), 120))
     out.append(("g", "end to end: zoo generate of a CIFAR-shaped shard", None, 150))
     out.append(("h", "metanet epoch times", [PY, "scripts/bench_metanets.py", "--device", dev, "--models",
                                             "64" if dry else "2000", "--width", "0.25" if dry else "1.0",
@@ -120,11 +120,11 @@ def _shard_end_to_end(dry: bool, work: Path, limit: float) -> list[str]:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    n_tr, n_te = (2000, 500) if dry else (50_000, 10_000)
+    n_tr, n_te = (1000, 200) if dry else (50_000, 10_000)
     np.savez(work / "cifar_shaped.npz", x_train=rng.integers(0, 256, (n_tr, 32, 32, 3), dtype=np.uint8),
              y_train=rng.integers(0, 10, n_tr), x_test=rng.integers(0, 256, (n_te, 32, 32, 3), dtype=np.uint8),
              y_test=rng.integers(0, 10, n_te))
-    models, lo, hi = (8, 1, 2) if dry else (128, 1, 3)
+    models, lo, hi = (4, 1, 2) if dry else (128, 1, 3)
     text = (ROOT / "zoo/presets/lim2024-resnet8.toml").read_text()
     text = (text.replace('source = "cifar10"', f'source = "npz:{work}/cifar_shaped.npz"')
             .replace("models = 10000", f"models = {models}").replace("models_per_shard = 1000",
@@ -133,7 +133,7 @@ def _shard_end_to_end(dry: bool, work: Path, limit: float) -> list[str]:
                                                                                  "warmup_epochs = 1"))
     (work / "spec.toml").write_text(text)
     cmd = [PY, "-m", "zoo.cli", "generate", str(work / "spec.toml"), "--out", str(work / "zoo"),
-           "--device", "cpu" if dry else "cuda", "--group-size", "4" if dry else "128"]
+           "--device", "cpu" if dry else "cuda", "--group-size", "2" if dry else "128"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
     wall = time.perf_counter() - t0

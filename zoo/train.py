@@ -6,6 +6,12 @@ and differ only in how the arithmetic is batched: the reference uses plain
 ``nn.Module`` layers and ``torch.optim``; the group runs M models as one wide net
 (``zoo.grouped``) with a vectorised optimizer. ``tests/test_train.py`` checks that a
 model comes out the same either way.
+
+Entry points: :class:`GroupTrainer` ``.train(jobs, slots=None)`` (whole models, with slot
+refill when ``slots`` < len(jobs)) and ``.start(jobs)`` (a :class:`GroupRun` to step by hand,
+as the benchmarks do); :func:`train_alone` and its stepper :class:`AloneRun`.
+:class:`TrainOptions` says how the arithmetic runs (bf16, channels-last, static shapes,
+torch.compile), never what is computed.
 """
 from __future__ import annotations
 
