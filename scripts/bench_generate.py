@@ -232,14 +232,17 @@ def _window(args, run):
 
 def report(variants: list[Variant], command: str) -> str:
     spreads = {v.name: Spread(v.rates) for v in variants}
+    warm = {v.name: v.warmup_s for v in variants}
     r0 = spreads.get("r0")
     refs = [s.median for n, s in spreads.items() if n == "r1" or n.startswith("r2")]
     best = max(refs) if refs else None
-    lines = [f"{'variant':34s} {'model-epochs/s  median [min, max] n':42s} {'x r0':>6s} {'x best r1/r2':>13s}"]
+    lines = [f"{'variant':34s} {'model-epochs/s  median [min, max] n':42s} {'x r0':>6s} {'x best r1/r2':>13s} "
+             f"{'warm-up s':>10s}"]
     for name, s in spreads.items():
         x0 = f"{s.median / r0.median:6.2f}" if r0 else f"{'-':>6s}"
         xb = f"{s.median / best:13.2f}" if best else f"{'-':>13s}"
-        lines.append(f"{name:34s} {s.fmt(3):42s} {x0} {xb}")
+        lines.append(f"{name:34s} {s.fmt(3):42s} {x0} {xb} {warm[name]:10.1f}")
+    lines.append("warm-up s: wall time of the untimed first epoch (compilation and autotuning show here)")
     lines.append(f"command: {command}")
     return "\n".join(lines)
 

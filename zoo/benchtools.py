@@ -57,6 +57,7 @@ class Variant:
     work: float
     warmup: Callable[[], None] = lambda: None
     rates: list[float] = field(default_factory=list)
+    warmup_s: float = float("nan")  # wall seconds of the warm-up (compilation shows here)
 
 
 def sync(device) -> None:
@@ -89,7 +90,10 @@ def alternate(variants: list[Variant], windows: int, progress: bool = True) -> l
     for v in variants:
         if progress:
             print(f"# warm-up {v.name}", flush=True)
+        t0 = time.perf_counter()
         v.warmup()
+        sync("cuda" if torch.cuda.is_available() else "cpu")
+        v.warmup_s = time.perf_counter() - t0
     for w in range(windows):
         for v in variants:
             v.rates.append(v.work / v.window())
