@@ -110,3 +110,47 @@ def test_compiled_step_equals_the_eager_step(digits, one_thread):
         raise
     eager = GroupTrainer(WASYM, digits, ["final"], TrainOptions(static_shapes=True)).train(js)
     assert_same(compiled, eager, atol=2e-5, rel=1e-5)
+
+
+def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
+    """No host sync inside a step (GPU_PLAN F2): augmentation, forward + loss and the optimizer
+    update each trace as ONE graph (fullgraph: no data-dependent Python branch) with no op
+    that reads a value back to the host (.item(), as int(translate.max()) in augment() once
+    did). The recording backend only traces, so this runs in seconds."""
+    import torch
+
+    from zoo.data import augment
+    from zoo.train import _optimizer_step
+
+    torch._dynamo.reset()
+    js = jobs(optimizer="adamw")
+    run = GroupTrainer(WASYM, digits, ["final"], TrainOptions(static_shapes=True)).start(js)
+    run.start_epoch()
+    B, sl = run.B, slice(0, run.B)
+    n = len(js) * B
+    x = torch.randn(n, 1, 8, 8)
+    flat = lambda k: run.plan[k][:, sl].reshape(n, *run.plan[k].shape[2:])  # noqa: E731
+    reads = []
+
+    def record(gm, example_inputs):
+        reads.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_method"
+                     and str(n.target) in ("item", "tolist", "cpu", "numpy", "__bool__"))
+        return gm.forward
+
+    strict = dict(fullgraph=True, backend=record, dynamic=False)
+    for cutout in (run.cutout, torch.full((n,), 2)):  # group-constant int, or one size per image
+        torch.compile(augment, **strict)(x, flat("flip"), flat("shift"), flat("center"), run.translate, cutout)
+    xb = torch.randn(len(js), B, 1, 8, 8)
+    yb = run.plan["order"][:, sl] % 10
+    loss = torch.compile(run._forward_loss, **strict)(run.g.flat, xb, yb, run.hp_t["label_smoothing"][:, None],
+                                                      torch.ones(B))
+    loss.sum().backward()
+    torch.compile(_optimizer_step, **strict)(run.g, run.state, run.hp_t, torch.ones(len(js)),
+                                             torch.ones(len(js), dtype=torch.float64), "adamw", set())
+    assert reads == []
+
+    def old_style(x, t):  # the check catches a read-back
+        return x + int(t.max())
+
+    torch.compile(old_style, **strict)(x, torch.tensor([1, 2]))
+    assert reads == ["item"]
