@@ -4,7 +4,8 @@
 Variants (pick with --variants, comma-separated; all alternate A B A B in one process):
 
   group:<M>:<opts>  the group trainer with M models; opts joined by '+': fp32 (default), bf16,
-                    cl (channels-last), static (padded tail, fixed M), compile (torch.compile)
+                    cl (channels-last), static (padded tail, fixed M), compile (torch.compile),
+                    graph (with compile: CUDA graphs for forward + backward)
   r0                today's one-net path (zoo.train.AloneRun: eager fp32, torch.optim, a host
                     sync per step for the divergence check and the lr)
   r1                the one-net path given its best shot: bf16 (CUDA; --r1-bf16 on CPU),
@@ -21,7 +22,7 @@ the group rate against r0 and against the best of r1/r2.
 
   python scripts/bench_generate.py                     # digits-resnet8, CPU
   python scripts/bench_generate.py --device cuda --preset lim2024-resnet8 \\
-      --variants r0,r1,r2:4,group:128:bf16+cl,group:128:bf16+cl+static+compile
+      --variants r0,r1,r2:4,group:128:bf16+cl,group:128:bf16+cl+static+compile+graph
 
 CIFAR-shaped presets use random uint8 images (50,000 x 3 x 32 x 32, 10 classes) made in
 memory, so the benchmark needs no download; speed does not depend on pixel values. Model
@@ -203,12 +204,15 @@ def build_variants(args, spec, cfg, data) -> list[Variant]:
             if len(rest) not in (1, 2):
                 raise SystemExit(f"--variants: {name!r}; expected group:<M> or group:<M>:<opts>")
             M, flags = int(rest[0]), set((rest[1] if len(rest) > 1 else "fp32").split("+"))
-            unknown = flags - {"fp32", "bf16", "cl", "static", "compile"}
+            unknown = flags - {"fp32", "bf16", "cl", "static", "compile", "graph"}
             if unknown:
                 raise SystemExit(f"--variants: unknown group option {sorted(unknown)[0]!r} in {name!r}; "
-                                 "allowed: fp32, bf16, cl, static, compile")
+                                 "allowed: fp32, bf16, cl, static, compile, graph")
+            if "graph" in flags and "compile" not in flags:
+                raise SystemExit(f"--variants: {name!r}: 'graph' needs 'compile' (the graphs are Inductor's)")
             opts = TrainOptions(device=args.device, bf16="bf16" in flags, channels_last="cl" in flags,
-                                static_shapes="static" in flags, compile="compile" in flags)
+                                static_shapes="static" in flags, compile="compile" in flags,
+                                cuda_graphs="graph" in flags)
             run = GroupTrainer(cfg, data, ["final"], opts).start(jobs_for(spec, M, fraction=args.fraction))
             out.append(Variant(name, _window(args, run), M * E * frac, epochs_of(run, 1)))
         elif kind == "r0":

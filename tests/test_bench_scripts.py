@@ -47,6 +47,9 @@ def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
     spec, cfg, _ = bench_generate.load_preset("digits-resnet8", "cpu")
     with pytest.raises(SystemExit, match="unknown group option 'fp16'.*allowed: fp32, bf16, cl, static, compile"):
         bench_generate.build_variants(args, spec, cfg, digits)
+    args = bench_generate.parse_args(["--variants", "group:4:static+graph"])
+    with pytest.raises(SystemExit, match="'graph' needs 'compile'"):
+        bench_generate.build_variants(args, spec, cfg, digits)
 
 
 @pytest.mark.slow

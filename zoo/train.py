@@ -73,6 +73,10 @@ class TrainOptions:
     static_shapes: bool = False
     # torch.compile(dynamic=False) of the group's forward + loss (implies static_shapes).
     compile: bool = False
+    # With compile on CUDA: replay forward + backward as CUDA graphs (mode "reduce-overhead"),
+    # so a step costs a few launches whatever the depth of the net (GPU_PLAN Z4, in part:
+    # the optimizer update stays eager). No effect on the CPU.
+    cuda_graphs: bool = False
 
     def apply(self):
         if self.device.startswith("cuda"):
@@ -266,7 +270,8 @@ class GroupRun:
     def _compiled_loss(self):
         # dynamic=False: static shapes are the point; a second shape (a BatchNorm tail)
         # compiles once more instead of going symbolic (GPU_PLAN F3).
-        return torch.compile(self._forward_loss, dynamic=False)
+        mode = "reduce-overhead" if self.opts.cuda_graphs else None
+        return torch.compile(self._forward_loss, dynamic=False, mode=mode)
 
     def step(self):
         """One whole training step of every slot (batch ``self.s`` of the epoch)."""
