@@ -149,15 +149,17 @@ def make_r1(args, spec, cfg, data, index=0) -> R1:
     return R1(job, cfg, data, args.device, bf16, _r1_compile_mode(args))
 
 
-def _r2_worker(rank, args, threads, barrier, queue):
+def _r2_worker(rank, args, threads, barrier, queue, units):
     torch.set_num_threads(threads)
     spec, cfg, data = load_preset(args.preset, args.device)
     run = make_r1(args, spec, cfg, data, rank)
     epochs_of(run, 1)()  # warm-up
     barrier.wait()
-    for _ in range(args.windows):
+    while True:
         barrier.wait()  # start together
-        queue.put((rank, timed(args.device, epochs_of(run, args.window_epochs))))
+        if units.value == 0:
+            return
+        queue.put((rank, timed(args.device, epochs_of(run, units.value))))
         barrier.wait()  # end together
 
 
@@ -170,23 +172,25 @@ class R2:
 
     def warmup(self):
         ctx = torch.multiprocessing.get_context("spawn")
-        self.barrier, self.queue = ctx.Barrier(self.k + 1), ctx.Queue()
-        self.procs = [ctx.Process(target=_r2_worker, args=(r, self.args, self.threads, self.barrier, self.queue),
-                                  daemon=True) for r in range(self.k)]
+        self.barrier, self.queue, self.units = ctx.Barrier(self.k + 1), ctx.Queue(), ctx.Value("i", 1)
+        self.procs = [ctx.Process(target=_r2_worker, daemon=True,
+                                  args=(r, self.args, self.threads, self.barrier, self.queue, self.units))
+                      for r in range(self.k)]
         for p in self.procs:
             p.start()
         self.barrier.wait(timeout=1800)  # every worker warmed up
-        self.windows_left = self.args.windows
 
-    def window(self) -> float:
+    def window(self, n: int) -> float:
+        self.units.value = n
         self.barrier.wait()
         self.barrier.wait()
-        times = [self.queue.get(timeout=600)[1] for _ in range(self.k)]
-        self.windows_left -= 1
-        if not self.windows_left:
-            for p in self.procs:
-                p.join(timeout=60)
-        return max(times)
+        return max(self.queue.get(timeout=600)[1] for _ in range(self.k))
+
+    def finish(self):
+        self.units.value = 0  # the workers' signal to stop
+        self.barrier.wait()
+        for p in self.procs:
+            p.join(timeout=60)
 
 
 def build_variants(args, spec, cfg, data) -> list[Variant]:
@@ -214,38 +218,39 @@ def build_variants(args, spec, cfg, data) -> list[Variant]:
                                 static_shapes="static" in flags, compile="compile" in flags,
                                 cuda_graphs="graph" in flags)
             run = GroupTrainer(cfg, data, ["final"], opts).start(jobs_for(spec, M, fraction=args.fraction))
-            out.append(Variant(name, _window(args, run), M * E * frac, epochs_of(run, 1)))
+            out.append(Variant(name, _window(args, run), M * frac, epochs_of(run, 1), units=E))
         elif kind == "r0":
             run = AloneRun(jobs_for(spec, 1, fraction=args.fraction)[0], cfg, data, TrainOptions(device=args.device))
-            out.append(Variant(name, _window(args, run), E * frac, epochs_of(run, 1)))
+            out.append(Variant(name, _window(args, run), frac, epochs_of(run, 1), units=E))
         elif kind == "r1":
             run = make_r1(args, spec, cfg, data)
-            out.append(Variant(name, _window(args, run), E * frac, epochs_of(run, 1)))
+            out.append(Variant(name, _window(args, run), frac, epochs_of(run, 1), units=E))
         elif kind == "r2":
             k = int(rest[0]) if rest else 2
             r2 = R2(args, k)
-            out.append(Variant(name, r2.window, k * E * frac, r2.warmup))
+            out.append(Variant(name, r2.window, k * frac, r2.warmup, r2.finish, units=E))
         else:
             raise SystemExit(f"--variants: unknown variant {name!r}; allowed: group:<M>[:opts], r0, r1, r2:<k>")
     return out
 
 
 def _window(args, run):
-    return lambda: timed(args.device, epochs_of(run, args.window_epochs))
+    return lambda n: timed(args.device, epochs_of(run, n))
 
 
 def report(variants: list[Variant], command: str) -> str:
     spreads = {v.name: Spread(v.rates) for v in variants}
     warm = {v.name: v.warmup_s for v in variants}
+    units = {v.name: v.units for v in variants}
     r0 = spreads.get("r0")
     refs = [s.median for n, s in spreads.items() if n == "r1" or n.startswith("r2")]
     best = max(refs) if refs else None
     lines = [f"{'variant':34s} {'model-epochs/s  median [min, max] n':42s} {'x r0':>6s} {'x best r1/r2':>13s} "
-             f"{'warm-up s':>10s}"]
+             f"{'warm-up s':>10s} {'epochs/window':>14s}"]
     for name, s in spreads.items():
         x0 = f"{s.median / r0.median:6.2f}" if r0 else f"{'-':>6s}"
         xb = f"{s.median / best:13.2f}" if best else f"{'-':>13s}"
-        lines.append(f"{name:34s} {s.fmt(3):42s} {x0} {xb} {warm[name]:10.1f}")
+        lines.append(f"{name:34s} {s.fmt(3):42s} {x0} {xb} {warm[name]:10.1f} {units[name]:14d}")
     lines.append("warm-up s: wall time of the untimed first epoch (compilation and autotuning show here)")
     lines.append(f"command: {command}")
     return "\n".join(lines)
@@ -261,7 +266,10 @@ def parse_args(argv=None):
     ap.add_argument("--fraction", type=float, default=None,
                     help="training fraction per epoch (default: the preset's on CPU, 0.2 on CUDA)")
     ap.add_argument("--windows", type=int, default=5, help="timed windows per variant (default 5)")
-    ap.add_argument("--window-epochs", type=int, default=1, help="epochs per window (default 1)")
+    ap.add_argument("--window-epochs", type=int, default=1, help="epochs per window, at least (default 1)")
+    ap.add_argument("--min-window-s", type=float, default=None,
+                    help="lengthen each variant's window to at least this many seconds (default 3 on CUDA, "
+                         "1 on CPU), measured on one untimed epoch after the warm-up")
     ap.add_argument("--r1-compile", choices=("on", "off"), default="on",
                     help="compile r1's forward+loss (default on; CUDA: with CUDA graphs)")
     ap.add_argument("--r1-bf16", action="store_true", help="r1 in bf16 on the CPU too (always on CUDA)")
@@ -273,6 +281,8 @@ def parse_args(argv=None):
                                       else "r0,r1,r2:2,group:8,group:8:static")
     if args.fraction is None and cuda:
         args.fraction = 0.2
+    if args.min_window_s is None:
+        args.min_window_s = 3.0 if cuda else 1.0
     if args.windows < 1 or args.window_epochs < 1:
         ap.error("--windows and --window-epochs must be >= 1")
     return args
@@ -285,11 +295,11 @@ def main(argv=None):
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     spec, cfg, data = load_preset(args.preset, args.device)
     variants = build_variants(args, spec, cfg, data)
-    alternate(variants, args.windows)
+    alternate(variants, args.windows, args.min_window_s)
     steps = math.ceil(max(1, round((args.fraction or 1.0) * len(data.y_train))) / int(spec.sample_hparams(0)["batch_size"]))
     print(f"\n# {command}\n{device_info(args.device)}")
-    print(f"# preset {args.preset}, window = {args.window_epochs} epoch(s) of {steps} steps "
-          f"(fraction {args.fraction or 'preset'}), warm-up 1 epoch per variant, variants alternated")
+    print(f"# preset {args.preset}, epochs of {steps} steps (fraction {args.fraction or 'preset'}), warm-up 1 "
+          f"epoch per variant, windows of >= {args.min_window_s:g} s, variants alternated")
     print(report(variants, command))
 
 

@@ -66,10 +66,11 @@ def epoch_times(path: Path, names, device: str, batch_size: int, epochs: int, se
         neural = registry.get(name).kind == "torch"
         k = epochs if neural else 1
 
-        def fit(name=name, k=k):
+        def fit(k, name=name):
             return lambda: train.fit(name, ws, lr=1e-3, epochs=k, batch_size=batch_size, device=device)
 
-        variants.append(Variant(name, lambda f=fit(): timed(device, f), k, fit(k=1)))
+        # a neural metanet's unit is an epoch (windows of `epochs`), GBM's a whole fit
+        variants.append(Variant(name, lambda n, fit=fit: timed(device, fit(n)), 1, fit(1), units=k))
     alternate(variants, windows)
     print(f"\n## Time per training epoch ({n['train']} train + {n['val']} val nets, "
           f"{ws.info.num_inputs} inputs, device {device}, batch {batch_size}); zoo loaded in {t_load:.1f}s")

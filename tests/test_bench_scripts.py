@@ -16,7 +16,7 @@ def test_variants_alternate_after_every_warm_up_and_report_median_min_max():
     calls = []
 
     def variant(name, seconds):
-        return Variant(name, lambda: calls.append(name) or seconds.pop(0), work=2.0,
+        return Variant(name, lambda n: calls.append(name) or seconds.pop(0), work=2.0,
                        warmup=lambda: calls.append(f"warm {name}"))
 
     a, b = alternate([variant("A", [1.0, 2.0, 4.0]), variant("B", [1.0, 1.0, 1.0])], windows=3, progress=False)
@@ -27,6 +27,19 @@ def test_variants_alternate_after_every_warm_up_and_report_median_min_max():
     assert Spread(b.rates).fmt(1) == "2.0 [2.0, 2.0] n=3"
     with pytest.raises(ValueError, match="windows = 0"):
         alternate([a], windows=0)
+
+
+def test_a_window_is_lengthened_to_the_minimum_time_after_the_warm_up():
+    """A unit of 0.4 s and a 1 s minimum: windows of 3 units, the rate per unit's work."""
+    sizes = []
+
+    def window(n):
+        sizes.append(n)
+        return 0.4 * n
+
+    v, = alternate([Variant("A", window, work=1.0)], windows=2, min_window_s=1.0, progress=False)
+    assert sizes == [1, 3, 3] and v.units == 3
+    assert v.rates == pytest.approx([2.5, 2.5])
 
 
 @pytest.mark.parametrize("dry", [True, False])

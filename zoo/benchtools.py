@@ -2,13 +2,15 @@
 
 The method (docs/BENCHMARKS.md, GPU_PLAN section 6): every variant first runs its warm-up
 (one pass over every shape that is timed: cuDNN autotuning, compilation, allocator growth),
-then the variants take turns, one window each (A B A B ...), so that clock, thermal and
-load drift fall on all of them alike. A window is a fixed amount of work timed with CUDA
-events on the GPU (one sync at its end, none inside) or ``perf_counter`` on the CPU.
-Figures are the median [min, max] over the windows, with n.
+then one untimed unit of work tells how many units make a window of at least
+``min_window_s``; then the variants take turns, one window each (A B A B ...), so that
+clock, thermal and load drift fall on all of them alike. A window is a fixed amount of work
+timed with CUDA events on the GPU (one sync at its end, none inside) or ``perf_counter`` on
+the CPU. Figures are the median [min, max] over the windows, with n.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -49,13 +51,16 @@ class Spread:
 
 @dataclass
 class Variant:
-    """One thing to time: ``window()`` runs a fixed amount of work worth ``work`` units
-    (model-epochs, epoch-runs, ...) and returns its seconds; ``warmup()`` runs first, untimed."""
+    """One thing to time: ``window(n)`` runs n units of work (an epoch, a fit, ...) each worth
+    ``work`` (model-epochs, epoch-runs, ...) and returns its seconds; ``warmup()`` runs first,
+    untimed, and ``finish()`` after the last window."""
 
     name: str
-    window: Callable[[], float]
+    window: Callable[[int], float]
     work: float
     warmup: Callable[[], None] = lambda: None
+    finish: Callable[[], None] = lambda: None
+    units: int = 1  # units per window (raised by calibration)
     rates: list[float] = field(default_factory=list)
     warmup_s: float = float("nan")  # wall seconds of the warm-up (compilation shows here)
 
@@ -81,8 +86,10 @@ def timed(device, fn: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def alternate(variants: list[Variant], windows: int, progress: bool = True) -> list[Variant]:
-    """Warm every variant up, then time ``windows`` rounds of one window per variant, in turn.
+def alternate(variants: list[Variant], windows: int, min_window_s: float = 0.0,
+              progress: bool = True) -> list[Variant]:
+    """Warm every variant up, size its window to at least ``min_window_s`` seconds, then time
+    ``windows`` rounds of one window per variant, in turn.
 
     Fills ``variant.rates`` (work per second, one per window) and returns the variants."""
     if windows < 1:
@@ -94,12 +101,16 @@ def alternate(variants: list[Variant], windows: int, progress: bool = True) -> l
         v.warmup()
         sync("cuda" if torch.cuda.is_available() else "cpu")
         v.warmup_s = time.perf_counter() - t0
+        if min_window_s > 0:
+            v.units = max(v.units, math.ceil(min_window_s / max(v.window(1), 1e-9)))
     for w in range(windows):
         for v in variants:
-            v.rates.append(v.work / v.window())
+            v.rates.append(v.work * v.units / v.window(v.units))
         if progress:
             print(f"# window {w + 1}/{windows}: " + ", ".join(f"{v.name} {v.rates[-1]:.3g}" for v in variants),
                   flush=True)
+    for v in variants:
+        v.finish()
     return variants
 
 
