@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""One prepared GPU session (about 8 minutes on an H100): GPU_PLAN section 7 plus every
-figure issue 12 still waits for, each printed with its command, then one markdown block
-ready to paste into docs/BENCHMARKS.md (also written to --out).
+"""One prepared GPU session: GPU_PLAN section 7 plus every figure issue 12 still waits for,
+each printed with its command, then one markdown block ready to paste into
+docs/BENCHMARKS.md (also written to --out). The default --minutes 8 covers the sections most
+needed (about a to f; compile times on the GPU are the unknown); --minutes 14 runs them all.
 
   python scripts/gpu_check.py --out gpu_check.md              # on the GPU machine
   python scripts/gpu_check.py --dry-run --out /tmp/dry.md      # CPU, tiny sizes: checks the script runs
@@ -79,18 +80,21 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
     else:
         dev, big, small, frac = "cuda", 128, 32, "0.1"
         presets = ("lim2024-resnet8", "lim2024-wasym-resnet8")
-        common = ["--device", dev, "--fraction", frac, "--windows", "5"]
+        common = ["--device", dev, "--fraction", frac, "--windows", "5", "--min-window-s", "2"]
         r1 = []
     out = [("a", "GroupNorm keeps channels-last?", None, 60)]
     for p in presets:
         out.append(("b", f"group trainer vs R0, {p}",
-                    bg + common + ["--preset", p, "--variants", f"r0,group:{big}:bf16+cl,group:{small}:bf16+cl"], 75))
+                    bg + common + ["--preset", p, "--variants", f"r0,group:{big}:bf16+cl,group:{small}:bf16+cl"], 120))
     out.append(("c", "R1 and R2 against R0", bg + common + r1 + [
-        "--preset", presets[0], "--variants", "r0,r1,r2:2" if dry else "r0,r1,r2:4"], 180))
+        "--preset", presets[0], "--variants", "r0,r1,r2:2" if dry else "r0,r1,r2:4"], 240))
     # dry run: no compiled variant (a 3-minute compile on a CPU), the eager fp32 one instead
-    comp = ["fp32+static", "bf16+cl+static"] if dry else ["bf16+cl+static", "bf16+cl+static+compile"]
-    out.append(("d", "static-shape group step, eager vs compiled", bg + common + [
-        "--preset", presets[0], "--variants", ",".join(f"group:{m}:{c}" for m in (small, big) for c in comp)], 240))
+    eager, fast = ("fp32+static", "bf16+cl+static") if dry else ("bf16+cl+static", "bf16+cl+static+compile")
+    variants = [f"group:{small}:{eager}", f"group:{small}:{fast}", f"group:{big}:{eager}", f"group:{big}:{fast}"]
+    if not dry:  # CUDA graphs matter most at small M, where launches are a larger share
+        variants.insert(2, f"group:{small}:{fast}+graph")
+    out.append(("d", "static-shape group step, eager vs compiled (vs CUDA-graphed)", bg + common + [
+        "--preset", presets[0], "--variants", ",".join(variants)], 300))
     out.append(("e", f"profile, M={big} bf16+cl", [PY, "scripts/profile_generate.py", "--device", dev, "--preset",
                                                   presets[0], "--group-size", str(big), "--fraction",
                                                   "0.02" if dry else "0.2", "--bf16", "--channels-last",
