@@ -15,10 +15,11 @@ from ..store import MANIFEST, read_manifest, verify
 from .common import claim_output
 
 
-def import_metazoo(src, out, *, force: bool = False, source: dict | None = None, name: str | None = None) -> dict:
+def import_metazoo(src, out, *, force: bool = False, source: dict | None = None, name: str | None = None,
+                   limits=None) -> dict:
     out = claim_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with unpacked(src, workdir=out.parent) as root:
+    with unpacked(src, workdir=out.parent, limits=limits) as root:
         found = sorted(p.parent for p in Path(root).rglob(MANIFEST))
         if len(found) != 1:
             raise ZooError(f"{src}: expected one zoo (one {MANIFEST}) in the archive, found {len(found)}")
@@ -30,6 +31,7 @@ def import_metazoo(src, out, *, force: bool = False, source: dict | None = None,
         if Path(src).is_dir() and zoo_dir == Path(src):
             raise ZooError(f"{src} is already an unpacked zoo; open it with zoo.open() or copy it")
         if out.exists():
+            claim_output(out, force=True)  # still a zoo: the only kind of folder ever replaced
             shutil.rmtree(out)
         tmp = out.with_name(f".{out.name}.moving")
         shutil.rmtree(tmp, ignore_errors=True)
