@@ -6,17 +6,18 @@ Nothing here touches the internet.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import http.server
 import importlib.util
 import io
 import json
+import re
 import socket
 import sys
 import tarfile
 import threading
 import types
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -30,31 +31,74 @@ from zoo.nets import NetConfig, ResNet
 
 # ------------------------------------------------------------------ HTTP
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves files of ``directory``: HTTP Range when ``ranges`` (else the whole file, as a
+    server that ignores Range does); ``drop_once`` names files whose first GET stops
+    half-way and closes the connection; ``truncated`` names files every GET cuts short.
+    Every request is appended to ``log`` as (method, name, Range header, status)."""
+
+    directory: Path
+    ranges = True
+    drop_once: set = set()
     truncated: set = set()
+    log: list = []
 
     def log_message(self, *args):  # keep test output clean
         pass
 
+    def do_HEAD(self):
+        self._serve(head=True)
+
     def do_GET(self):
-        name = self.path.lstrip("/").split("?")[0]
-        if name in self.truncated:
-            data = (Path(self.directory) / name).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])  # then close: a download cut short
+        self._serve(head=False)
+
+    def _serve(self, head: bool):
+        name = urllib.parse.unquote(self.path.lstrip("/").split("?")[0])
+        path = self.directory / name
+        rng = self.headers.get("Range")
+        if not name or ".." in name or not path.is_file():
+            self.log.append((self.command, name, rng, 404))
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "") if self.ranges else None
+        if m:
+            start = int(m.group(1))
+            end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+            if start >= len(data):
+                self.log.append((self.command, name, rng, 416))
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body, status = data[start:end + 1], 206
+        else:
+            body, status = data, 200
+        self.log.append((self.command, name, rng, status))
+        self.send_response(status)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if head:
+            return
+        if name in self.truncated or (self.command == "GET" and name in self.drop_once):
+            self.drop_once.discard(name)
+            self.wfile.write(body[: len(body) // 2])  # then close: a connection lost half-way
             self.wfile.flush()
             self.close_connection = True
             return
-        super().do_GET()
+        self.wfile.write(body)
 
 
 @contextlib.contextmanager
-def http_server(directory, truncated=()):
+def http_server(directory, truncated=(), ranges=True, drop_once=(), log=None):
     """Serve ``directory`` on 127.0.0.1 (a free port); yields the base URL."""
-    handler = type("Handler", (_Handler,), {"truncated": set(truncated)})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    handler = type("Handler", (_Handler,), {"directory": Path(directory), "truncated": set(truncated),
+                                            "ranges": ranges, "drop_once": set(drop_once),
+                                            "log": log if log is not None else []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
