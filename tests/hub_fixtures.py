@@ -470,22 +470,31 @@ class TinyCNN(torch.nn.Module):
             torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Linear(4, 10)])
 
 
-def write_modelzoos(zip_path: Path, nets: int = 4, epochs=(0, 1, 2), missing: dict | None = None,
-                    nan_net: int | None = None) -> list[dict]:
-    """A zip of per-net folders: params.json, result.json (JSON lines), checkpoint_<e>/checkpoints.
+def modelzoos_dir(n: int) -> str:
+    """A Ray Tune trial folder as the Model Zoos generator names them."""
+    return f"tune_zoo_cifar10_uniform_large/NN_tune_trainable_{7000 + n:05d}_{n}_seed={n + 1}_2022-05-10_12-00-{n % 60:02d}"
 
-    ``missing``: net -> epoch left out. Returns each net's state dict per epoch."""
+
+def write_modelzoos(zip_path: Path, nets: int = 4, epochs=(0, 1, 2), missing: dict | None = None,
+                    nan_net: int | None = None, params_json: bool = True) -> list[dict]:
+    """A zip of Ray Tune trial folders: ``params.json`` (config keys with ``::``), ``result.json``
+    (JSON lines, each with ``config``, ``training_iteration`` and fractions), and per epoch
+    ``checkpoint_<epoch:06d>/checkpoints`` (a state dict) beside an ``optimizer`` file.
+
+    ``missing``: net -> epoch left out; ``params_json=False``: the config only in result.json.
+    Returns each net's state dict per epoch."""
     missing = missing or {}
     saved = []
     with zipfile.ZipFile(zip_path, "w") as zf:
         for n in range(nets):
-            d = f"zoo_cifar_seed/NN_tune_trainable_{n:05d}_seed={n}"
-            params = {"model::type": "CNN", "optim::lr": 1e-3 * (n + 1), "seed": n, "training::epochs_train": 2,
+            d = modelzoos_dir(n)
+            config = {"model::type": "CNN", "optim::lr": 1e-3 * (n + 1), "seed": n + 1, "training::epochs_train": 2,
                       "optim::wd": [0.0, 1e-4][n % 2]}
-            zf.writestr(f"{d}/params.json", json.dumps(params))
+            if params_json:
+                zf.writestr(f"{d}/params.json", json.dumps(config))
             lines = [json.dumps({"training_iteration": e, "test_acc": 0.1 + 0.2 * e + 0.01 * n,
                                  "train_acc": 0.12 + 0.2 * e, "test_loss": 2.0 - 0.3 * e, "train_loss": 2.0 - 0.35 * e,
-                                 "ggap": 0.02}) for e in epochs]
+                                 "ggap": 0.02, "config": config}) for e in epochs]
             zf.writestr(f"{d}/result.json", "\n".join(lines) + "\n")
             per_epoch = {}
             for e in epochs:
@@ -502,6 +511,9 @@ def write_modelzoos(zip_path: Path, nets: int = 4, epochs=(0, 1, 2), missing: di
                 buf = io.BytesIO()
                 torch.save(sd, buf)
                 zf.writestr(f"{d}/checkpoint_{e:06d}/checkpoints", buf.getvalue())
+                opt = io.BytesIO()
+                torch.save(torch.optim.Adam(m.parameters()).state_dict(), opt)
+                zf.writestr(f"{d}/checkpoint_{e:06d}/optimizer", opt.getvalue())
                 per_epoch[e] = sd
             saved.append(per_epoch)
     return saved
