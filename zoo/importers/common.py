@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..errors import ZooError
 from ..layout import Layout
-from ..store import _UMASK, MANIFEST, ShardContent, build_manifest, make_splits, read_shard, sha256_file, \
+from ..store import MANIFEST, ShardContent, build_manifest, make_splits, read_shard, sha256_file, \
     shard_entry, shard_name, verify, write_json, write_shard
 
 #: Models per shard: keeps memory bounded for 10,000-net zoos (ResNet8: ~300 MB per shard), and
@@ -70,8 +70,7 @@ class ZooWriter:
         shutil.rmtree(self.scratch, ignore_errors=True)
         if self.resumed is None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp.mkdir()
-            os.chmod(self.tmp, 0o777 & ~_UMASK)  # like a plain mkdir: zoos are shared
+            self.tmp.mkdir()  # a plain mkdir: the umask decides, as for any folder (zoos are shared)
         self.scratch.mkdir()
 
     def _remove_orphans(self) -> None:
