@@ -205,3 +205,23 @@ def test_masks_that_differ_between_nets_are_refused(tmp_path):
     torch.save((lim_state_dict(1, lim_masks(1)), 50.0), tmp_path / "up" / "net_1.pt")
     with pytest.raises(ZooError, match="masks differ"):
         run_import("lim2024", tmp_path / "up", tmp_path / "zoo")
+
+
+def test_a_record_zip_holding_per_type_zips_is_read_without_unpacking(tmp_path):
+    root = tmp_path / "rec"
+    write_lim_record(root, {"resnet8": 2, "smaller_resnet8": 2}, mask_files=False)
+    inner = {}
+    for kind in ("resnet8", "smaller_resnet8"):
+        inner[kind] = tmp_path / f"{kind}.zip"
+        with zipfile.ZipFile(inner[kind], "w") as zf:
+            for p in sorted((root / kind).iterdir()):
+                zf.write(p, p.name)  # no folder inside: the zip's own name tells the type
+    with zipfile.ZipFile(tmp_path / "files-archive.zip", "w") as zf:
+        for kind, p in inner.items():
+            zf.write(p, p.name)
+        zf.write(root / "hparams.csv", "hparams.csv")
+    m = run_import("lim2024", tmp_path / "files-archive.zip", tmp_path / "zoo",
+                   options={"model_type": "smaller_resnet8"})
+    assert m["num_models"] == 2 and m["source"]["hparams"].endswith("hparams.csv")
+    assert list(zoo.open(tmp_path / "zoo").table["source_file"]) == ["smaller_resnet8/0.pt", "smaller_resnet8/1.pt"]
+    assert not (tmp_path / ".imp.zoo.source").exists()
