@@ -2,10 +2,7 @@
 import hashlib
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import types
 import zipfile
@@ -14,18 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_fixtures import (
+    dead_url,
+    http_server,
+    run_cli,
+    write_lim_zoo,
+    write_modelzoos,
+    write_smallcnnzoo,
+)
 
 import zoo
-from zoo.catalogue import cards, card_from_dict, load_card
+from zoo.catalogue import card_from_dict, cards, load_card
 from zoo.download import download
 from zoo.errors import ZooError
 from zoo.importers import run_import
 from zoo.pack import pack
 from zoo.safety import load_tensors, safe_extract
 from zoo.store import verify
-
-from hub_fixtures import (dead_url, http_server, run_cli, tar_folder, write_lim_zoo, write_modelzoos,
-                          write_smallcnnzoo)
 
 
 def _sha(path) -> str:
@@ -342,7 +344,6 @@ class _NotATensor:
 
 def _mark_ran():
     _NotATensor.ran = True
-    return None
 
 
 def test_import_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):

@@ -7,13 +7,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hub_fixtures import (
+    http_server,
+    run_cli,
+    tar_folder,
+    write_lim_record,
+    write_modelzoos,
+    write_smallcnnzoo,
+)
 
 import zoo
 from zoo.catalogue import card_from_dict, find
 from zoo.download import download
 from zoo.errors import ZooError
-
-from hub_fixtures import http_server, run_cli, tar_folder, write_lim_record, write_modelzoos, write_smallcnnzoo
 
 
 def _serve_lim(www: Path, tmp: Path, kind: str, n: int) -> None:

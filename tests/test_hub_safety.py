@@ -1,6 +1,5 @@
 """Hub hardening (issue 9): foreign folders are never replaced, archives are bounded,
 leftovers are cleaned, folders are shareable, pickles never run, a killed import resumes."""
-import gzip
 import io
 import os
 import signal
@@ -13,13 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_fixtures import (
+    run_cli,
+    tar_folder,
+    write_lim_record,
+    write_modelzoos,
+    write_smallcnnzoo,
+)
 
 import zoo
 from zoo.errors import ZooError
 from zoo.importers import run_import
 from zoo.safety import Limits, load_tensors
-
-from hub_fixtures import run_cli, tar_folder, write_lim_record, write_modelzoos, write_smallcnnzoo
 
 TESTS = Path(__file__).resolve().parent
 
@@ -193,22 +197,31 @@ def test_an_import_killed_with_sigkill_resumes_and_gives_the_same_zoo(tmp_path):
     env = {**os.environ, "METAZOO_IMPORT_SHARD_SIZE": "2", "PYTHONPATH": str(TESTS.parent)}
     out = tmp_path / "killed"
     r = subprocess.run([sys.executable, "-c", _KILLER, "lim2024", str(tmp_path / "rec.zip"), str(out), "2"],
-                       env=env, capture_output=True, timeout=300)
+                       env=env, capture_output=True, timeout=300, check=False)
     assert r.returncode == -signal.SIGKILL
     partial = tmp_path / ".imp.killed.partial"
     assert sorted(p.name for p in partial.glob("shard-*.h5")) == ["shard-00000.h5", "shard-00001.h5"]
     first = (partial / "shard-00000.h5").stat().st_mtime_ns
     r = subprocess.run([sys.executable, "-m", "zoo.cli", "import", "lim2024", str(tmp_path / "rec.zip"),
                         "--out", str(out), "-o", "model_type=sparse_resnet8"], env=env, capture_output=True,
-                       timeout=300)
+                       timeout=300, check=False)
     assert r.returncode == 0, r.stderr.decode()
     assert (out / "shard-00000.h5").stat().st_mtime_ns == first  # resumed: the finished shard was kept
     r = subprocess.run([sys.executable, "-m", "zoo.cli", "import", "lim2024", str(tmp_path / "rec.zip"),
                         "--out", str(tmp_path / "straight"), "-o", "model_type=sparse_resnet8"], env=env,
-                       capture_output=True, timeout=300)
+                       capture_output=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr.decode()
     a, b = zoo.open(out), zoo.open(tmp_path / "straight")
     assert len(a) == 6 and np.array_equal(a.weights(), b.weights()) and a.table.equals(b.table)
     assert a.manifest["source"]["dropped"] == b.manifest["source"]["dropped"] == ["sparse_resnet8/2.pt"]
     assert a.manifest["splits"] == b.manifest["splits"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "rec", "rec.zip", "straight"]
+
+
+def test_importing_a_folder_that_holds_a_zoo_copies_it_and_leaves_the_source_in_place(tmp_path):
+    write_smallcnnzoo(tmp_path / "up", runs=2)
+    run_import("smallcnnzoo", tmp_path / "up", tmp_path / "shared" / "zoo")
+    run_import("metazoo", tmp_path / "shared", tmp_path / "mine")
+    assert (tmp_path / "shared" / "zoo" / "manifest.json").is_file()
+    assert np.array_equal(zoo.open(tmp_path / "mine").weights(), zoo.open(tmp_path / "shared" / "zoo").weights())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "shared", "up"]

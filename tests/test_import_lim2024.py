@@ -4,13 +4,19 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from hub_fixtures import (
+    lim_masks,
+    lim_state_dict,
+    upstream_forward,
+    upstream_module,
+    write_lim_record,
+    write_lim_zoo,
+)
 
 import zoo
 from zoo.errors import ZooError
 from zoo.importers import run_import
 from zoo.store import verify
-
-from hub_fixtures import lim_masks, lim_state_dict, upstream_forward, upstream_module, write_lim_record, write_lim_zoo
 
 ALL = {"resnet8": 3, "sparse_resnet8": 3, "smaller_resnet8": 2, "sigma_asym_resnet8": 3}
 PARAMS = {"resnet8": (78042, 78042), "sparse_resnet8": (78042, 60634), "smaller_resnet8": (59944, 59944),

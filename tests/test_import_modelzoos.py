@@ -1,13 +1,12 @@
 """modelzoos importer: per-net training folders become one zoo with per-epoch checkpoints."""
 import numpy as np
 import pytest
+from hub_fixtures import modelzoos_dir, write_modelzoos
 
 import zoo
 from zoo.errors import ZooError
 from zoo.importers import run_import
 from zoo.store import verify
-
-from hub_fixtures import modelzoos_dir, write_modelzoos
 
 
 def test_per_net_folders_become_a_zoo_with_epochs_hyper_parameters_and_buffers(tmp_path):

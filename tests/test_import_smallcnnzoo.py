@@ -3,13 +3,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hub_fixtures import (
+    SMALL_EPOCHS,
+    SMALL_TF,
+    tar_folder,
+    tf_conv_same,
+    write_smallcnnzoo,
+)
 
 import zoo
 from zoo.errors import ZooError
 from zoo.importers import run_import
 from zoo.store import metric_column, verify
-
-from hub_fixtures import SMALL_EPOCHS, SMALL_TF, tar_folder, tf_conv_same, write_smallcnnzoo
 
 
 def _offsets():

@@ -177,7 +177,7 @@ def card_from_dict(d: dict, where: str = "card", path: Path | None = None) -> Ca
         if sha != UNKNOWN and not _SHA.match(sha):
             raise ZooError(f"{fw}.sha256 = {f.get('sha256')!r}: expected 64 hex digits or \"unknown\"")
         md5 = str(f.get("md5", UNKNOWN)).lower()
-        md5 = md5[4:] if md5.startswith("md5:") else md5  # Zenodo's API writes "md5:<hex>"
+        md5 = md5.removeprefix("md5:")  # Zenodo's API writes "md5:<hex>"
         if md5 != UNKNOWN and not _MD5.match(md5):
             raise ZooError(f"{fw}.md5 = {f.get('md5')!r}: expected 32 hex digits (or md5:<hex>) or \"unknown\"")
         size = f.get("size_bytes", 0)

@@ -48,7 +48,7 @@ class Limits:
     ratio_floor_bytes: int = 256 << 20
 
     @classmethod
-    def default(cls) -> "Limits":
+    def default(cls) -> Limits:
         env = os.environ.get("METAZOO_MAX_UNPACK_GB")
         if not env:
             return cls()
@@ -58,7 +58,7 @@ class Limits:
             raise ZooError(f"METAZOO_MAX_UNPACK_GB = {env!r}: expected a number of GB") from None
         return cls().with_max_gb(gb, "METAZOO_MAX_UNPACK_GB")
 
-    def with_max_gb(self, gb: float, what: str = "--max-unpack-gb") -> "Limits":
+    def with_max_gb(self, gb: float, what: str = "--max-unpack-gb") -> Limits:
         if not (gb > 0) or gb == float("inf"):
             raise ZooError(f"{what} = {gb!r}: expected a positive number of GB")
         return Limits(max_gb=gb, max_ratio=self.max_ratio, ratio_floor_bytes=self.ratio_floor_bytes)
@@ -124,7 +124,7 @@ def _first_line(e) -> str:
 
 # ------------------------------------------------------------ archives
 
-def _check_member(archive: Path, name: str) -> PurePosixPath:
+def check_member(archive: Path, name: str) -> PurePosixPath:
     """The member's path relative to the target, or a ZooError if it could escape."""
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or (p.parts and p.parts[0].endswith(":")):
@@ -147,7 +147,7 @@ def _members(archive: Path):
         with zf:
             checked = []
             for info in zf.infolist():
-                rel = _check_member(archive, info.filename)
+                rel = check_member(archive, info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise ZooError(f"{archive}: entry {info.filename!r} is a symbolic link; refused "
                                    f"(nothing was extracted)")
@@ -165,7 +165,7 @@ def _members(archive: Path):
             raise ZooError(f"{archive}: archive is corrupt or truncated: {e}") from e
         checked = []
         for info in infos:
-            rel = _check_member(archive, info.name)
+            rel = check_member(archive, info.name)
             if not (info.isfile() or info.isdir()):
                 raise ZooError(f"{archive}: entry {info.name!r} is a link or special file; refused "
                                f"(nothing was extracted)")
@@ -244,7 +244,7 @@ def unpacked(path, workdir=None, limits: Limits | None = None):
             dest.mkdir()
             for p in sorted(path.iterdir()):
                 if p.is_file() and is_archive(p):
-                    safe_extract(p, dest / _stem(p), limits)
+                    safe_extract(p, dest / archive_stem(p), limits)
                 elif p.is_dir():
                     shutil.copytree(p, dest / p.name)
                 else:
@@ -259,7 +259,7 @@ def unpacked(path, workdir=None, limits: Limits | None = None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _stem(p: Path) -> str:
+def archive_stem(p: Path) -> str:
     for s in ARCHIVE_SUFFIXES:
         if p.name.lower().endswith(s):
             return p.name[: -len(s)]
@@ -276,7 +276,7 @@ def _extract_nested(folder: Path, limits, depth: int = 0) -> None:
         raise ZooError(f"{folder}: archives nested more than 3 deep; refused")
     for p in sorted(folder.rglob("*")):
         if p.is_file() and is_archive(p):
-            stem = _stem(p)
+            stem = archive_stem(p)
             dest = p.with_name(stem + ".d") if (p.parent / stem).exists() else p.parent / stem
             safe_extract(p, dest, limits)
             p.unlink()

@@ -20,8 +20,19 @@ import pandas as pd
 
 from ..errors import ZooError
 from ..layout import Layout
-from ..store import MANIFEST, ShardContent, build_manifest, make_splits, read_shard, sha256_file, \
-    shard_entry, shard_name, verify, write_json, write_shard
+from ..store import (
+    MANIFEST,
+    ShardContent,
+    build_manifest,
+    make_splits,
+    read_shard,
+    sha256_file,
+    shard_entry,
+    shard_name,
+    verify,
+    write_json,
+    write_shard,
+)
 
 #: Models per shard: keeps memory bounded for 10,000-net zoos (ResNet8: ~300 MB per shard), and
 #: is the step an interrupted import resumes from. METAZOO_IMPORT_SHARD_SIZE overrides it.

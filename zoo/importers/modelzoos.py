@@ -30,8 +30,16 @@ from ..errors import ZooError
 from ..layout import Layout, role_of
 from ..safety import Limits
 from ..store import ShardContent, metric_column
-from .common import RESERVED, SHARD_SIZE, ZooWriter, check_fraction, column_name, fingerprint_of, progress, \
-    table_frame
+from .common import (
+    RESERVED,
+    SHARD_SIZE,
+    ZooWriter,
+    check_fraction,
+    column_name,
+    fingerprint_of,
+    progress,
+    table_frame,
+)
 from .source import Source
 
 _CKPT = re.compile(r"^checkpoint_0*(\d+)$")

@@ -1,23 +1,27 @@
 """Importer for the Small CNN Zoo of Unterthiner et al. (2020), "Predicting Neural Network
 Accuracy from Weights" (four datasets: cifar10, mnist, fashion_mnist, svhn_cropped).
 
-Upstream layout, one ``.tar.xz`` per dataset, holding (at any depth):
+Upstream layout, one ``.tar.xz`` per dataset, holding (at any depth; the colab names them
+``all_weights.npy`` / ``all_metrics.csv``, also accepted):
 
 * ``weights.npy`` -- ``[rows, 4970]`` float32, one row per *checkpoint* of a run;
-* ``metrics.csv`` or ``metrics.csv.gz`` -- one row per ``weights.npy`` row: hyper-parameters
-  (``config.*`` columns), ``step``, ``train_accuracy``, ``test_accuracy``, ``train_loss``,
-  ``test_loss``, and optionally a first (index) column naming the run's directory;
+* ``metrics.csv.gz`` -- one row per ``weights.npy`` row: a first (index) column naming the
+  checkpoint (``.../<run>/permanent_ckpt-<epoch>``), hyper-parameters (``config.*``),
+  ``modeldir``, ``step`` (the epoch: 0, 1, 2, 3, 20, 40, 60, 80, 86), ``train_accuracy``,
+  ``test_accuracy``, ``train_loss``, ``test_loss``;
 * ``layout.csv`` -- one row per variable: name (e.g. ``sequential/conv2d/kernel:0``),
   start index, end index, shape (e.g. ``(3, 3, 1, 16)``).
 
 Kernels are stored in TensorFlow order (conv ``[kh, kw, in, out]``, dense ``[in, out]``)
-and become PyTorch order (``[out, in, kh, kw]``, ``[out, in]``) here. The checkpoints of
-one run (9 upstream) stay together as one model with checkpoints ``ckpt_0`` ...
-``ckpt_{k-2}`` and ``final`` (the last step); the step of each is a table column. Runs
-are recognised by the run-directory column when there is one, otherwise by identical
-hyper-parameters (the zoo used one seed per configuration). Runs with an unusual
-number of checkpoints are dropped and listed in ``source.dropped``. Runs whose weights
-or accuracy are not finite are kept and marked ``diverged``.
+and become PyTorch order (``[out, in, kh, kw]``, ``[out, in]``) here; parameter names are
+the layout's (``conv2d.weight``, ``conv2d.bias``, ..., ``dense.bias``), in its order. The
+rows of one run become one model; ``epochs`` picks which checkpoints it keeps (the last
+epoch by default). A run that hit NaN stopped early and has fewer rows: it is dropped and
+listed in ``source.dropped``. Runs whose weights or accuracy are not finite at a kept
+checkpoint are kept and marked ``diverged``.
+
+Only the three files are read: from a ``.tar.xz`` they are extracted in one pass (a tar
+has no index); ``weights.npy`` is then memory-mapped, a shard of runs at a time.
 """
 from __future__ import annotations
 
@@ -33,7 +37,14 @@ from ..errors import ZooError
 from ..layout import Layout
 from ..safety import Limits
 from ..store import ShardContent, metric_column
-from .common import RESERVED, SHARD_SIZE, ZooWriter, column_name, fingerprint_of, progress
+from .common import (
+    RESERVED,
+    SHARD_SIZE,
+    ZooWriter,
+    column_name,
+    fingerprint_of,
+    progress,
+)
 from .source import Source
 
 DATASETS = ("cifar10", "mnist", "fashion_mnist", "svhn_cropped")
@@ -63,7 +74,7 @@ def read_layout(path: Path):
     """layout.csv -> [(our name, tf shape, start, end, role)], checked to tile [0, P) exactly."""
     df = pd.read_csv(path)
     cols = {c.lower(): c for c in df.columns}
-    pick = lambda *opts: next((cols[o] for o in opts if o in cols), None)  # noqa: E731
+    pick = lambda *opts: next((cols[o] for o in opts if o in cols), None)
     c_name, c_start = pick("varname", "name", "variable"), pick("start_idx", "start")
     c_end, c_shape = pick("end_idx", "end"), pick("shape")
     if None in (c_name, c_start, c_end, c_shape):

@@ -24,8 +24,16 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import ZooError
-from ..safety import ARCHIVE_SUFFIXES, Limits, _check_member, _stem, copy_bounded, is_archive, load_npy, \
-    load_tensors
+from ..safety import (
+    ARCHIVE_SUFFIXES,
+    Limits,
+    check_member,
+    archive_stem,
+    copy_bounded,
+    is_archive,
+    load_npy,
+    load_tensors,
+)
 
 
 class Source:
@@ -50,7 +58,7 @@ class Source:
                     if p.is_file() and not p.is_symlink():
                         rel = p.relative_to(self.path).as_posix()
                         if is_archive(p):
-                            self._add_archive(p, _parent_prefix(rel) + _stem(p))
+                            self._add_archive(p, _parent_prefix(rel) + archive_stem(p))
                         else:
                             self._where[rel] = ("file", p)
             elif is_archive(self.path):
@@ -85,7 +93,7 @@ class Source:
             except zipfile.BadZipFile as e:
                 raise ZooError(f"{label}: not a readable zip archive (corrupt or truncated): {e}") from e
             for info in zf.infolist():
-                rel = _check_member(Path(label), info.filename)
+                rel = check_member(Path(label), info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise ZooError(f"{label}: entry {info.filename!r} is a symbolic link; refused")
                 if info.is_dir():
@@ -96,7 +104,7 @@ class Source:
                         raise ZooError(f"{label}: holds the archive {info.filename!r}; unpack that one first "
                                        f"(only zips inside zips are read in place)")
                     inner = self._stack.enter_context(zf.open(info))
-                    self._add_archive(Path(info.filename), _join(prefix, rel.parent / _stem(Path(rel.name))),
+                    self._add_archive(Path(info.filename), _join(prefix, rel.parent / archive_stem(Path(rel.name))),
                                       fileobj=inner, label=f"{label}:{info.filename}", depth=depth + 1)
                     continue
                 self._expanded += info.file_size
@@ -110,7 +118,7 @@ class Source:
             except (tarfile.TarError, OSError, EOFError) as e:
                 raise ZooError(f"{label}: not a readable tar archive (corrupt or truncated): {e}") from e
             for info in infos:
-                rel = _check_member(path, info.name)
+                rel = check_member(path, info.name)
                 if info.isdir():
                     continue
                 if not info.isfile():
@@ -221,4 +229,4 @@ def remove_extracted(workdir: Path) -> None:
     shutil.rmtree(Path(workdir) / ".source", ignore_errors=True)
 
 
-__all__ = ["Source", "ARCHIVE_SUFFIXES", "remove_extracted"]
+__all__ = ["ARCHIVE_SUFFIXES", "Source", "remove_extracted"]
