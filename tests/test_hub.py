@@ -21,7 +21,7 @@ from hub_fixtures import (
 )
 
 import zoo
-from zoo.catalogue import card_from_dict, cards, load_card
+from zoo.catalogue import card_from_dict, cards, find, load_card
 from zoo.download import download
 from zoo.errors import ZooError
 from zoo.importers import run_import
@@ -371,3 +371,55 @@ def test_the_benchmark_runs_unchanged_on_each_imported_format(tmp_path):
         results = json.loads((out / "results.json").read_text())
         assert results["zoos"][0]["num_inputs"] == inputs and results["zoos"][0]["n_test"] == 2
         assert len(results["runs"]) == 2
+
+
+def test_a_foreign_folder_as_target_is_refused_before_anything_is_fetched(tmp_path, capsys):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "cifar_large_seed.zip", nets=2)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    log = []
+    with http_server(serve, log=log) as base:
+        rc = run_cli(["download", "modelzoos-cifar10-cnn-large-seed", "--mirror", base, "--to",
+                      str(tmp_path / "mine"), "--force", "--no-progress"])
+    assert rc == 2 and "holds no metazoo zoo" in capsys.readouterr().err
+    assert log == [] and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_an_optional_file_the_server_lacks_is_skipped(tmp_path):
+    from hub_fixtures import write_lim_record
+
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_lim_record(tmp_path / "rec", {"resnet8": 2}, hparams=False, mask_files=False)
+    with zipfile.ZipFile(serve / "resnet8.zip", "w") as zf:
+        for p in sorted((tmp_path / "rec" / "resnet8").iterdir()):
+            zf.write(p, f"resnet8/{p.name}")
+    notes = []
+    with http_server(serve) as base:
+        m = download(find("lim2024-resnet8"), tmp_path / "d" / "z", progress=False, log=notes.append, mirror=base)
+    assert m["num_models"] == 2 and m["source"]["hparams"] is None
+    assert any("hparams.csv is not on the server (optional)" in n for n in notes)
+
+
+def test_a_full_disk_during_a_download_is_a_clear_error_and_keeps_the_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    import zoo.download as dl
+
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "mz.zip", nets=2)
+
+    class Full(io.BytesIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl, "open", lambda *a, **k: Full(), raising=False)
+    with http_server(serve) as base:
+        with pytest.raises(ZooError, match=r"could not write .*mz.zip.part: No space left on device; the partial "
+                                           r"file is kept"):
+            download(_card("mz", "modelzoos", f"{base}/mz.zip"), tmp_path / "d" / "mz", progress=False,
+                     log=lambda s: None)
+    assert not (tmp_path / "d" / "mz").exists()

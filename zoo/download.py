@@ -155,12 +155,18 @@ def _http_get(url: str, part: Path, f: SourceFile, progress: bool, log) -> bool:
                 length = int(r.headers.get("Content-Length", 0) or 0)
                 total = have + length if length else (f.size_bytes or None)
                 check_free_disk(part.parent, (total or 0) - have, f.name)
-                with open(part, "ab" if have else "wb") as out, \
-                        tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=f.name, disable=not progress, file=sys.stderr, leave=False) as bar:
-                    for chunk in r.iter_content(1 << 16):  # small: a lost connection loses < 64 KiB
-                        out.write(chunk)
-                        bar.update(len(chunk))
+                try:
+                    with open(part, "ab" if have else "wb") as out, \
+                            tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                                 desc=f.name, disable=not progress, file=sys.stderr, leave=False) as bar:
+                        for chunk in r.iter_content(1 << 16):  # small: a lost connection loses < 64 KiB
+                            out.write(chunk)
+                            bar.update(len(chunk))
+                except OSError as e:
+                    if isinstance(e, requests.exceptions.RequestException):
+                        raise
+                    raise ZooError(f"could not write {part}: {e.strerror or e}; the partial file is kept: free "
+                                   f"space (or fix the folder) and run the command again to resume") from e
                 if length and part.stat().st_size < have + length:
                     raise requests.exceptions.ChunkedEncodingError("connection closed before the end")
                 return True
@@ -209,10 +215,13 @@ def download(card: Card, to=None, *, force: bool = False, progress: bool = True,
     Returns the zoo's manifest. An existing zoo there is kept unless ``force``."""
     from .importers import run_import
 
+    from .importers.common import claim_output
+
     dest = target_for(card, to)
     if (dest / MANIFEST).is_file() and not force:
         log(f"{card.name}: already here at {dest} (pass --force to download and import again)")
         return read_manifest(dest)
+    claim_output(dest, force)  # refused before gigabytes are fetched, not after
     for f in card.files:
         source_url(f, mirror)  # an unsupported URL is refused before anything is fetched
     # Shared by file name, so cards of one upstream record download a shared file once.

@@ -16,8 +16,9 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_catalogue)
 
     p = sub.add_parser("download", help="download a prebuilt weight dataset and import it as a zoo",
-                       description="Download NAME's files (checked against their sha256), and convert them "
-                                   "into a metazoo zoo under datasets/NAME/ (or --to DIR).")
+                       description="Download NAME's files (resuming an interrupted download, checked against the "
+                                   "card's sha256/md5), and convert them into a metazoo zoo under "
+                                   "datasets/NAME/ (or --to DIR).")
     p.add_argument("name", nargs="?", help="catalogue entry (see `zoo catalogue`)")
     p.add_argument("--card", help="a card file instead of a catalogue name (e.g. one written by `zoo pack`)")
     p.add_argument("--url", help="download this URL instead (needs --sha256)")
