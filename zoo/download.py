@@ -214,7 +214,6 @@ def download(card: Card, to=None, *, force: bool = False, progress: bool = True,
 
     Returns the zoo's manifest. An existing zoo there is kept unless ``force``."""
     from .importers import run_import
-
     from .importers.common import claim_output
 
     dest = target_for(card, to)

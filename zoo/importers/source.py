@@ -27,8 +27,8 @@ from ..errors import ZooError
 from ..safety import (
     ARCHIVE_SUFFIXES,
     Limits,
-    check_member,
     archive_stem,
+    check_member,
     copy_bounded,
     is_archive,
     load_npy,
