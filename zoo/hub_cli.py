@@ -90,7 +90,8 @@ def cmd_catalogue(args) -> int:
     for name, c in sorted(all_cards.items()):
         to = Path(args.root) / name if args.root else None
         nets = "; ".join(f"{n.count:,} {n.architecture} on {n.data}" for n in c.nets) or "?"
-        rows.append((name, "here" if is_downloaded(c, to) else "-", c.format, c.size, nets))
+        short = c.size.split(" (")[0].split(";")[0] + (" est." if "estimate" in c.size else "")
+        rows.append((name, "here" if is_downloaded(c, to) else "-", c.format, short, nets))
     widths = [max(len(r[i]) for r in rows + [("NAME", "LOCAL", "FORMAT", "SIZE", "NETS")]) for i in range(4)]
     header = ("NAME", "LOCAL", "FORMAT", "SIZE", "NETS")
     for r in [header] + rows:
