@@ -282,6 +282,7 @@ def import_lim2024(src, out, *, model_type: str | None = None, hparams: str | No
         cfg = _CONFIGS[kind]
         base = layout_for(cfg)
         frozen = _mask_files(tree, tree.names, base) if kind == "sparse_resnet8" else {}
+        frozen_fixed = _fixed_from_masks("upstream mask files", frozen, base, kappa) if frozen else None
         fixed_ref = None
         if kind == "sparse_resnet8" and state["mask_ref"] is not None:  # resumed: the masks the shards used
             ref = state["mask_ref"]
@@ -334,9 +335,8 @@ def import_lim2024(src, out, *, model_type: str | None = None, hparams: str | No
                     raise ZooError(f"{label}: a sparse_resnet8 net without mask buffers, and no upstream mask files "
                                    f"(masks/sparse_resnet8_*.pt) in {src}")
                 fixed, values = _fixed_from_masks(label, masks, base, kappa)
-                if frozen and masks is not frozen:
-                    f_fixed, f_values = _fixed_from_masks("mask files", frozen, base, kappa)
-                    if not (np.array_equal(fixed, f_fixed) and np.array_equal(values, f_values)):
+                if frozen_fixed is not None and masks is not frozen:
+                    if not (np.array_equal(fixed, frozen_fixed[0]) and np.array_equal(values, frozen_fixed[1])):
                         raise ZooError(f"{label}: its mask buffers disagree with upstream's mask files "
                                        f"(masks/sparse_resnet8_*.pt) in {src}")
                 if fixed_ref is None:
