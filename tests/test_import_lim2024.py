@@ -33,6 +33,8 @@ def record(tmp_path_factory):
 def test_each_model_type_imports_as_shipped_and_rebuild_computes_what_the_upstream_module_computes(
         record, tmp_path, kind):
     root, up = record
+    stored = torch.load(root / kind / "0.pt", weights_only=True)[0]["layer2.0.conv1.weight"]
+    assert stored.is_contiguous(memory_format=torch.channels_last) and not stored.is_contiguous()  # as upstream saves
     m = run_import("lim2024", root, tmp_path / "zoo", options={"model_type": kind})
     assert verify(tmp_path / "zoo") == []
     z = zoo.open(tmp_path / "zoo")
