@@ -59,7 +59,7 @@ def test_download_with_mirror_import_verify_and_bench_each_kind_of_card(tmp_path
     with http_server(www) as base:
         assert run_cli(["download", card_name, "--mirror", base, "--to", str(dest), "--no-progress"]) == 0
     out = capsys.readouterr()
-    assert f"{card_name}: {usable} models" in out.out
+    assert f"{card_name}: {usable} models" in out.out and "(1 upstream nets dropped;" in out.out
     assert run_cli(["verify", str(dest)]) == 0
     z = zoo.open(dest)
     src = z.manifest["source"]

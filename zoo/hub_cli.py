@@ -157,7 +157,10 @@ def cmd_download(args) -> int:
                  limits=_limits(args))
     from .download import target_for
 
-    print(f"{card.name}: {m['num_models']} models, {m['num_params']} parameters each -> {target_for(card, args.to)}")
+    dropped = (m.get("source") or {}).get("dropped") or []
+    note = f" ({len(dropped)} upstream nets dropped; see manifest source.dropped)" if dropped else ""
+    print(f"{card.name}: {m['num_models']} models, {m['num_params']} parameters each -> "
+          f"{target_for(card, args.to)}{note}")
     return 0
 
 
