@@ -8,15 +8,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.server
-import importlib.util
 import io
 import json
 import re
 import socket
-import sys
 import tarfile
 import threading
-import types
 import urllib.parse
 import zipfile
 from pathlib import Path
@@ -120,12 +117,7 @@ def dead_url(name="x.zip") -> str:
 # ------------------------------------------------------------------- CLI
 
 def run_cli(argv) -> int:
-    """``zoo.cli.main(argv)``. zoo/commands.py (info, verify, generate) is written in parallel;
-    until it lands, an empty stand-in lets the parser load so the hub commands can be tested."""
-    if importlib.util.find_spec("zoo.commands") is None and "zoo.commands" not in sys.modules:
-        stand_in = types.ModuleType("zoo.commands")
-        stand_in.register = lambda sub: None
-        sys.modules["zoo.commands"] = stand_in
+    """``zoo ARGV`` in this process; returns the exit code."""
     from zoo.cli import main
 
     return main(argv)

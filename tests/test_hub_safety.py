@@ -225,3 +225,26 @@ def test_importing_a_folder_that_holds_a_zoo_copies_it_and_leaves_the_source_in_
     assert (tmp_path / "shared" / "zoo" / "manifest.json").is_file()
     assert np.array_equal(zoo.open(tmp_path / "mine").weights(), zoo.open(tmp_path / "shared" / "zoo").weights())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "shared", "up"]
+
+
+def test_an_interrupted_import_is_not_resumed_on_a_changed_source(tmp_path, monkeypatch):
+    import zoo.importers.lim2024 as lim
+    from zoo.importers import common
+
+    write_lim_record(tmp_path / "rec", {"resnet8": 4}, mask_files=False)
+    monkeypatch.setattr(lim, "SHARD_SIZE", 2)
+    add = common.ZooWriter.add
+
+    def add_then_stop(self, *a, **k):
+        add(self, *a, **k)
+        raise KeyboardInterrupt  # Ctrl-C after the first shard: the partial import is kept
+
+    monkeypatch.setattr(common.ZooWriter, "add", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_import("lim2024", tmp_path / "rec", tmp_path / "zoo")
+    assert (tmp_path / ".imp.zoo.partial" / "shard-00000.h5").is_file()
+    monkeypatch.setattr(common.ZooWriter, "add", add)
+    torch.save(torch.load(tmp_path / "rec" / "resnet8" / "0.pt", weights_only=True), tmp_path / "rec" / "resnet8" / "4.pt")
+    (tmp_path / "rec" / "hparams.csv").write_text("lr,weight_decay,label_smoothing,epochs\n" + "0.1,0,0,5\n" * 5)
+    m = run_import("lim2024", tmp_path / "rec", tmp_path / "zoo")
+    assert m["num_models"] == 5 and list(zoo.open(tmp_path / "zoo").table["epochs"]) == [5] * 5
