@@ -21,8 +21,8 @@ ZOOS = (("digits-resnet8", "digits-std"), ("digits-wasym-resnet8", "digits-wasym
 #: would give one); the cheap metanets sweep the paper's lr grid, DMC and DeepSets —
 #: about 1 s per epoch each on 2 cores — skip the sweep and use 1e-3, which trained both
 #: on both digits zoos in a spot check (1e-3 vs 5e-3; 5e-3 made DMC unstable on W-Asym).
-DEMO = dict(metanets="mlp,dmc,deepsets,statnn,statnn-gbm", seeds=3, epochs=20, batch_size=16,
-            lr="mlp=auto,statnn=auto,dmc=1e-3,deepsets=1e-3")
+DEMO = dict(metanets="mlp,dmc,deepsets,statnn,statnn-gbm,hparams", seeds=3, epochs=20, batch_size=16,
+            lr="mlp=auto,statnn=auto,dmc=1e-3,deepsets=1e-3", bootstrap=1000)
 
 
 def ensure_zoo(preset: str, path: Path, models: int | None, device: str, progress: bool) -> Path:
@@ -46,15 +46,19 @@ def ensure_zoo(preset: str, path: Path, models: int | None, device: str, progres
 
 
 def run_demo(out="runs", *, models=None, metanets=None, seeds=None, epochs=None, batch_size=None, lr=None,
-             device="cpu", progress=True) -> dict:
+             device="cpu", progress=True, bootstrap=None) -> dict:
+    from .cli import check_out_dir
+
     out = Path(out)
     if models is not None and models < 1:
         raise MetanetError(f"--models {models} is invalid; allowed: >= 1")
-    paths = [ensure_zoo(preset, out / sub, models, device, progress) for preset, sub in ZOOS]
     cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(metanets or DEMO["metanets"])),
                             seeds=seeds or DEMO["seeds"], epochs=epochs or DEMO["epochs"],
                             batch_size=batch_size or DEMO["batch_size"],
-                            lr=bench.parse_lr(lr or DEMO["lr"]), device=device)
+                            lr=bench.parse_lr(lr or DEMO["lr"]), device=device,
+                            bootstrap=bootstrap or DEMO["bootstrap"], match_accuracy=True).check()
+    check_out_dir(out / "bench")  # before hours of generation, not after
+    paths = [ensure_zoo(preset, out / sub, models, device, progress) for preset, sub in ZOOS]
     t0 = time.perf_counter()
     result = bench.run(paths, cfg, progress=progress)
     result["bench_wall_s"] = round(time.perf_counter() - t0, 1)
