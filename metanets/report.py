@@ -110,6 +110,8 @@ def strict(obj):
         return {k: strict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict(obj.tolist())
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, np.integer):
