@@ -25,6 +25,10 @@ def _num(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
+def _fmt(v) -> str:
+    return f"{v:.3f}" if _num(v) else "n/a"
+
+
 def _cell(r, k: str) -> str:
     if not _num(r[f"{k}_mean"]):
         return "n/a"
@@ -176,7 +180,7 @@ def plot_scatter(result: dict, path) -> Path:
             lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
             r = s[(s.metanet == m) & (s.zoo == z) & (s.view == "all")].iloc[0]
-            ax.set_title(f"{m} | {z} | seed 0\nR² {r.r2_mean:.3f}  τ {r.tau_mean:.3f} (seed mean)", fontsize=8)
+            ax.set_title(f"{m} | {z} | seed 0\nR² {_fmt(r.r2_mean)}  τ {_fmt(r.tau_mean)} (seed mean)", fontsize=8)
             ax.set_xlabel(f"true {result['zoos'][j]['target']}", fontsize=8)
             ax.set_ylabel("predicted", fontsize=8)
             ax.tick_params(labelsize=7)
