@@ -38,8 +38,8 @@ class BenchConfig:
     """Options of one benchmark; validated by :meth:`check`."""
 
     metanets: tuple = ("mlp", "dmc", "deepsets", "statnn", "statnn-gbm", "hparams")
-    seeds: int = 5
-    epochs: int = EPOCHS
+    seeds: int | dict = 5  # or {"*": default, metanet: n} (:func:`parse_per_metanet`)
+    epochs: int | dict = EPOCHS  # likewise
     lr: str | float | dict = "auto"  # "paper", or {metanet: "auto" | "paper" | rate}; unlisted metanets sweep
     lr_grid: tuple = LR_GRID
     batch_size: int = BATCH_SIZE
@@ -65,10 +65,14 @@ class BenchConfig:
                 if getattr(self, k) != v:
                     raise MetanetError(f"--protocol lim2024 fixes {k.replace('_', '-')} = {v}; "
                                        f"{getattr(self, k)!r} was given (drop the option or the protocol)")
-        if self.seeds < 1:
-            raise MetanetError(f"seeds={self.seeds} is invalid; allowed: >= 1")
-        if self.epochs < 1:
-            raise MetanetError(f"epochs={self.epochs} is invalid; allowed: >= 1")
+        for key in ("seeds", "epochs"):
+            value = getattr(self, key)
+            for name, v in (value.items() if isinstance(value, dict) else [("*", value)]):
+                if name != "*":
+                    registry.get(name)
+                if not isinstance(v, int) or v < 1:
+                    raise MetanetError(f"{key}={v!r}{'' if name == '*' else ' for ' + name} is invalid; "
+                                       f"allowed: an integer >= 1")
         if self.batch_size < 2:
             raise MetanetError(f"batch_size={self.batch_size} is invalid; allowed: >= 2")
         if self.bootstrap < 10:
@@ -86,6 +90,12 @@ class BenchConfig:
             raise MetanetError(f"params={self.params!r} is invalid; allowed: {', '.join(data.PARAMS)}")
         _check_device(self.device)
         return self
+
+    def seeds_for(self, name: str) -> int:
+        return self.seeds.get(name, self.seeds.get("*", 5)) if isinstance(self.seeds, dict) else self.seeds
+
+    def epochs_for(self, name: str) -> int:
+        return self.epochs.get(name, self.epochs.get("*", EPOCHS)) if isinstance(self.epochs, dict) else self.epochs
 
     def lr_for(self, name: str, wasym: bool = False):
         """The learning rate of metanet ``name`` on a (W-Asym) zoo: a number, or "auto" (sweep).
@@ -118,6 +128,19 @@ def parse_lr(text: str):
     if not (v > 0 and math.isfinite(v)):
         raise MetanetError(f"--lr {text!r} is invalid; allowed: auto, paper or a number > 0 (e.g. 1e-3)")
     return v
+
+
+def parse_per_metanet(text, option: str):
+    """``"20"`` -> 20; ``"20,dmc=5,deepsets=5"`` -> ``{"*": 20, "dmc": 5, "deepsets": 5}`` (integers)."""
+    out = {}
+    for part in str(text).split(","):
+        name, eq, value = part.rpartition("=") if "=" in part else ("*", "", part)
+        try:
+            out[name.strip().lower() or "?"] = int(value)
+        except ValueError:
+            raise MetanetError(f"{option} {text!r} is invalid; allowed: an integer, optionally followed by "
+                               f"NAME=N overrides, e.g. 20,dmc=5") from None
+    return out["*"] if list(out) == ["*"] else out
 
 
 def _check_device(device: str) -> None:
@@ -190,8 +213,8 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
 
     def n_runs(m, wasym):
         if registry.get(m).kind == "sklearn":
-            return cfg.seeds
-        return cfg.seeds + (len(cfg.lr_grid) if cfg.lr_for(m, wasym) == "auto" else 0)
+            return cfg.seeds_for(m)
+        return cfg.seeds_for(m) + (len(cfg.lr_grid) if cfg.lr_for(m, wasym) == "auto" else 0)
 
     total = sum(n_runs(m, z["wasym"]) for m in cfg.metanets for z in zoos)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
@@ -202,7 +225,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                "val_r2": res.val_r2, "val_tau": res.val_tau, "test_r2": res.test_r2, "test_tau": res.test_tau,
                "status": res.status, "note": res.note,
                "train_time_s": round(res.train_time_s, 3), "cpu_time_s": round(res.cpu_time_s, 3),
-               "num_params": res.num_params, "epochs": cfg.epochs if res.lr is not None else None}
+               "num_params": res.num_params, "epochs": cfg.epochs_for(res.metanet) if res.lr is not None else None}
         into.append(row)
         if res.status != "ok":
             log(f"{label}: {res.note}")
@@ -212,7 +235,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
 
     def not_applicable(label, m, reason, left):
         log(f"{label}: metanet {m!r} n/a: {reason}")
-        for seed in range(cfg.seeds):
+        for seed in range(cfg.seeds_for(m)):
             runs.append({"zoo": label, "metanet": m, "seed": seed, "lr": None, "status": "n/a", "note": reason})
         bar.update(left)
 
@@ -220,7 +243,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         for info, ws in zip(zoos, sets):
             label = info["zoo"]
             for m in cfg.metanets:
-                kw = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, device=cfg.device)
+                kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device)
                 lr = cfg.lr_for(m, info["wasym"])
                 try:
                     if registry.get(m).kind == "sklearn":
@@ -233,11 +256,11 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                         lr = best_lr(results)
                         if lr is None:
                             not_applicable(label, m, f"every rate of the lr sweep {list(cfg.lr_grid)} diverged "
-                                                     f"or gave non-finite predictions", cfg.seeds)
+                                                     f"or gave non-finite predictions", cfg.seeds_for(m))
                             continue
                     else:
                         lr = float(lr)
-                    for seed in range(cfg.seeds):
+                    for seed in range(cfg.seeds_for(m)):
                         res = fit(m, ws, lr=lr, seed=seed, **kw)
                         record(label, res, runs)
                         if res.status == "ok":

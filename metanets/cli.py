@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
-        p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
+        p.add_argument("--epochs", default=str(EPOCHS),
+                       help=f"training epochs (default {EPOCHS}); bench also takes per-metanet overrides: "
+                            f"20,dmc=5")
         p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"batch size (default {BATCH_SIZE})")
         p.add_argument("--params", default="trainable", choices=("trainable", "all"),
                        help="feed only trainable parameters (default; drops W-Asym fixed entries) or all")
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--metanets", default="mlp,dmc,deepsets,statnn,statnn-gbm,hparams",
                    help="comma-separated metanet names (see `metanets list`); hparams is the control "
                         "that reads no weights")
-    b.add_argument("--seeds", type=int, default=5, help="fresh final runs per (metanet, zoo) (default 5)")
+    b.add_argument("--seeds", default="5",
+                   help="fresh final runs per (metanet, zoo) (default 5), optionally per metanet: 3,dmc=2")
     b.add_argument("--out", required=True, help="folder for results.{json,csv,md}, summary.csv and plots")
     b.add_argument("--lr", default="auto",
                    help="auto (one run per rate of the paper's grid, pick by val R², never a diverged run), "
@@ -102,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs", help="folder for the zoos and results (default runs/)")
     d.add_argument("--models", type=int, default=None, help="models per zoo (default: the presets')")
     d.add_argument("--metanets", default=None, help="override the demo's metanet list")
-    d.add_argument("--seeds", type=int, default=None, help="override the demo's seeds")
-    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.add_argument("--seeds", default=None, help="override the demo's seeds (N or N,dmc=M)")
+    d.add_argument("--epochs", default=None, help="override the demo's epochs (N or N,dmc=M)")
     d.add_argument("--batch-size", type=int, default=None, help="override the demo's batch size")
     d.add_argument("--lr", default=None, help="override the demo's learning rate (auto = full sweep)")
     d.add_argument("--bootstrap", type=int, default=None, help="override the demo's bootstrap resamples")
@@ -134,8 +137,10 @@ def check_out_dir(out) -> Path:
 def cmd_bench(args) -> int:
     from . import bench, registry, report
 
-    cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(args.metanets)), seeds=args.seeds,
-                            epochs=args.epochs, lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
+    cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(args.metanets)),
+                            seeds=bench.parse_per_metanet(args.seeds, "--seeds"),
+                            epochs=bench.parse_per_metanet(args.epochs, "--epochs"),
+                            lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
                             device=args.device, params=args.params, target=args.target,
                             in_memory=False if args.stream else None, match_accuracy=args.match_accuracy,
                             bootstrap=args.bootstrap, protocol=args.protocol).check()
@@ -164,6 +169,9 @@ def cmd_train(args) -> int:
     from .train import LR_GRID, fit, sweep_lr
 
     name = registry.parse_names(args.metanet)[0]
+    args.epochs = bench.parse_per_metanet(args.epochs, "--epochs")
+    if isinstance(args.epochs, dict):
+        raise MetanetError(f"--epochs {args.epochs}: train takes one number of epochs")
     bench.BenchConfig(metanets=(name,), epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                       params=args.params).check()
     lr = bench.parse_lr(args.lr)

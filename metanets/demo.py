@@ -53,7 +53,8 @@ def run_demo(out="runs", *, models=None, metanets=None, seeds=None, epochs=None,
     if models is not None and models < 1:
         raise MetanetError(f"--models {models} is invalid; allowed: >= 1")
     cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(metanets or DEMO["metanets"])),
-                            seeds=seeds or DEMO["seeds"], epochs=epochs or DEMO["epochs"],
+                            seeds=bench.parse_per_metanet(seeds or DEMO["seeds"], "--seeds"),
+                            epochs=bench.parse_per_metanet(epochs or DEMO["epochs"], "--epochs"),
                             batch_size=batch_size or DEMO["batch_size"],
                             lr=bench.parse_lr(lr or DEMO["lr"]), device=device,
                             bootstrap=bootstrap or DEMO["bootstrap"], match_accuracy=True).check()

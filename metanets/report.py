@@ -87,7 +87,7 @@ def markdown(result: dict) -> str:
     notes = [f"Test-split R² and Kendall τ predicting `{target}` from weights ({cfg['params']} parameters): "
              f"mean ± std over the seeds counted (runs that diverged or predicted nan are not counted), "
              f"[95% bootstrap CI over test nets, {cfg['bootstrap']} seeded resamples]; "
-             f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW wd {cfg.get('weight_decay', 1e-2):g}, "
+             f"seeds {_per(cfg['seeds'])}, epochs {_per(cfg['epochs'])}, batch {cfg['batch_size']}, AdamW wd {cfg.get('weight_decay', 1e-2):g}, "
              f"lr {how} (auto = best validation R² over {cfg['lr_grid']}, one sweep run per rate, "
              f"then fresh seeds); protocol {cfg.get('protocol', 'custom')}."]
     if result.get("match"):
@@ -106,6 +106,14 @@ def markdown(result: dict) -> str:
         if r.note:
             notes.append(f"- {r.metanet} on {r.zoo}: {r.note}")
     return "\n\n".join(parts) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _per(v) -> str:
+    """``20`` or ``{"*": 20, "dmc": 5}`` -> ``"20"`` / ``"20 (dmc 5)"``."""
+    if not isinstance(v, dict):
+        return str(v)
+    rest = ", ".join(f"{k} {x}" for k, x in v.items() if k != "*")
+    return f"{v.get('*')} ({rest})" if rest else str(v.get("*"))
 
 
 def strict(obj):

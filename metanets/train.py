@@ -194,7 +194,7 @@ def fit(name: str, ws: WeightSet, *, lr: float | None = 1e-3, seed: int = 0, epo
 
 
 def _finish(name, model, seed, lr, best_epoch, history, feats, y, view, info, t0, diverged_epoch=None):
-    preds = {s: predict(model, feats[s], view, info) for s in ("train", "val", "test")}
+    preds = {s: predict(model, feats[s], view, info) for s in ("val", "test")}  # train: unused, and costly
     wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
     yt = {s: y[s].cpu().numpy() for s in y}
     return FitResult(name, model, seed, lr, best_epoch,

@@ -243,3 +243,22 @@ def test_final_seeds_are_fresh_runs_not_the_sweep_winner(tmp_path):
     body = json.loads(json.dumps(report.strict(res | {"x": float("nan")})),
                       parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     assert body["x"] is None
+
+
+def test_epochs_and_seeds_take_per_metanet_overrides(tmp_path):
+    assert bench.parse_per_metanet("20", "--epochs") == 20
+    assert bench.parse_per_metanet("20,dmc=5", "--epochs") == {"*": 20, "dmc": 5}
+    with pytest.raises(MetanetError, match="--epochs '20,dmc=x' is invalid"):
+        bench.parse_per_metanet("20,dmc=x", "--epochs")
+    with pytest.raises(MetanetError, match="seeds=0 for mlp is invalid"):
+        bench.BenchConfig(seeds={"*": 2, "mlp": 0}).check()
+    from metanets.synthetic import make_zoo
+
+    z = make_zoo(tmp_path / "s", models=40, mode="shift")
+    res = bench.run([z], bench.BenchConfig(metanets=("statnn", "statnn-gbm"), seeds={"*": 1, "statnn": 2},
+                                           epochs={"*": 3, "statnn": 2}, lr=1e-3, bootstrap=20),
+                    progress=False, log=lambda *a: None)
+    runs = pd.DataFrame(res["runs"])
+    assert runs.groupby("metanet").size().to_dict() == {"statnn": 2, "statnn-gbm": 1}
+    assert set(runs[runs.metanet == "statnn"].epochs) == {2}
+    assert "seeds 1 (statnn 2), epochs 3 (statnn 2)" in report.markdown(res)
