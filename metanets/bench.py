@@ -62,6 +62,8 @@ class BenchConfig:
             raise MetanetError(f"protocol={self.protocol!r} is invalid; allowed: {', '.join(PROTOCOLS)}")
         if self.protocol == "lim2024":
             for k, v in LIM2024.items():
+                if k == "lr" and self.lr == "paper":  # final_*.sh alone: the paper's rates, no sweep
+                    continue
                 if getattr(self, k) != v:
                     raise MetanetError(f"--protocol lim2024 fixes {k.replace('_', '-')} = {v}; "
                                        f"{getattr(self, k)!r} was given (drop the option or the protocol)")

@@ -233,7 +233,11 @@ def cmd_predict(args) -> int:
           + (f"; wrote {args.out}" if args.out else ""))
     if not args.out:
         print(df.head(10).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return 0 if np.isfinite(df.prediction).all() else 1
+    bad = int((~np.isfinite(df.prediction)).sum())
+    if bad:
+        print(f"metanets predict: {name} from {args.model}: {bad} of {len(df)} predictions not finite",
+              file=sys.stderr)
+    return 0 if not bad else 1
 
 
 def cmd_demo(args) -> int:

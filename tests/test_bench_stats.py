@@ -158,6 +158,9 @@ def test_protocol_lim2024_is_the_papers_and_refuses_other_settings():
     assert train.WEIGHT_DECAY == 1e-2
     with pytest.raises(MetanetError, match="lim2024 fixes epochs = 50"):
         bench.BenchConfig(protocol="lim2024", epochs=20).check()
+    with pytest.raises(MetanetError, match="lim2024 fixes lr = auto"):
+        bench.BenchConfig(protocol="lim2024", lr=1e-3).check()
+    assert bench.BenchConfig(protocol="lim2024", lr="paper").check().lr_for("mlp", True) == 1e-4  # final_*.sh
 
 
 def test_lr_paper_gives_the_final_rates_of_the_paper_per_zoo():
