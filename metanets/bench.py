@@ -189,8 +189,9 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
     """Run the benchmark; return ``{"config", "zoos", "runs", "sweeps", "predictions", "summary", "comparisons"}``.
 
     ``runs`` holds every final run with its ``status`` ("ok", "diverged",
-    "nan_predictions", "n/a") and a ``note``; only "ok" runs enter ``predictions`` and
-    the summary (which says how many seeds it counted)."""
+    "nan_predictions") and a ``note``; only "ok" runs enter ``predictions`` and the
+    summary (which says how many seeds it counted). ``skipped`` lists the (zoo, metanet)
+    pairs that could not run at all, with the reason (shown as n/a)."""
     cfg.check()
     paths = [Path(p) for p in paths]
     if not paths:
@@ -235,10 +236,11 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         bar.update(1)
         return row
 
+    skipped = []
+
     def not_applicable(label, m, reason, left):
-        log(f"{label}: metanet {m!r} n/a: {reason}")
-        for seed in range(cfg.seeds_for(m)):
-            runs.append({"zoo": label, "metanet": m, "seed": seed, "lr": None, "status": "n/a", "note": reason})
+        skipped.append({"zoo": label, "metanet": m, "reason": reason})
+        log(f"{m} on {label}: n/a ({reason})")
         bar.update(left)
 
     try:
@@ -247,6 +249,11 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
             for m in cfg.metanets:
                 kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device)
                 lr = cfg.lr_for(m, info["wasym"])
+                check = getattr(registry.get(m), "unsupported", None)  # a metanet that reads only some nets
+                reason = check(ws.info) if check else None
+                if reason:
+                    not_applicable(label, m, reason, n_runs(m, info["wasym"]))
+                    continue
                 try:
                     if registry.get(m).kind == "sklearn":
                         lr = None
@@ -274,7 +281,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         bar.close()
     result = {"config": {**asdict(cfg), "metanets": list(cfg.metanets), "lr_grid": list(cfg.lr_grid),
                          "weight_decay": WEIGHT_DECAY},
-              "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds,
+              "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds, "skipped": skipped,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     result["summary"], result["comparisons"] = uncertainty.summarize(
         result, B=cfg.bootstrap, seed=cfg.bootstrap_seed, match=cfg.match_accuracy)

@@ -63,7 +63,7 @@ def markdown(result: dict) -> str:
     """Tables (rows = metanets, columns = zoo x {R², τ}) per view, paired zoo comparisons, notes."""
     s = summary(result)
     zoos = [z["zoo"] for z in result["zoos"]]
-    metanets = list(dict.fromkeys(r["metanet"] for r in result["runs"]))
+    metanets = list(dict.fromkeys(s["metanet"])) if len(s) else []
     views = list(dict.fromkeys(s["view"])) if len(s) else ["all"]
     target = result["zoos"][0]["target"] if result["zoos"] else "?"
     cfg = result["config"]
@@ -95,15 +95,18 @@ def markdown(result: dict) -> str:
         notes.append(f"- matched: {mt['bins']} equal-width bins of the pooled test-target range; the common "
                      f"histogram holds {mt['overlap']:.0%} of each zoo's test nets; effective nets per zoo: "
                      + ", ".join(f"{z} {n:.0f}" for z, n in mt["n_eff"].items()))
+    runs = pd.DataFrame(result["runs"], columns=["zoo", "metanet", "lr"])
     for z in result["zoos"]:
-        lrs = ", ".join(f"{m} {g['lr'].iloc[0]:g}" for m, g in pd.DataFrame(result["runs"]).query("zoo == @z['zoo']")
-                        .groupby("metanet", sort=False) if _num(g["lr"].iloc[0]))
+        lrs = ", ".join(f"{m} {g['lr'].iloc[0]:g}" for m, g in runs[runs.zoo == z["zoo"]].groupby("metanet", sort=False)
+                        if _num(g["lr"].iloc[0]))
         chance = f", chance {z['chance']:.3g}" if z.get("chance") else ""
         notes.append(f"- {z['zoo']}: {z['n_train']}/{z['n_val']}/{z['n_test']} train/val/test nets, "
                      f"{z['num_inputs']} inputs, {z['diverged_excluded']} diverged nets excluded{chance}"
                      + (f"; lr: {lrs}" if lrs else ""))
     for r in s[s.view == "all"].itertuples() if len(s) else []:
-        if r.note:
+        if r.note.startswith("n/a: "):
+            notes.append(f"- n/a: {r.metanet} on {r.zoo}: {r.note[5:]}")
+        elif r.note:
             notes.append(f"- {r.metanet} on {r.zoo}: {r.note}")
     return "\n\n".join(parts) + "\n\n" + "\n".join(notes) + "\n"
 

@@ -119,9 +119,15 @@ def summarize(result: dict, *, B: int = 1000, seed: int = 0, match: bool = False
             weights[z]["above_chance"] = chance_weights(targets[z], chance.get(z))
         views += ["above_chance"]
     rows, boots = [], {}
-    metanets = list(dict.fromkeys(r["metanet"] for r in result["runs"]))
+    skipped = {(k["metanet"], k["zoo"]): k["reason"] for k in result.get("skipped", [])}
+    metanets = list(dict.fromkeys([r["metanet"] for r in result["runs"]] + [m for m, _ in skipped]))
     for m in metanets:
         for z in zoos:
+            if (m, z) in skipped:
+                rows += [{"metanet": m, "zoo": z, "view": v, "seeds_total": 0, "seeds_counted": 0, "n_eff": None,
+                          "note": f"n/a: {skipped[m, z]}",
+                          **{f"{k}_{s}": None for k in METRICS for s in ("mean", "std", "lo", "hi")}} for v in views]
+                continue
             runs = [r for r in result["runs"] if r["metanet"] == m and r["zoo"] == z]
             if not runs:
                 continue
@@ -189,8 +195,6 @@ def _note(runs) -> str:
     bad = [r for r in runs if r.get("status", "ok") != "ok"]
     if not bad:
         return ""
-    if all(r["status"] == "n/a" for r in runs):
-        return f"n/a: {runs[0]['note']}"
     kinds = sorted({r["status"] for r in bad})
     return "; ".join(f"{k.replace('_', ' ')}: seed {', '.join(str(r['seed']) for r in bad if r['status'] == k)}"
                      for k in kinds)
