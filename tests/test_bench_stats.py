@@ -265,3 +265,13 @@ def test_epochs_and_seeds_take_per_metanet_overrides(tmp_path):
     assert runs.groupby("metanet").size().to_dict() == {"statnn": 2, "statnn-gbm": 1}
     assert set(runs[runs.metanet == "statnn"].epochs) == {2}
     assert "seeds 1 (statnn 2), epochs 3 (statnn 2)" in report.markdown(res)
+
+
+def test_lr_paper_picks_the_rate_by_whether_the_zoo_is_wasym(tmp_path):
+    from metanets.synthetic import make_zoo
+
+    std, wasym = make_zoo(tmp_path / "std", models=24), make_zoo(tmp_path / "wasym", models=24, wasym=True)
+    res = bench.run([std, wasym], bench.BenchConfig(metanets=("mlp",), seeds=1, epochs=1, batch_size=8,
+                                                    lr="paper", bootstrap=20), progress=False, log=lambda *a: None)
+    assert {r["zoo"]: r["lr"] for r in res["runs"]} == {"std": 1e-2, "wasym": 1e-4}
+    assert not res["sweeps"]
