@@ -8,14 +8,15 @@ and get the same class. A metanet is either
 * an estimator (``kind = "sklearn"``) with ``fit(x, y, seed)`` / ``predict(x)``.
 
 ``view`` names the weight-space input it reads (see :mod:`metanets.data`):
-``"vector"`` ([B, D] flat parameters), ``"layers"`` (dict name -> [B, *shape]) or
-``"stats"`` ([B, T, 7] per-tensor statistics).
+``"vector"`` ([B, D] flat parameters), ``"layers"`` (dict name -> [B, *shape]),
+``"stats"`` ([B, T, 7] per-tensor statistics) or ``"hparams"`` ([B, k] sampled
+hyper-parameters from the zoo table, no weights: the control, :mod:`metanets.hparams`).
 """
 from __future__ import annotations
 
 from .errors import MetanetError
 
-VIEWS = ("vector", "layers", "stats")
+VIEWS = ("vector", "layers", "stats", "hparams")
 KINDS = ("torch", "sklearn")
 
 _REGISTRY: dict[str, type] = {}
@@ -37,7 +38,11 @@ def register(name: str):
                                f"allowed: {', '.join(KINDS)}")
         old = _REGISTRY.get(name)
         if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise MetanetError(f"metanet name {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+            owner = (f"the built-in {old.__module__}.{old.__qualname__}" if old.__module__.startswith("metanets.")
+                     else f"{old.__module__}.{old.__qualname__}"
+                     + (f" from plugin {old.plugin_path}" if getattr(old, "plugin_path", None) else ""))
+            raise MetanetError(f"metanet name {name!r} of {cls.__module__}.{cls.__qualname__} is already "
+                               f"taken by {owner}; register it under another name")
         cls.registry_name = name
         cls.kind = kind
         _REGISTRY[name] = cls
@@ -48,13 +53,13 @@ def register(name: str):
 
 def _load_builtins() -> None:
     # Importing the modules runs their @register decorators.
-    from . import deepsets, dmc, gbm, mlp, statnn  # noqa: F401
+    from . import deepsets, dmc, gbm, hparams, mlp, statnn  # noqa: F401
 
 
 def names() -> list[str]:
     """Registered metanet names, built-ins first in the paper's order, then plugins."""
     _load_builtins()
-    order = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm"]
+    order = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm", "statnn-std", "hparams"]
     return [n for n in order if n in _REGISTRY] + sorted(n for n in _REGISTRY if n not in order)
 
 
