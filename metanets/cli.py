@@ -21,6 +21,13 @@ def main(argv=None) -> int:
             from .plugins import load_plugin
 
             load_plugin(p)
+        if getattr(args, "no_verify", False):
+            from zoo.reader import skip_verification
+
+            with skip_verification():
+                print(f"metanets {args.command}: note: zoo shard checksums not verified (--no-verify)",
+                      file=sys.stderr)
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except ZooError as e:
         print(f"metanets {args.command}: error: {e}", file=sys.stderr)
@@ -48,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default=None, help="table metric to predict (default: the zoo's, test_acc)")
         p.add_argument("--plugin", action="append", metavar="FILE",
                        help="a Python file registering extra metanets (repeatable)")
+        no_verify(p)
+
+    def no_verify(p):
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip the zoos' shard checksums (verified shards are remembered by size and mtime, "
+                            "so this saves time only on a zoo's first use)")
 
     b = sub.add_parser("bench", help="benchmark metanets on one or more zoos")
     b.add_argument("zoos", nargs="+", metavar="ZOO", help="zoo directories (written by `zoo`)")
@@ -85,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV of model_id, target, prediction (default: print a summary)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--plugin", action="append", metavar="FILE")
+    no_verify(p)
     p.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="generate the two digits zoos (standard, W-Asym) and benchmark them")
@@ -97,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", default=None, help="override the demo's learning rate (auto = full sweep)")
     d.add_argument("--device", default="cpu")
     d.add_argument("--no-progress", action="store_true")
+    no_verify(d)
     d.set_defaults(func=cmd_demo)
     return parser
 
@@ -132,6 +147,7 @@ def cmd_train(args) -> int:
     from .train import LR_GRID, fit, sweep_lr
 
     name = registry.parse_names(args.metanet)[0]
+    persist.check_writable(args.out)
     bench.BenchConfig(metanets=(name,), epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                       params=args.params).check()
     lr = bench.parse_lr(args.lr)

@@ -188,6 +188,14 @@ class ShardVerifier:
             self._save(cache)
         self.done.add(name)
 
+    def remember(self, entry: dict) -> None:
+        """Record a shard whose sha256 the caller has just computed from the file itself
+        (a writer sealing a zoo), so the first open need not hash it again."""
+        st = (self.root / entry["file"]).stat()
+        cache = self._load()
+        cache[entry["file"]] = [st.st_size, st.st_mtime_ns, entry["sha256"]]
+        self._save(cache)
+
     def _load(self) -> dict:
         if self._cache is None:
             try:

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
 from functools import cached_property
 from pathlib import Path
 
@@ -33,7 +35,7 @@ class Zoo:
     def __init__(self, path, verify: bool = True):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        self.verify = verify
+        self.verify = verify = bool(verify and _VERIFY.get())
         self._verifier = ShardVerifier(self.path) if verify else None
         shards = sorted(self.manifest["shards"], key=lambda s: s["id_start"])
         self._shards = shards
@@ -236,6 +238,20 @@ class Zoo:
                     mod_name, b_name = name.rsplit(".", 1)
                     getattr(mods[mod_name], b_name).copy_(t)
         return net.eval()
+
+
+_VERIFY = contextvars.ContextVar("metazoo_verify", default=True)
+
+
+@contextlib.contextmanager
+def skip_verification():
+    """Open zoos without shard checksums inside the block (a CLI's ``--no-verify``: it
+    reaches every ``zoo.open`` of the command without threading a flag through)."""
+    token = _VERIFY.set(False)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(token)
 
 
 def open(path, verify: bool = True) -> Zoo:  # noqa: A001 - mirrors h5py.File / builtins.open

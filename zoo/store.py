@@ -443,6 +443,7 @@ def verify(root: Path) -> list[str]:
         if sha != s["sha256"]:
             problems.append(f"{s['file']}: sha256 {sha[:12]}… does not match manifest {s['sha256'][:12]}…")
             continue
+        ShardVerifier(root).remember(s)
         try:
             with open_shard(path) as f:
                 ids = f["ids"][()]
