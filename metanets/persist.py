@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +81,9 @@ def _read(path: Path) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
 
     with open(path, "rb") as f:
-        magic = f.read(2)
-    if zipfile.is_zipfile(path) or magic == b"\x80\x02":
+        magic = f.read(4)
+    # torch.save writes a zip (local file header first) or, in its legacy mode, a bare pickle
+    if magic == b"PK\x03\x04" or magic[:1] == b"\x80":
         raise MetanetError(f"{path} is an old pickle-based metanet file (metazoo 0.1), which could run code when "
                            f"loaded, so it is refused; " + CONVERT_HINT.format(path=path))
     try:
