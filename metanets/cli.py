@@ -179,6 +179,11 @@ def cmd_predict(args) -> int:
     from .metrics import kendall_tau, r2
     from .train import predict
 
+    from .bench import _check_device
+
+    _check_device(args.device)
+    if args.out:
+        persist.check_writable(args.out, example="predictions.csv")
     name, model, info, rec = persist.load(args.model, args.device)
     ws = data.load(args.zoo, params=info.params, target=rec["target"], checkpoint=rec["checkpoint"],
                    device=args.device)

@@ -36,13 +36,13 @@ CONVERT_HINT = ("if you trust where it came from, convert it once with "
                 "which can run code), then use NEW_FILE")
 
 
-def check_writable(path) -> Path:
+def check_writable(path, example: str = "metanet.pt") -> Path:
     """Refuse an output file we could not write, before hours of training."""
     from zoo.store import check_writable_dir
 
     path = Path(path)
     if path.is_dir():
-        raise MetanetError(f"--out {path} is a folder; give a file name such as {path / 'metanet.pt'}")
+        raise MetanetError(f"--out {path} is a folder; give a file name such as {path / example}")
     check_writable_dir(path.parent, what="--out")
     return path
 

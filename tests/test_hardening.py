@@ -277,7 +277,7 @@ def test_a_zoo_on_a_read_only_folder_opens_verified(copy_zoo, monkeypatch, tmp_p
         undo()
 
 
-def test_non_finite_weights_of_a_model_not_marked_diverged_are_refused_with_its_id(tmp_path):
+def test_non_finite_weights_of_a_model_not_marked_diverged_are_refused_with_its_id(tmp_path, capsys):
     root = make_zoo(tmp_path / "nan", models=8, shard_size=8, n_diverged=1)
     c = store.read_shard(root / "shard-00000.h5")
     diverged = int(np.flatnonzero(c.table["diverged"].to_numpy())[0])
@@ -291,6 +291,9 @@ def test_non_finite_weights_of_a_model_not_marked_diverged_are_refused_with_its_
     with pytest.raises(ZooError, match=rf"model {victim} "):
         z.weights([victim])
     assert np.isnan(z.weights([diverged])).any(), "a diverged model's NaNs are data"
+    assert metanets_main(["bench", root, "--out", tmp_path / "res", "--metanets", "statnn-gbm", "--seeds", "1",
+                          "--no-progress"]) == 2
+    assert f"model {victim} has non-finite weights" in capsys.readouterr().err
     assert any(f"model {victim} has non-finite" in p for p in store.verify(root))
 
 
