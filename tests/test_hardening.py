@@ -610,3 +610,29 @@ def test_allow_large_lifts_the_bounds_and_keeps_other_fingerprints(tmp_path):
     big = spec_from_dict({**TINY, "allow_large": True, "hparams": {**TINY["hparams"], "epochs": 5000}})
     assert big.sample_hparams(0)["epochs"] == 5000 and spec_from_dict(big.to_dict()) == big
     assert "allow_large" not in spec_from_dict(TINY).to_dict(), "existing zoos keep their fingerprint"
+
+
+def test_a_folder_in_a_read_only_parent_is_locked_inside_itself(tmp_path):
+    parent = tmp_path / "admin"
+    (parent / "mine").mkdir(parents=True)
+    undo = read_only(parent)
+    try:
+        # a writable folder inside the read-only parent: bind-mount a writable one over it
+        if os.geteuid() == 0:
+            rw = tmp_path / "rw"
+            rw.mkdir()
+            assert subprocess.run(["mount", "--bind", str(rw), str(parent / "mine")]).returncode == 0
+        else:
+            os.chmod(parent / "mine", 0o755)
+        try:
+            out = parent / "mine"
+            assert lock_path(out) == out / ".metazoo.lock"
+            with lock_dir(out):
+                with pytest.raises(LockedError, match=f"process {os.getpid()}"):
+                    with lock_dir(out):
+                        pass
+        finally:
+            if os.geteuid() == 0:
+                subprocess.run(["umount", str(parent / "mine")])
+    finally:
+        undo()

@@ -286,9 +286,13 @@ def check_device(device: str) -> None:
         raise ZooError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
 
 
+_LOCK_INSIDE = re.compile(r"\.metazoo(\.[\w-]+)?\.lock")  # zoo/lock.py, when the parent is not writable
+
+
 def _ours(name: str) -> bool:
     """Names a generation writes into its folder (what --force may delete)."""
-    return name in (MANIFEST, PLAN, PARTS) or re.fullmatch(r"shard-\d+\.h5", name) is not None or is_temp(name)
+    return name in (MANIFEST, PLAN, PARTS) or re.fullmatch(r"shard-\d+\.h5", name) is not None or is_temp(name) \
+        or _LOCK_INSIDE.fullmatch(name) is not None
 
 
 def _remove_zoo(out: Path) -> None:
@@ -302,7 +306,9 @@ def _remove_zoo(out: Path) -> None:
         raise ZooError(f"{out} holds files metazoo did not write (e.g. {foreign[0]}); --force replaces only "
                        "metazoo's own files: move them away first; nothing was deleted")
     for p in sorted(out.iterdir(), key=lambda p: p.name == MANIFEST, reverse=True):  # manifest first: never
-        if p.is_dir():                                                                # a manifest over gaps
+        if _LOCK_INSIDE.fullmatch(p.name):                                            # a manifest over gaps
+            continue  # the lock this run holds
+        if p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink()

@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +36,23 @@ class LockedError(ZooError):
 
 
 def lock_path(path, key: str | None = None) -> Path:
+    """The lock file of folder ``path``: beside it, or inside it (``.metazoo[.KEY].lock``)
+    when the parent is not writable but the folder is (a folder an admin made for you)."""
     path = Path(os.path.abspath(path))
-    return path.parent / (f".{path.name}.{key}.lock" if key else f".{path.name}.lock")
+    beside = path.parent / (f".{path.name}.{key}.lock" if key else f".{path.name}.lock")
+    if path.is_dir() and not beside.exists() and not _writable(path.parent) and _writable(path):
+        return path / (f".metazoo.{key}.lock" if key else ".metazoo.lock")
+    return beside
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lock-probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 @contextlib.contextmanager
