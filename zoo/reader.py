@@ -118,7 +118,9 @@ class Zoo:
         """Refuse non-finite weights of a model not marked diverged (a damaged zoo)."""
         if not self.verify:
             return
-        bad = ~np.isfinite(w).all(axis=1)
+        # in row blocks: a whole-zoo boolean mask would cost a quarter of the weights' memory
+        bad = np.concatenate([~np.isfinite(w[a:a + 1024]).all(axis=1) for a in range(0, len(w), 1024)]) \
+            if len(w) else np.zeros(0, bool)
         if not bad.any():
             return
         diverged = set(self.table.loc[self.table["diverged"].astype(bool), "model_id"].tolist()) \
