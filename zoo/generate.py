@@ -262,6 +262,9 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
         raise ZooError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num-shards")
     if group_size is not None and group_size < 1:
         raise ZooError(f"--group-size {group_size}: must be >= 1")
+    if force and num_shards is not None:
+        raise ZooError("--force cannot be combined with --shard/--num-shards: it would delete the shards other "
+                       "jobs are writing; clear the folder once, before starting the jobs")
     check_device(device)
 
     key = None if num_shards is None else f"shard-{shard}-of-{num_shards}"
