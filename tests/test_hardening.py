@@ -401,6 +401,8 @@ def test_force_replaces_a_zoo_of_another_spec(tmp_path, one_thread):
         generate(spec_from_dict({**TINY, "models": 2}), out, group_size=2, progress=False)
     generate(spec_from_dict({**TINY, "models": 2}), out, group_size=2, progress=False, force=True)
     assert zoo.open(out).manifest["spec"]["seed"] == TINY["seed"]
+    with pytest.raises(ZooError, match="--force cannot be combined with --shard"):
+        generate(spec_from_dict({**TINY, "models": 2}), out, shard=0, num_shards=2, force=True)
 
 
 def hold_lock_in_child(path: Path, key=None):
