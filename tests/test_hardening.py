@@ -204,6 +204,14 @@ def test_a_stray_unlisted_shard_is_named(copy_zoo):
         zoo.open(copy_zoo)
 
 
+def test_a_shard_linking_outside_the_zoo_is_refused(copy_zoo, tmp_path):
+    outside = tmp_path / "elsewhere.h5"
+    shutil.move(copy_zoo / "shard-00000.h5", outside)
+    (copy_zoo / "shard-00000.h5").symlink_to(outside)
+    with pytest.raises(ZooError, match=r"key 'shards' file 'shard-00000.h5' links outside the zoo folder"):
+        zoo.open(copy_zoo)
+
+
 def test_a_missing_shard_is_reported_missing_not_corrupt(copy_zoo):
     (copy_zoo / "shard-00001.h5").unlink()
     with pytest.raises(ZooError, match=r"shard-00001.h5: missing"):
