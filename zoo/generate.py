@@ -348,6 +348,8 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
     plan, data, cfg = ensure_plan(spec, out, opts, group_size, progress)
     if plan.get("complete"):
         _check_complete(out)
+        if (out / PARTS).exists():  # left by a run killed right after sealing the manifest
+            shutil.rmtree(out / PARTS, ignore_errors=True)
         if progress:
             print(f"{out}: zoo already complete ({spec.models} models; shard checksums verified)")
         return out
