@@ -169,6 +169,7 @@ def test_a_trusted_legacy_file_converts_and_predicts_like_the_original(good_zoo,
 MANIFEST_FAULTS = {
     "no shards key": (lambda m: m.pop("shards"), r"key 'shards' is missing"),
     "no layout key": (lambda m: m.pop("layout"), r"key 'layout' is missing"),
+    "layout without shapes": (lambda m: [t.pop("shape") for t in m["layout"]["tensors"]], r"key 'layout' is malformed"),
     "shards a string": (lambda m: m.update(shards="shard-00000.h5"), r"key 'shards' must be list, not str"),
     "dropped shard": (lambda m: m["shards"].pop(1), r"key 'num_models' = 24 but the shards hold 16"),
     "dropped shard, counts fixed": (lambda m: (m["shards"].pop(1), m.update(num_models=16)),

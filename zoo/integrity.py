@@ -64,9 +64,14 @@ def check_manifest(m, root: Path, manifest_name: str = "manifest.json") -> None:
     cks = m["checkpoints"]
     if not cks or not all(isinstance(c, str) for c in cks) or len(set(cks)) != len(cks):
         bad("checkpoints", f"must be a non-empty list of distinct names, not {cks!r}")
-    for k in ("tensors",):
-        if not isinstance(m["layout"].get(k), list):
-            bad(f"layout.{k}", "is missing or not a list")
+    from .layout import Layout
+
+    try:
+        layout = Layout.from_dict(m["layout"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        bad("layout", f"is malformed ({type(e).__name__}: {e})")
+    if layout.num_params != m["num_params"]:
+        bad("num_params", f"= {m['num_params']} but the layout has {layout.num_params} parameters")
 
     names, ranges, total = set(), [], 0
     for i, s in enumerate(m["shards"]):
