@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -647,3 +648,25 @@ def test_a_folder_in_a_read_only_parent_is_locked_inside_itself(tmp_path):
                 subprocess.run(["umount", str(parent / "mine")])
     finally:
         undo()
+
+
+def test_two_real_generate_runs_then_kill_9_and_resume(tmp_path, capsys):
+    """The issue's case: a second `zoo generate` on the same --out while the first runs."""
+    spec = write_toml(tmp_path / "s.toml", {**TINY, "models": 4})
+    out = tmp_path / "z"
+    first = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec), "--out", str(out),
+                              "--group-size", "2", "--quiet"], env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "zoo-plan.json").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the test could race it"
+        assert zoo_main(["generate", spec, "--out", out, "--group-size", "2", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"is being written by process {first.pid} (zoo generate) since" in err, err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert zoo_main(["generate", spec, "--out", out, "--quiet"]) == 0  # the dead run's lock is free
+    assert store.verify(out) == []
