@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -21,14 +22,14 @@ def main(argv=None) -> int:
             from .plugins import load_plugin
 
             load_plugin(p)
+        verification = contextlib.nullcontext()
         if getattr(args, "no_verify", False):
             from zoo.reader import skip_verification
 
-            with skip_verification():
-                print(f"metanets {args.command}: note: zoo shard checksums not verified (--no-verify)",
-                      file=sys.stderr)
-                return int(args.func(args) or 0)
-        return int(args.func(args) or 0)
+            print(f"metanets {args.command}: note: zoo shard checksums not verified (--no-verify)", file=sys.stderr)
+            verification = skip_verification()
+        with verification:
+            return int(args.func(args) or 0)
     except ZooError as e:
         print(f"metanets {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -177,9 +178,8 @@ def cmd_predict(args) -> int:
 
     from . import data, persist, registry
     from .metrics import kendall_tau, r2
-    from .train import predict
-
     from .bench import _check_device
+    from .train import predict
 
     _check_device(args.device)
     if args.out:
