@@ -126,8 +126,9 @@ def _flock(lock: Path, folder: Path, what: str, shared: bool):
 def _write_holder(fd: int, what: str) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": _process_start(),
             "what": what, "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(info).encode(), 0)
+    with contextlib.suppress(OSError):  # who holds it is for messages only: a full disk must not stop us
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
 
 
 def _release(fd: int, lock: Path) -> None:
