@@ -115,7 +115,10 @@ def cmd_merge(args) -> int:
     from .generate import write_manifest
     from .lock import lock_dir
 
+    from .store import remove_stale_temp
+
     with lock_dir(args.path, "zoo merge"):
+        remove_stale_temp(args.path)  # under the exclusive lock, no shard job is writing them
         m = write_manifest(args.path)
     print(f"{args.path}: merged {len(m['shards'])} shards, {m['num_models']} models")
     return 0
