@@ -88,7 +88,7 @@ def atomic_path(final: Path, exclusive: bool = False):
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+        if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
             raise ZooError(f"could not write {final}: {e.strerror or e}; nothing was left half-written") from e
         raise
 
