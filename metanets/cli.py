@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -21,7 +22,14 @@ def main(argv=None) -> int:
             from .plugins import load_plugin
 
             load_plugin(p)
-        return int(args.func(args) or 0)
+        verification = contextlib.nullcontext()
+        if getattr(args, "no_verify", False):
+            from zoo.reader import skip_verification
+
+            print(f"metanets {args.command}: note: zoo shard checksums not verified (--no-verify)", file=sys.stderr)
+            verification = skip_verification()
+        with verification:
+            return int(args.func(args) or 0)
     except ZooError as e:
         print(f"metanets {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -50,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default=None, help="table metric to predict (default: the zoo's, test_acc)")
         p.add_argument("--plugin", action="append", metavar="FILE",
                        help="a Python file registering extra metanets (repeatable)")
+        no_verify(p)
+
+    def no_verify(p):
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip the zoos' shard checksums (verified shards are remembered by size and mtime, "
+                            "so this saves time only on a zoo's first use)")
 
     b = sub.add_parser("bench", help="benchmark metanets on one or more zoos")
     b.add_argument("zoos", nargs="+", metavar="ZOO", help="zoo directories (written by `zoo`)")
@@ -99,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV of model_id, target, prediction (default: print a summary)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--plugin", action="append", metavar="FILE")
+    no_verify(p)
     p.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="generate the two digits zoos (standard, W-Asym) and benchmark them")
@@ -112,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bootstrap", type=int, default=None, help="override the demo's bootstrap resamples")
     d.add_argument("--device", default="cpu")
     d.add_argument("--no-progress", action="store_true")
+    no_verify(d)
     d.set_defaults(func=cmd_demo)
     return parser
 
@@ -172,6 +188,7 @@ def cmd_train(args) -> int:
     args.epochs = bench.parse_per_metanet(args.epochs, "--epochs")
     if isinstance(args.epochs, dict):
         raise MetanetError(f"--epochs {args.epochs}: train takes one number of epochs")
+    persist.check_writable(args.out)
     bench.BenchConfig(metanets=(name,), epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                       params=args.params).check()
     lr = bench.parse_lr(args.lr)
@@ -209,8 +226,12 @@ def cmd_predict(args) -> int:
 
     from . import data, persist, registry
     from .metrics import kendall_tau, r2
+    from .bench import _check_device
     from .train import predict
 
+    _check_device(args.device)
+    if args.out:
+        persist.check_writable(args.out, example="predictions.csv")
     name, model, info, rec = persist.load(args.model, args.device)
     ws = data.load(args.zoo, params=info.params, target=rec["target"], checkpoint=rec["checkpoint"],
                    device=args.device)
