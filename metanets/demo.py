@@ -28,6 +28,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,16 +104,20 @@ def generate_zoos(zoos: list[tuple[str, Path]], models: int, progress: bool = Tr
         for j in range(per_zoo):
             cmd = [sys.executable, "-m", "zoo.cli", "generate", preset, "--out", str(path), "--models", str(models),
                    "--group-size", str(GROUP_SIZE), "--quiet", "--shard", str(j), "--num-shards", str(per_zoo)]
-            procs.append((preset, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                   text=True)))
+            log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty child can never block on it
+            procs.append((preset, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True),
+                          log))
     try:
         _watch(procs, [path for _, path in todo], models * len(todo), progress)
     except BaseException:
-        for _, p in procs:  # their finished groups are on disk: a rerun resumes
+        for _, p, _ in procs:  # their finished groups are on disk: a rerun resumes
             p.terminate()
-        for _, p in procs:
+        for _, p, _ in procs:
             p.wait()
         raise
+    finally:
+        for *_, log in procs:
+            log.close()
     from zoo.generate import write_manifest
 
     for _, path in todo:
@@ -152,15 +157,16 @@ def _watch(procs, paths, total: int, progress: bool) -> None:
     bar = _progress(total, progress, "demo zoos")
     try:
         while True:
-            for preset, p in procs:
+            for preset, p, log in procs:
                 if p.poll() not in (None, 0):
-                    tail = (p.stdout.read() or "").strip().splitlines()
+                    log.seek(0)
+                    tail = log.read().strip().splitlines()
                     raise MetanetError(f"generating {preset} failed (exit {p.returncode}): "
                                        f"{tail[-1] if tail else 'no output'}")
             if progress:
                 done = sum(progress_of(path)["done"] for path in paths if (path / "zoo-plan.json").exists())
                 bar.update(max(0, done - bar.n))
-            if all(p.poll() == 0 for _, p in procs):
+            if all(p.poll() == 0 for _, p, _ in procs):
                 return
             time.sleep(1.0)
     finally:
