@@ -1,4 +1,5 @@
-"""``zoo generate --ray``: the shards of a zoo as Ray tasks, one GPU (or one CPU) each.
+"""``zoo generate --ray``: the shards of a zoo as Ray tasks, one GPU each (on CPUs: as many
+CPUs as the plan's thread count).
 
 Nothing here trains or writes a model itself: every task is an ordinary
 :func:`zoo.generate.generate` call for one shard, so Ray runs inherit what makes
