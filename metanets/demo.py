@@ -20,7 +20,9 @@ zoo. A single thread per process is faster per core than two threads in one proc
 these tiny nets (``scripts/bench_cpu_generate.py``, docs/BENCHMARKS.md), and it makes the
 zoos independent of the machine's core count: each equals, bit for bit on the same CPU
 type, ``OMP_NUM_THREADS=1 zoo generate digits-resnet8 --models 1000 --group-size 16``.
-Every benchmark setting can be overridden on the command line.
+At the default size this took 257 CPU-seconds per zoo process on the shared 2-core dev box
+(so at most ~4.3 minutes of wall time on a quiet one; docs/METANETS.md has the measured
+accuracy quantiles). Every benchmark setting can be overridden on the command line.
 """
 from __future__ import annotations
 
