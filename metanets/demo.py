@@ -96,11 +96,14 @@ def generate_zoos(zoos: list[tuple[str, Path]], models: int, progress: bool = Tr
             print(f"reusing {path} ({models} models)")
     if not todo:
         return {"wall_s": 0.0, "cpu_s": 0.0, "processes": 0}
-    per_zoo = max(1, _workers() // len(todo))
+    from zoo.spec import load_spec
+
+    cores = max(1, _workers() // len(todo))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = []
     t0, c0 = time.perf_counter(), _children_cpu()
     for preset, path in todo:
+        per_zoo = min(cores, load_spec(preset).with_models(models).num_shards)  # a job owns whole shards
         print(f"generating {preset} -> {path} ({models} models, {per_zoo} single-thread process(es))")
         path.parent.mkdir(parents=True, exist_ok=True)
         for j in range(per_zoo):

@@ -13,10 +13,11 @@ from conftest import TINY, write_toml
 import zoo
 from metanets import demo
 from metanets.errors import MetanetError
+from zoo.errors import ZooError
 from zoo.generate import generate
 from zoo.spec import spec_from_dict
 
-# Two zoos of 8 nets in 2 shards of 4: with 4 cores the demo runs 2 shard jobs per zoo.
+# Two zoos of 8 nets in 2 shards of 4: given 6 cores, the demo runs 2 shard jobs per zoo (a job owns whole shards).
 SPEC = {**TINY, "models_per_shard": 4}
 
 
@@ -35,7 +36,7 @@ def test_sizes_put_the_default_zoos_in_out_and_the_others_in_their_own_folders(t
 def test_parallel_single_thread_shard_jobs_make_the_one_process_zoo(tmp_path, monkeypatch, one_thread):
     spec_a = write_toml(tmp_path / "a.toml", SPEC)
     spec_b = write_toml(tmp_path / "b.toml", {**SPEC, "name": "tiny-b", "seed": 4})
-    monkeypatch.setattr(demo, "_workers", lambda: 4)
+    monkeypatch.setattr(demo, "_workers", lambda: 6)
     zoos = [(str(spec_a), tmp_path / "demo" / "a"), (str(spec_b), tmp_path / "demo" / "b")]
     timing = demo.generate_zoos(zoos, 8, progress=False)
     assert timing["processes"] == 4 and timing["cpu_s"] > 0
@@ -57,5 +58,9 @@ def test_a_zoo_of_another_size_or_a_failing_generation_is_a_clear_error(tmp_path
     generate(str(spec), out, models=4, group_size=demo.GROUP_SIZE, progress=False)
     with pytest.raises(MetanetError, match=r"holds a 4-net zoo, but this demo size needs 8"):
         demo.generate_zoos([(str(spec), out)], 8, progress=False)
-    with pytest.raises(MetanetError, match=r"generating no-such-preset failed \(exit 2\): .*no-such-preset"):
+    with pytest.raises(ZooError, match="no-such-preset"):
         demo.generate_zoos([("no-such-preset", tmp_path / "b")], 8, progress=False)
+    # A spec that loads but whose data is missing fails in the generation process: its last line is the error.
+    bad = write_toml(tmp_path / "bad.toml", {**SPEC, "data": {"source": f"npz:{tmp_path / 'missing.npz'}"}})
+    with pytest.raises(MetanetError, match=r"generating .*bad.toml failed \(exit 2\): .*missing.npz does not exist"):
+        demo.generate_zoos([(str(bad), tmp_path / "c")], 8, progress=False)
