@@ -118,7 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate the two digits zoos (standard, W-Asym) and benchmark them")
     d.add_argument("--out", default="runs", help="folder for the zoos and results (default runs/)")
-    d.add_argument("--models", type=int, default=None, help="models per zoo (default: the presets')")
+    size = d.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="size", action="store_const", const="quick",
+                      help="256 nets per zoo and a short benchmark (about 2 minutes on 2 cores); zoos in OUT/quick/")
+    size.add_argument("--full", dest="size", action="store_const", const="full",
+                      help="2,000 nets per zoo and the paper's benchmark protocol (long); zoos in OUT/full/")
+    d.set_defaults(size="default")
+    d.add_argument("--models", type=int, default=None,
+                   help="nets per zoo (default: 1,000; 256 with --quick, 2,000 with --full)")
     d.add_argument("--metanets", default=None, help="override the demo's metanet list")
     d.add_argument("--seeds", default=None, help="override the demo's seeds (N or N,dmc=M)")
     d.add_argument("--epochs", default=None, help="override the demo's epochs (N or N,dmc=M)")
@@ -264,9 +271,9 @@ def cmd_predict(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, models=args.models, metanets=args.metanets, seeds=args.seeds, epochs=args.epochs,
-             batch_size=args.batch_size, lr=args.lr, device=args.device, progress=not args.no_progress,
-             bootstrap=args.bootstrap)
+    run_demo(args.out, size=args.size, models=args.models, metanets=args.metanets, seeds=args.seeds,
+             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
+             progress=not args.no_progress, bootstrap=args.bootstrap)
     return 0
 
 

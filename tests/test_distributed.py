@@ -5,6 +5,7 @@ the work was spread; and a rerun must redo only what is missing. Ray runs a loca
 two-CPU instance, started and shut down here.
 """
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -149,3 +150,34 @@ def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch, tmp_pat
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail as if absent
     with pytest.raises(ZooError, match=r"pip install 'metazoo\[ray\]'"):
         generate_ray(spec_from_dict(SPEC), tmp_path / "zoo", progress=False)
+
+
+@pytest.fixture
+def two_threads(one_thread):
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
+
+
+def test_zoo_generate_with_ray_equals_the_plain_command_at_its_thread_count(ray_cluster, two_threads, tmp_path):
+    # Issue 13 item 7: a Ray task used to compute with the one CPU Ray assigned it while a plain
+    # run used all the process's threads, so weights differed by up to 0.02. Both now plan and
+    # compute with the driver's thread count (here 2, not the module's 1).
+    spec = write_toml(tmp_path / "spec.toml", SPEC)
+    plain, ray_out = tmp_path / "plain", tmp_path / "ray"
+    assert zoo_main(["generate", str(spec), "--out", str(plain), "--group-size", str(GROUP), "--quiet"]) == 0
+    assert zoo_main(["generate", str(spec), "--out", str(ray_out), "--group-size", str(GROUP), "--quiet",
+                     "--ray"]) == 0
+    for out in (plain, ray_out):
+        assert json.loads((out / store.PLAN).read_text())["cpu_threads"] == 2
+    assert_same_zoo(plain, ray_out)
+
+
+def test_ray_refuses_a_thread_count_no_node_can_hold(ray_cluster, one_thread, tmp_path):
+    torch.set_num_threads(3)  # the local cluster has 2 CPUs
+    try:
+        with pytest.raises(ZooError, match=r"3 threads.*largest Ray node has 2 CPUs.*OMP_NUM_THREADS=2"):
+            generate_ray(spec_from_dict(SPEC), tmp_path / "zoo", group_size=GROUP, progress=False)
+    finally:
+        torch.set_num_threads(1)
+    assert not (tmp_path / "zoo" / store.PLAN).exists()

@@ -134,3 +134,28 @@ def test_options_ray_cannot_honour_are_refused_not_ignored(capsys, tmp_path):
                        "--precision", "fp32", "--shard", "0", "--num-shards", "2")
     assert code == 2 and "--shard/--num-shards, --precision cannot be combined with --ray" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("preset", ["digits-resnet8", "digits-wasym-resnet8"])
+def test_info_reports_the_accuracy_quantiles_of_a_small_zoo_from_each_demo_preset(capsys, tmp_path, preset):
+    # The calibration targets (p10 <= 0.35, p90 >= 0.90) are checked at demo size by
+    # scripts/check_demo_distribution.py; 16 nets only show that the quantiles are the zoo's.
+    import re
+
+    import zoo
+
+    out = tmp_path / "z"
+    code, _, _ = run(capsys, "generate", preset, "--out", str(out), "--models", "16", "--quiet")
+    assert code == 0
+    code, text, _ = run(capsys, "info", str(out))
+    assert code == 0
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("test acc"))
+    printed = {k: float(v) for k, v in re.findall(r"(min|p10|p25|median|p75|p90|max) (\d\.\d{3})", line)}
+    t = zoo.open(out).table
+    acc = t.loc[~t["diverged"].astype(bool), "test_acc"]
+    expected = dict(zip(["min", "p10", "p25", "median", "p75", "p90", "max"],
+                        np.percentile(acc, [0, 10, 25, 50, 75, 90, 100])))
+    assert printed.keys() == expected.keys()
+    for k, v in expected.items():
+        assert printed[k] == pytest.approx(v, abs=5e-4), k
+    assert printed["p10"] <= printed["median"] <= printed["p90"] and printed["max"] > printed["min"]

@@ -1,4 +1,5 @@
-"""``zoo generate --ray``: the shards of a zoo as Ray tasks, one GPU (or one CPU) each.
+"""``zoo generate --ray``: the shards of a zoo as Ray tasks, one GPU each (on CPUs: as many
+CPUs as the plan's thread count).
 
 Nothing here trains or writes a model itself: every task is an ordinary
 :func:`zoo.generate.generate` call for one shard, so Ray runs inherit what makes
@@ -48,9 +49,11 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
     the cluster named by ``RAY_ADDRESS`` or one ``ray start``-ed on this machine, else starts a
     local one; if Ray is already initialised in this process, that instance is used and left
     running). ``device`` is ``"cuda"`` (one
-    GPU per task), ``"cpu"`` (one CPU per task) or ``None``: cuda if the cluster has GPUs.
-    The zoo equals, model for model, the one a single ``generate`` call makes with the same
-    plan (group size, and on CPUs thread count) on the same kind of device."""
+    GPU per task), ``"cpu"`` (CPU tasks) or ``None``: cuda if the cluster has GPUs.
+    The zoo equals, bit for bit, the one a single ``generate`` call makes on the same kind of
+    machine: on CPUs every task computes with the thread count a plain run would use (this
+    process's ``torch.get_num_threads()``, or the plan's when resuming) and reserves that many
+    CPUs, since CPU reductions round differently with the thread count."""
     try:
         import ray
     except ImportError as e:
@@ -84,11 +87,12 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
             device = "cuda" if gpus else "cpu"
         if device == "cuda" and not gpus:
             raise ZooError("device 'cuda': the Ray cluster has no GPUs (ray.cluster_resources() lists none)")
-        resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
+        threads = _cpu_threads(ray, out) if device == "cpu" else None
+        resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": threads}
         spec_dict = spec.to_dict()
 
         plan_task = ray.remote(_plan_task).options(**resources, max_retries=MAX_RETRIES, retry_exceptions=False)
-        plan = _get(ray, plan_task.remote(spec_dict, str(out), device, group_size))
+        plan = _get(ray, plan_task.remote(spec_dict, str(out), device, group_size, threads))
         if plan.get("complete"):  # another run finished it meanwhile
             return out
         if not (out / PLAN).exists():
@@ -99,6 +103,8 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
                   "so the zoo comes out exactly as it would have uninterrupted")
 
         missing = [s for s in range(spec.num_shards) if not (out / shard_name(s)).exists()]
+        if device == "cpu":  # a plan that another process wrote first wins: its thread count too
+            resources = {"num_cpus": int(plan.get("cpu_threads", threads))}
         shard_task = ray.remote(_shard_task).options(**resources, max_retries=MAX_RETRIES, retry_exceptions=True)
         fail_once = os.environ.get(FAIL_ONCE_ENV)
         pending = {shard_task.remote(spec_dict, str(out), s, device, plan["group_size"], fail_once): s
@@ -120,6 +126,28 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
     if progress:
         print(f"{out}: {len(missing)} shard(s) made by Ray tasks on {device}; {MANIFEST} written")
     return out
+
+
+def _cpu_threads(ray, out: Path) -> int:
+    """The thread count of every CPU task: the plan's when resuming, else what a plain
+    ``zoo generate`` in this process would use; refused if no node has that many CPUs."""
+    import torch
+
+    from .generate import _read_json
+    from .store import PLAN
+
+    plan = _read_json(out / PLAN) if (out / PLAN).exists() else {}
+    threads = int(plan.get("cpu_threads", torch.get_num_threads()))
+    # A task that holds fewer CPUs than it computes with would fight the other tasks; one that
+    # computed with fewer threads than the plan would make a different zoo: neither is allowed.
+    most = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if threads > most:
+        where = f"{out}'s plan records" if plan else "this process uses (torch.get_num_threads())"
+        raise ZooError(f"a CPU task must compute with {threads} threads, as {where}, so that the zoo equals a "
+                       f"run without --ray; but the largest Ray node has {int(most)} CPUs. Use nodes with >= "
+                       f"{threads} CPUs" + ("" if plan else f", or set OMP_NUM_THREADS={int(most) or 1} for "
+                                            "this command (the zoo then equals a plain run with that many threads)"))
+    return threads
 
 
 def _get(ray, ref):
@@ -164,22 +192,17 @@ def _wait_all(ray, pending: dict, out: Path, spec, progress: bool) -> list:
 # Plain functions, wrapped by ray.remote in the driver, so that importing this module
 # needs no Ray.
 
-def _task_threads(device: str) -> None:
-    if device == "cpu":
-        import ray
-        import torch
-
-        # The task holds one CPU; more threads would fight the other tasks on the node.
-        # (generate() then applies the plan's thread count, which a plan task made with this.)
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-
-
-def _plan_task(spec_dict: dict, out: str, device: str, group_size: int | None) -> dict:
+def _plan_task(spec_dict: dict, out: str, device: str, group_size: int | None, threads: int | None) -> dict:
     from .generate import ensure_plan
     from .spec import spec_from_dict
     from .train import TrainOptions
 
-    _task_threads(device)
+    if threads is not None:
+        import torch
+
+        # Ray starts a worker with OMP_NUM_THREADS set to the CPUs of its first task; the plan
+        # records the thread count the driver chose, and generate() in every shard task applies it.
+        torch.set_num_threads(threads)
     cuda = device == "cuda"
     # The same options generate() uses on this device: auto group size is measured with them.
     opts = TrainOptions(device=device, bf16=cuda, channels_last=cuda)
@@ -192,7 +215,6 @@ def _shard_task(spec_dict: dict, out: str, shard: int, device: str, group_size: 
     from .generate import generate
     from .spec import spec_from_dict
 
-    _task_threads(device)
     if fail_once:
         try:
             os.close(os.open(fail_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
