@@ -142,7 +142,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                  cfg.seeds - 1 + (len(cfg.lr_grid) if cfg.lr_for(m) == "auto" else 1))
                 for m in cfg.metanets) * len(sets)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
-    runs, sweeps, preds = [], [], []
+    runs, sweeps, preds, skipped = [], [], [], []
 
     def record(label, ws, res: FitResult, into):
         row = {"zoo": label, "metanet": res.metanet, "seed": res.seed, "lr": res.lr, "best_epoch": res.best_epoch,
@@ -157,6 +157,11 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
     try:
         for label, ws in zip(labels, sets):
             for m in cfg.metanets:
+                reason = registry.unsupported(m, ws.info)
+                if reason:  # n/a in the table, with the reason; never a crash or a wrong answer
+                    skipped.append({"zoo": label, "metanet": m, "reason": reason})
+                    log(f"{m} on {label}: n/a ({reason})")
+                    continue
                 kw = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, device=cfg.device)
                 done = {}
                 if registry.get(m).kind == "sklearn":
@@ -184,5 +189,5 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
     finally:
         bar.close()
     return {"config": {**asdict(cfg), "metanets": list(cfg.metanets), "lr_grid": list(cfg.lr_grid)},
-            "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds,
+            "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds, "skipped": skipped,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -16,6 +16,8 @@ def summary(result: dict) -> pd.DataFrame:
     """One row per (metanet, zoo): mean and std over seeds of test R² and tau, and the lr used."""
     runs = pd.DataFrame(result["runs"])
     rows = []
+    if runs.empty:  # every metanet n/a on every zoo
+        return pd.DataFrame(columns=["metanet", "zoo", "r2_mean", "r2_std", "tau_mean", "tau_std", "seeds", "lr"])
     for (m, z), g in runs.groupby(["metanet", "zoo"], sort=False):
         r2m, r2s = mean_std(g["test_r2"])
         tm, ts = mean_std(g["test_tau"])
@@ -34,7 +36,8 @@ def markdown(result: dict) -> str:
     """Rows = metanets, columns = zoo x {R², tau}: test-split mean ± std over seeds."""
     s = summary(result)
     zoos = [z["zoo"] for z in result["zoos"]]
-    metanets = list(dict.fromkeys(s["metanet"]))
+    skipped = {(k["metanet"], k["zoo"]): k["reason"] for k in result.get("skipped", [])}
+    metanets = [m for m in result["config"]["metanets"] if m in set(s.get("metanet", [])) | {k[0] for k in skipped}]
     target = result["zoos"][0]["target"] if result["zoos"] else "?"
     head = "| metanet | " + " | ".join(f"{z} R² | {z} τ" for z in zoos) + " |"
     sep = "| --- |" + " --- | --- |" * len(zoos)
@@ -42,8 +45,10 @@ def markdown(result: dict) -> str:
     for m in metanets:
         cells = []
         for z in zoos:
-            r = s[(s.metanet == m) & (s.zoo == z)]
-            if r.empty:
+            r = s[(s.metanet == m) & (s.zoo == z)] if len(s) else s
+            if (m, z) in skipped:
+                cells += ["n/a", "n/a"]
+            elif r.empty:
                 cells += ["", ""]
             else:
                 r = r.iloc[0]
@@ -64,6 +69,7 @@ def markdown(result: dict) -> str:
         notes.append(f"- {z['zoo']}: {z['n_train']}/{z['n_val']}/{z['n_test']} train/val/test nets, "
                      f"{z['num_inputs']} inputs, {z['diverged_excluded']} diverged excluded"
                      + (f"; lr: {lrs}" if lrs else ""))
+    notes += [f"- n/a: {m} on {z}: {why}" for (m, z), why in skipped.items()]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
