@@ -44,7 +44,9 @@ def plan_groups(spec: ZooSpec, shard: int, group_size: int) -> list[list[int]]:
     """Deterministic groups of model ids for one shard."""
     ids = list(spec.shard_ids(shard))
     hps = {i: spec.sample_hparams(i) for i in ids}
-    key = lambda i: tuple(str(hps[i][k]) for k in GROUP_KEYS)  # noqa: E731
+    # a smallcnn group also shares its activation: no model computes both tanh and relu
+    keys = GROUP_KEYS + (("activation",) if spec.net.arch == "smallcnn" else ())
+    key = lambda i: tuple(str(hps[i][k]) for k in keys)  # noqa: E731
     groups = []
     for k in sorted({key(i) for i in ids}):
         members = sorted((i for i in ids if key(i) == k), key=lambda i: (hps[i]["epochs"], i))

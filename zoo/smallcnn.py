@@ -177,7 +177,12 @@ class SmallCNNGroup:
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=2, padding=pad, groups=M)
             if tanh_ch is None:
                 tanh_ch = self.tanh.repeat_interleave(w.shape[1])[None, :, None, None]
-            h = torch.where(tanh_ch, torch.tanh(h), F.relu(h)) if self.tanh.any() else F.relu(h)
+            if self.tanh.all():
+                h = torch.tanh(h)
+            elif self.tanh.any():
+                h = torch.where(tanh_ch, torch.tanh(h), F.relu(h))
+            else:
+                h = F.relu(h)
             if drop_gens is not None and any(p > 0 for p in self.p):
                 h = h * self._drop_mask(h, drop_gens)
         h = h.mean(dim=(2, 3)).view(B, M, -1)
