@@ -63,20 +63,36 @@ def epoch_times(path: Path, names, device: str, batch_size: int, epochs: int, se
     n = {s: len(ws.ids(s)) for s in data.SPLITS}
     print(f"\n## Time per training epoch ({n['train']} train + {n['val']} val nets, "
           f"{ws.info.num_inputs} inputs, device {device}, batch {batch_size}); zoo loaded in {t_load:.1f}s")
-    print("| metanet | params | s/epoch | projected table cell (s) |\n| --- | --- | --- | --- |")
+    print("| metanet | params | s/epoch (mean) | s/epoch median [min, max] | projected table cell (s) |\n"
+          "| --- | --- | --- | --- | --- |")
     total = 0.0
     for name in names:
+        reason = registry.unsupported(name, ws.info)
+        if reason:
+            print(f"| {name} | n/a | n/a ({reason}) | | |")
+            continue
         neural = registry.get(name).kind == "torch"
         train.fit(name, ws, lr=1e-3, epochs=1, batch_size=batch_size, device=device)  # warm-up
         _sync(device)
         k = epochs if neural else 1
-        dt, res = _timed(lambda: train.fit(name, ws, lr=1e-3, epochs=k, batch_size=batch_size, device=device))
+        stamps = []
+
+        def tick(epoch, score):  # after every epoch (train + validation pass)
+            _sync(device)
+            stamps.append(time.perf_counter())
+
+        start = time.perf_counter()
+        dt, res = _timed(lambda: train.fit(name, ws, lr=1e-3, epochs=k, batch_size=batch_size, device=device,
+                                           progress=tick if neural else None))
         _sync(device)
         per_epoch = dt / k
+        each = np.diff([start] + stamps) if stamps else np.array([dt])
+        spread = f"{np.median(each):.3f} [{each.min():.3f}, {each.max():.3f}]"
         # a table cell = lr sweep (seed 0, one run per rate) + the other seeds, at full length
         cell = per_epoch * train.EPOCHS * (sweep + seeds - 1) if neural else dt * seeds
         total += cell * n_zoos
-        print(f"| {name} | {res.num_params:,} | {per_epoch:.3f}{'' if neural else ' (whole fit)'} | {cell:,.0f} |")
+        print(f"| {name} | {res.num_params:,} | {per_epoch:.3f}{'' if neural else ' (whole fit)'} | "
+              f"{spread if neural else ''} | {cell:,.0f} |")
     print(f"\nProjected full table ({len(names)} metanets x {n_zoos} zoos x {seeds} seeds, "
           f"{train.EPOCHS} epochs, {sweep}-rate sweep): {total / 60:.1f} min")
 
@@ -96,8 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--metanets", default="mlp,dmc,deepsets,statnn,statnn-gbm")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=train.BATCH_SIZE)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs timed per metanet (default 2)")
+    ap.add_argument("--epochs", type=int, default=5, help="epochs timed per metanet, each timed (default 5)")
     ap.add_argument("--rows", type=int, default=2000, help="nets read row by row in the HDF5 test")
+    ap.add_argument("--no-read", action="store_true", help="skip the HDF5 read-throughput part")
     ap.add_argument("--seeds", type=int, default=5, help="seeds in the projected table (default 5)")
     ap.add_argument("--zoos", type=int, default=2, help="zoos in the projected table (default 2)")
     args = ap.parse_args(argv)
@@ -113,7 +130,8 @@ def main(argv=None) -> int:
                             in_channels=args.in_channels, wasym=args.wasym, shard_size=1024)
             print(f"synthetic zoo: {args.models} ResNet8 (width {args.width}, {args.in_channels} input channels"
                   f"{', W-Asym' if args.wasym else ''}) written in {time.perf_counter() - t0:.1f}s")
-        read_throughput(path, args.rows)
+        if not args.no_read:
+            read_throughput(path, args.rows)
         epoch_times(path, names, args.device, args.batch_size, args.epochs, args.seeds, args.zoos,
                     len(train.LR_GRID))
     return 0

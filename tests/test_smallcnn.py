@@ -133,12 +133,12 @@ def test_generated_smallcnn_zoo_rebuilds_and_is_read_by_every_applicable_metanet
 
 def test_spec_errors_name_the_field():
     base = load_spec("smallcnnzoo-digits").to_dict()
-    with pytest.raises(SpecError, match=r"hparams\.optimizer.*'adamw'.*allowed for arch = 'smallcnn': sgd, adam, rmsprop"):
+    with pytest.raises(SpecError, match=r"hparams\.optimizer.*'adamw'.*'sgd', 'adam' or 'rmsprop' \(allowed for arch = 'smallcnn'\)"):
         spec_from_dict({**base, "hparams": {**base["hparams"], "optimizer": "adamw"}})
     resnet = load_spec("digits-resnet8").to_dict()
     with pytest.raises(SpecError, match=r"hparams\.dropout.*unknown hyper-parameter for arch = 'resnet'"):
         spec_from_dict({**resnet, "hparams": {**resnet["hparams"], "dropout": 0.1}})
-    with pytest.raises(SpecError, match=r"hparams\.optimizer.*'rmsprop'.*allowed for arch = 'resnet'"):
+    with pytest.raises(SpecError, match=r"hparams\.optimizer.*'rmsprop'.*'adamw' or 'sgd' \(allowed for arch = 'resnet'\)"):
         spec_from_dict({**resnet, "hparams": {**resnet["hparams"], "optimizer": "rmsprop"}})
     with pytest.raises(SpecError, match=r"net\.padding.*only for arch = 'smallcnn'"):
         spec_from_dict({**resnet, "net": {**resnet["net"], "padding": "same"}})

@@ -139,9 +139,10 @@ def _arch_hparams(arch: str):
 
 def _check_optimizer(arch: str, dist: Dist) -> None:
     allowed = ("sgd", "adam", "rmsprop") if arch == "smallcnn" else ("adamw", "sgd")
+    text = " or ".join((", ".join(f"'{o}'" for o in allowed[:-1]), f"'{allowed[-1]}'"))
     for v in dist.support():
         if v not in allowed:
-            raise SpecError("hparams.optimizer", v, f"allowed for arch = '{arch}': {', '.join(allowed)}")
+            raise SpecError("hparams.optimizer", v, f"{text} (allowed for arch = '{arch}')")
 
 
 def _check_hparam(name: str, dist: Dist, known: dict = HPARAMS) -> None:
