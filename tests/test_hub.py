@@ -1,26 +1,33 @@
 """Catalogue, download (from a local HTTP server on 127.0.0.1), pack, and refusing bad inputs."""
 import hashlib
-import json
 import io
+import json
+import shutil
 import tarfile
+import types
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hub_fixtures import (
+    dead_url,
+    http_server,
+    run_cli,
+    write_lim_zoo,
+    write_modelzoos,
+    write_smallcnnzoo,
+)
 
 import zoo
-from zoo.catalogue import cards, card_from_dict, load_card
+from zoo.catalogue import card_from_dict, cards, find, load_card
 from zoo.download import download
 from zoo.errors import ZooError
 from zoo.importers import run_import
 from zoo.pack import pack
 from zoo.safety import load_tensors, safe_extract
 from zoo.store import verify
-
-from hub_fixtures import (dead_url, http_server, run_cli, tar_folder, write_lim_zoo, write_modelzoos,
-                          write_smallcnnzoo)
 
 
 def _sha(path) -> str:
@@ -41,14 +48,42 @@ def _leftovers(root: Path) -> list[str]:
 
 # ------------------------------------------------------------- catalogue
 
-def test_the_catalogue_lists_the_public_zoos_with_what_is_needed_to_fetch_them():
+LIM_TYPES = ("resnet8", "sparse_resnet8", "smaller_resnet8", "sigma_asym_resnet8")
+SCZ_RUNS = {"cifar10": 30000, "fashion_mnist": 30000, "mnist": 29997, "svhn_cropped": 29988}
+
+
+def test_the_catalogue_has_a_card_per_upstream_model_type_with_exact_per_file_urls():
     c = cards()
-    assert {"lim2024-resnet8", "lim2024-wasym-resnet8", "smallcnnzoo-cifar10", "smallcnnzoo-mnist",
-            "smallcnnzoo-fashion_mnist", "smallcnnzoo-svhn_cropped", "modelzoos-cifar10-cnn-large-seed"} <= set(c)
-    assert c["lim2024-wasym-resnet8"].num_nets == 10000 and c["lim2024-wasym-resnet8"].options == {"variant": "wasym"}
-    assert "13883507" in c["lim2024-resnet8"].files[0].url
+    for t in LIM_TYPES:
+        card = c[f"lim2024-{t.replace('_', '-')}"]
+        assert card.options == {"model_type": t} and card.num_nets == 10000 and card.doi == "10.5281/zenodo.13883507"
+        main = card.files[0]
+        assert main.url == f"https://zenodo.org/records/13883507/files/{main.name}?download=1"
+        assert "files-archive" not in " ".join(f.url for f in card.files)
+        assert not main.name_confirmed  # left for `zoo catalogue --check` to confirm
+        assert any(f.name == "hparams.csv" and f.optional for f in card.files)
+    for ds, runs in SCZ_RUNS.items():
+        card = c[f"smallcnnzoo-{ds}"]
+        assert [f.url for f in card.files] == [f"https://storage.googleapis.com/gresearch/smallcnnzoo-dataset/{ds}.tar.xz"]
+        assert card.num_nets == runs and card.licence == "CC BY 4.0" and card.options == {"dataset": ds}
+    mz = c["modelzoos-cifar10-cnn-large-seed"]
+    assert mz.licence == "CC-BY 4.0" and mz.doi == "10.5281/zenodo.6620868"
     for card in c.values():
-        assert card.citation and card.licence and card.files and all(f.url.startswith("https://") for f in card.files)
+        assert card.citation and card.licence and all(f.url.startswith("https://") for f in card.files)
+        assert {"url", "count", "usable", "licence", "size"} <= set(card.provenance), card.name
+        assert "estimate" in card.size or "measured" in card.size, card.name
+
+
+def test_a_card_accepts_md5_beside_sha256_and_refuses_a_malformed_one(tmp_path):
+    good = card_from_dict({"name": "x", "description": "d", "format": "metazoo", "licence": "l", "citation": "c",
+                           "files": [{"url": "https://h/x.zip", "md5": "md5:" + "a" * 32}], "nets": []})
+    assert good.files[0].md5 == "a" * 32 and good.files[0].sha256 == "unknown" and good.files[0].has_checksum
+    with pytest.raises(ZooError, match=r"files\[0\]\.md5 = 'abc': expected 32 hex digits"):
+        card_from_dict({"name": "x", "description": "d", "format": "metazoo", "licence": "l", "citation": "c",
+                        "files": [{"url": "https://h/x.zip", "md5": "abc"}], "nets": []})
+    with pytest.raises(ZooError, match=r"nets\[0\]\.usable = 5: expected an integer <= count \(3\)"):
+        card_from_dict({"name": "x", "description": "d", "format": "metazoo", "licence": "l", "citation": "c",
+                        "files": [{"url": "https://h/x.zip"}], "nets": [{"count": 3, "usable": 5}]})
 
 
 def test_zoo_catalogue_prints_every_entry_and_whether_it_is_here(tmp_path, capsys):
@@ -63,6 +98,30 @@ def test_zoo_catalogue_prints_every_entry_and_whether_it_is_here(tmp_path, capsy
     assert " here " not in next(l for l in out.splitlines() if l.startswith("smallcnnzoo-cifar10 "))
 
 
+def test_catalogue_check_asks_each_url_and_reports_reachable_size_and_checksum(tmp_path, capsys):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    (serve / "mnist.tar.xz").write_bytes(b"0123456789")
+    (serve / "sparse_resnet8.zip").write_bytes(b"x" * 33)
+    with http_server(serve) as base:
+        rc = run_cli(["catalogue", "--check", "--mirror", base + "/"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1  # most files are not on this mirror
+    line = next(l for l in out if l.startswith("smallcnnzoo-mnist  mnist.tar.xz"))
+    assert "  reachable  10 bytes" in line and "card estimate 5,367,063,240" in line and "checksum: none" in line
+    line = next(l for l in out if l.startswith("lim2024-sparse-resnet8  sparse_resnet8.zip"))
+    assert "reachable  33 bytes" in line and "name now confirmed" in line
+    assert "NOT reachable (HTTP 404)" in next(l for l in out if l.startswith("smallcnnzoo-cifar10  cifar10.tar.xz"))
+    assert "[optional]" in next(l for l in out if l.startswith("lim2024-resnet8  hparams.csv"))
+    assert out[-1].startswith(f"{sum(len(c.files) for c in cards().values())} files checked")
+
+
+def test_catalogue_check_offline_says_so_in_one_line(capsys):
+    rc = run_cli(["catalogue", "--check", "--mirror", dead_url("").rstrip("/")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "error: offline: none of the catalogue's hosts answered" in err[0]
+
+
 def test_a_card_with_a_bad_sha256_is_refused_naming_the_field(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text('name = "x"\ndescription = "d"\nformat = "metazoo"\nlicence = "l"\ncitation = "c"\n'
@@ -72,48 +131,6 @@ def test_a_card_with_a_bad_sha256_is_refused_naming_the_field(tmp_path):
 
 
 # -------------------------------------------------------------- download
-
-def test_download_imports_verifies_and_opens_each_upstream_format(tmp_path):
-    serve = tmp_path / "www"
-    serve.mkdir()
-    write_lim_zoo(tmp_path / "lim", 2, wasym=True)
-    tar_folder(tmp_path / "lim", serve / "lim.tar.gz", mode="w:gz")
-    write_smallcnnzoo(tmp_path / "scz", runs=3)
-    tar_folder(tmp_path / "scz", serve / "svhn_cropped.tar.xz", arc_root="svhn_cropped")
-    write_modelzoos(serve / "mz.zip", nets=2)
-    root = tmp_path / "datasets"
-    with http_server(serve) as base:
-        cases = [_card("lim", "lim2024", f"{base}/lim.tar.gz", _sha(serve / "lim.tar.gz"), variant="wasym"),
-                 _card("scz", "smallcnnzoo", f"{base}/svhn_cropped.tar.xz", dataset="svhn_cropped"),
-                 _card("mz", "modelzoos", f"{base}/mz.zip", _sha(serve / "mz.zip"))]
-        for card in cases:
-            m = download(card, root / card.name, progress=False, log=lambda s: None)
-            assert verify(root / card.name) == []
-            z = zoo.open(root / card.name)
-            assert len(z.table) == m["num_models"] > 0 and "test_acc" in z.table and "diverged" in z.table
-            assert m["source"]["card"] == card.name
-    assert zoo.open(root / "lim").rebuild(0) is not None
-    info = zoo.open(root / "scz").manifest["source"]["files"][0]
-    assert info["verified"] is False and info["sha256"] == _sha(serve / "svhn_cropped.tar.xz")
-    assert (root / ".cache" / "svhn_cropped.tar.xz.sha256").read_text().split()[0] == info["sha256"]
-
-
-def test_an_unknown_hash_is_recorded_at_first_download_and_checked_after(tmp_path):
-    serve = tmp_path / "www"
-    serve.mkdir()
-    write_modelzoos(serve / "mz.zip", nets=2)
-    notes = []
-    with http_server(serve) as base:
-        card = _card("mz", "modelzoos", f"{base}/mz.zip")
-        download(card, tmp_path / "d" / "mz", progress=False, log=notes.append)
-        assert any("NOT verified" in n for n in notes)
-        # the upstream file changes: the recorded hash now catches it
-        (tmp_path / "d" / ".cache" / "mz.zip").unlink()
-        write_modelzoos(serve / "mz.zip", nets=3)
-        with pytest.raises(ZooError, match="does not match its sha256"):
-            download(card, tmp_path / "d" / "mz2", progress=False, log=lambda s: None)
-    assert not (tmp_path / "d" / "mz2").exists()
-
 
 def test_a_wrong_hash_leaves_nothing_and_says_so(tmp_path, capsys):
     serve = tmp_path / "www"
@@ -129,15 +146,106 @@ def test_a_wrong_hash_leaves_nothing_and_says_so(tmp_path, capsys):
     assert _leftovers(tmp_path / "d") == []
 
 
-def test_a_truncated_download_leaves_nothing_and_says_so(tmp_path):
+def test_a_flipped_byte_in_a_served_file_is_refused_by_its_md5(tmp_path):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "mz.zip", nets=2)
+    md5 = hashlib.md5((serve / "mz.zip").read_bytes()).hexdigest()
+    data = bytearray((serve / "mz.zip").read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (serve / "mz.zip").write_bytes(bytes(data))
+    card = card_from_dict({"name": "mz", "description": "d", "format": "modelzoos", "licence": "l", "citation": "c",
+                           "nets": [], "files": [{"url": "https://zenodo.org/records/1/files/mz.zip?download=1",
+                                                  "filename": "mz.zip", "md5": f"md5:{md5}"}]})
+    with http_server(serve) as base:
+        with pytest.raises(ZooError, match=f"does not match its md5 \\(expected {md5}"):
+            download(card, tmp_path / "d" / "mz", progress=False, log=lambda s: None, mirror=base)
+    assert _leftovers(tmp_path / "d") == []  # no partial, no file that counts as complete, no zoo
+
+
+def test_a_dropped_connection_resumes_with_a_range_request(tmp_path):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "mz.zip", nets=16)  # > 64 KiB, so some chunks arrive before the drop
+    size, log, notes = (serve / "mz.zip").stat().st_size, [], []
+    with http_server(serve, drop_once={"mz.zip"}, log=log) as base:
+        m = download(_card("mz", "modelzoos", f"{base}/mz.zip", _sha(serve / "mz.zip")), tmp_path / "d" / "mz",
+                     progress=False, log=notes.append)
+    gets = [(rng, status) for method, name, rng, status in log if method == "GET"]
+    assert len(gets) == 2 and gets[0] == (None, 200) and gets[1][1] == 206
+    resumed_at = int(gets[1][0][len("bytes="):-1])
+    assert 0 < resumed_at <= size // 2  # only the rest was fetched again
+    assert any("connection lost after" in n and "resuming" in n for n in notes)
+    assert m["num_models"] == 16 and verify(tmp_path / "d" / "mz") == []
+    assert _sha(tmp_path / "d" / ".cache" / "mz.zip") == _sha(serve / "mz.zip")
+
+
+def test_a_server_that_ignores_range_restarts_the_file_cleanly(tmp_path):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "mz.zip", nets=2)
+    log, notes = [], []
+    cache = tmp_path / "d" / ".cache"
+    cache.mkdir(parents=True)
+    (cache / "mz.zip.part").write_bytes((serve / "mz.zip").read_bytes()[:100])  # left by a killed run
+    with http_server(serve, ranges=False, log=log) as base:
+        download(_card("mz", "modelzoos", f"{base}/mz.zip", _sha(serve / "mz.zip")), tmp_path / "d" / "mz",
+                 progress=False, log=notes.append)
+    assert [(rng, status) for _, _, rng, status in log] == [("bytes=100-", 200)]
+    assert any("ignores resume requests" in n for n in notes)
+    assert _sha(cache / "mz.zip") == _sha(serve / "mz.zip") and not (cache / "mz.zip.part").exists()
+
+
+def test_a_partial_file_from_a_killed_run_is_resumed_not_refetched(tmp_path):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "mz.zip", nets=2)
+    data, log = (serve / "mz.zip").read_bytes(), []
+    cache = tmp_path / "d" / ".cache"
+    cache.mkdir(parents=True)
+    (cache / "mz.zip.part").write_bytes(data[:1000])
+    with http_server(serve, log=log) as base:
+        download(_card("mz", "modelzoos", f"{base}/mz.zip", _sha(serve / "mz.zip")), tmp_path / "d" / "mz",
+                 progress=False, log=lambda s: None)
+    assert [(rng, status) for _, _, rng, status in log] == [("bytes=1000-", 206)]
+    assert (cache / "mz.zip").read_bytes() == data
+
+
+def test_a_download_cut_short_every_time_keeps_the_partial_file_and_nothing_counts_as_complete(tmp_path):
     serve = tmp_path / "www"
     serve.mkdir()
     write_modelzoos(serve / "mz.zip", nets=2)
     with http_server(serve, truncated={"mz.zip"}) as base:
-        with pytest.raises(ZooError, match="cut short"):
+        with pytest.raises(ZooError, match=r"cut short 5 times .*partial file .*mz.zip.part is kept: run the command "
+                                           r"again to resume"):
+            download(_card("mz", "modelzoos", f"{base}/mz.zip"), tmp_path / "d" / "mz", progress=False,
+                     log=lambda s: None)
+    assert _leftovers(tmp_path / "d") == [".cache/mz.zip.part"]
+
+
+def test_free_disk_is_checked_before_a_download_starts(tmp_path, monkeypatch):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "mz.zip", nets=2)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10 ** 9, used=10 ** 9, free=100))
+    log = []
+    with http_server(serve, log=log) as base:
+        with pytest.raises(ZooError, match=r"not enough free disk for mz.zip in .*\.cache: it needs"):
             download(_card("mz", "modelzoos", f"{base}/mz.zip"), tmp_path / "d" / "mz", progress=False,
                      log=lambda s: None)
     assert _leftovers(tmp_path / "d") == []
+
+
+def test_an_unsupported_url_scheme_is_a_clear_error(tmp_path, capsys):
+    rc = run_cli(["download", "--url", "ftp://example.org/zoo.tar.gz", "--sha256", "unknown",
+                  "--to", str(tmp_path / "z"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unsupported URL scheme 'ftp://'" in err and "Traceback" not in err
+    rc = run_cli(["download", "smallcnnzoo-mnist", "--mirror", "ftp://mirror.example.org/zoos",
+                  "--to", str(tmp_path / "z"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--mirror 'ftp://mirror.example.org/zoos/mnist.tar.xz': unsupported URL scheme" in err
+    assert not (tmp_path / "z").exists()
 
 
 def test_a_server_that_is_down_gives_a_clear_message_not_a_traceback(tmp_path, capsys):
@@ -236,7 +344,6 @@ class _NotATensor:
 
 def _mark_ran():
     _NotATensor.ran = True
-    return None
 
 
 def test_import_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
@@ -264,3 +371,55 @@ def test_the_benchmark_runs_unchanged_on_each_imported_format(tmp_path):
         results = json.loads((out / "results.json").read_text())
         assert results["zoos"][0]["num_inputs"] == inputs and results["zoos"][0]["n_test"] == 2
         assert len(results["runs"]) == 2
+
+
+def test_a_foreign_folder_as_target_is_refused_before_anything_is_fetched(tmp_path, capsys):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "cifar_large_seed.zip", nets=2)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    log = []
+    with http_server(serve, log=log) as base:
+        rc = run_cli(["download", "modelzoos-cifar10-cnn-large-seed", "--mirror", base, "--to",
+                      str(tmp_path / "mine"), "--force", "--no-progress"])
+    assert rc == 2 and "holds no metazoo zoo" in capsys.readouterr().err
+    assert log == [] and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_an_optional_file_the_server_lacks_is_skipped(tmp_path):
+    from hub_fixtures import write_lim_record
+
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_lim_record(tmp_path / "rec", {"resnet8": 2}, hparams=False, mask_files=False)
+    with zipfile.ZipFile(serve / "resnet8.zip", "w") as zf:
+        for p in sorted((tmp_path / "rec" / "resnet8").iterdir()):
+            zf.write(p, f"resnet8/{p.name}")
+    notes = []
+    with http_server(serve) as base:
+        m = download(find("lim2024-resnet8"), tmp_path / "d" / "z", progress=False, log=notes.append, mirror=base)
+    assert m["num_models"] == 2 and m["source"]["hparams"] is None
+    assert any("hparams.csv is not on the server (optional)" in n for n in notes)
+
+
+def test_a_full_disk_during_a_download_is_a_clear_error_and_keeps_the_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    import zoo.download as dl
+
+    serve = tmp_path / "www"
+    serve.mkdir()
+    write_modelzoos(serve / "mz.zip", nets=2)
+
+    class Full(io.BytesIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl, "open", lambda *a, **k: Full(), raising=False)
+    with http_server(serve) as base:
+        with pytest.raises(ZooError, match=r"could not write .*mz.zip.part: No space left on device; the partial "
+                                           r"file is kept"):
+            download(_card("mz", "modelzoos", f"{base}/mz.zip"), tmp_path / "d" / "mz", progress=False,
+                     log=lambda s: None)
+    assert not (tmp_path / "d" / "mz").exists()

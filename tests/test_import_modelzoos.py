@@ -1,13 +1,12 @@
 """modelzoos importer: per-net training folders become one zoo with per-epoch checkpoints."""
 import numpy as np
 import pytest
+from hub_fixtures import modelzoos_dir, write_modelzoos
 
 import zoo
 from zoo.errors import ZooError
 from zoo.importers import run_import
 from zoo.store import verify
-
-from hub_fixtures import write_modelzoos
 
 
 def test_per_net_folders_become_a_zoo_with_epochs_hyper_parameters_and_buffers(tmp_path):
@@ -21,7 +20,7 @@ def test_per_net_folders_become_a_zoo_with_epochs_hyper_parameters_and_buffers(t
     assert z.layout["module_list.1.weight"].role == "norm_weight"
     t = z.table.set_index("source_dir")
     for n in range(4):
-        row = t.loc[f"zoo_cifar_seed/NN_tune_trainable_{n:05d}_seed={n}"]
+        row = t.loc[modelzoos_dir(n)]
         assert row["optim::lr"] == pytest.approx(1e-3 * (n + 1)) and row["model::type"] == "CNN"
         assert row["test_acc"] == pytest.approx(0.5 + 0.01 * n)
         assert row["test_acc@epoch_1"] == pytest.approx(0.3 + 0.01 * n)
@@ -36,7 +35,7 @@ def test_a_net_missing_a_shared_epoch_is_dropped_and_listed(tmp_path):
     write_modelzoos(tmp_path / "z.zip", nets=3, missing={1: 2})
     m = run_import("modelzoos", tmp_path / "z.zip", tmp_path / "zoo")
     assert len(zoo.open(tmp_path / "zoo")) == 2
-    assert len(m["source"]["dropped"]) == 1 and "00001" in m["source"]["dropped"][0]
+    assert m["source"]["dropped"] == [f"{modelzoos_dir(1)} (no checkpoint for epoch 2)"]
 
 
 def test_a_net_with_nan_weights_is_kept_and_marked_diverged(tmp_path):
@@ -50,3 +49,27 @@ def test_an_unknown_option_is_refused_naming_the_allowed_ones(tmp_path):
     write_modelzoos(tmp_path / "z.zip", nets=2)
     with pytest.raises(ZooError, match="no option 'variant'; allowed: epochs"):
         run_import("modelzoos", tmp_path / "z.zip", tmp_path / "zoo", options={"variant": "x"})
+
+
+def test_hyper_parameters_come_from_result_json_config_when_params_json_is_absent(tmp_path):
+    write_modelzoos(tmp_path / "a.zip", nets=3, params_json=True)
+    write_modelzoos(tmp_path / "b.zip", nets=3, params_json=False)
+    run_import("modelzoos", tmp_path / "a.zip", tmp_path / "za")
+    run_import("modelzoos", tmp_path / "b.zip", tmp_path / "zb")
+    a, b = zoo.open(tmp_path / "za").table, zoo.open(tmp_path / "zb").table
+    assert list(b["optim::lr"]) == pytest.approx([1e-3, 2e-3, 3e-3]) and list(b["seed"]) == [1, 2, 3]
+    assert a.drop(columns="split").equals(b.drop(columns="split"))
+
+
+@pytest.mark.parametrize("epochs", ["0", "1,2", "0,1,2"])
+def test_every_epoch_is_selectable(tmp_path, epochs):
+    saved = write_modelzoos(tmp_path / "z.zip", nets=2)
+    m = run_import("modelzoos", tmp_path / "z.zip", tmp_path / "zoo", options={"epochs": epochs})
+    chosen = [int(e) for e in epochs.split(",")]
+    z = zoo.open(tmp_path / "zoo")
+    assert m["source"]["epochs"] == chosen and z.checkpoints == [f"epoch_{e}" for e in chosen[:-1]] + ["final"]
+    for ck, e in zip(z.checkpoints, chosen):
+        np.testing.assert_array_equal(z.layer_weights(1, ck)["module_list.0.weight"].numpy(),
+                                      saved[1][e]["module_list.0.weight"].numpy())
+    with pytest.raises(ZooError, match=r"epochs = '7': no net has a checkpoint for epoch 7 \(available: 0, 1, 2\)"):
+        run_import("modelzoos", tmp_path / "z.zip", tmp_path / "zoo2", options={"epochs": "7"})

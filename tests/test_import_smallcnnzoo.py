@@ -3,13 +3,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hub_fixtures import (
+    SMALL_EPOCHS,
+    SMALL_TF,
+    tar_folder,
+    tf_conv_same,
+    write_smallcnnzoo,
+)
 
 import zoo
 from zoo.errors import ZooError
 from zoo.importers import run_import
-from zoo.store import verify
-
-from hub_fixtures import SMALL_TF, tar_folder, tf_conv_same, write_smallcnnzoo
+from zoo.store import metric_column, verify
 
 
 def _offsets():
@@ -25,7 +30,7 @@ def test_a_tf_kernel_becomes_the_pytorch_kernel_computing_the_same_convolution(t
     run_import("smallcnnzoo", tar_folder(tmp_path / "up", tmp_path / "cifar10.tar.xz"), tmp_path / "zoo")
     z = zoo.open(tmp_path / "zoo")
     start, shape = _offsets()["sequential/conv2d_1/kernel:0"]
-    row = up["order"].index((1, 8))  # run 1, last checkpoint
+    row = up["order"].index((1, 86))  # run 1, last checkpoint
     tf_kernel = up["weights"][row, start:start + int(np.prod(shape))].reshape(shape)
     torch_kernel = z.layer_weights(1)["conv2d_1.weight"]
     assert tuple(torch_kernel.shape) == (4, 4, 3, 3)
@@ -38,27 +43,52 @@ def test_a_tf_kernel_becomes_the_pytorch_kernel_computing_the_same_convolution(t
     np.testing.assert_array_equal(dense.numpy().T, up["weights"][row, d_start:d_start + 40].reshape(d_shape))
 
 
-def test_the_checkpoints_of_each_run_stay_together_in_step_order(tmp_path):
-    up = write_smallcnnzoo(tmp_path / "up", runs=4)
+def test_the_last_epoch_by_default_and_config_columns_in_the_table(tmp_path):
+    write_smallcnnzoo(tmp_path / "up", runs=4)
     m = run_import("smallcnnzoo", tar_folder(tmp_path / "up", tmp_path / "mnist.tar.xz"), tmp_path / "zoo")
     assert verify(tmp_path / "zoo") == []
     z = zoo.open(tmp_path / "zoo")
     assert len(z) == 4 and z.layout.num_params == sum(int(np.prod(s)) for _, s in SMALL_TF)
-    assert z.checkpoints == [f"ckpt_{j}" for j in range(8)] + ["final"]
+    assert z.checkpoints == ["final"] and m["source"]["epochs"] == [86]
     assert m["data"] == {"name": "mnist"} and m["net"] is None
     t = z.table.set_index("run")
     for r in range(4):
-        row = t.loc[f"/zoo/run_{r:04d}"]
+        row = t.loc[f"/cns/zoo/cifar10/run_{r:04d}"]
         assert row["learning_rate"] == pytest.approx(10.0 ** -(1 + r))
-        assert row["test_acc"] == pytest.approx(0.1 + 0.07 * 8 + 0.01 * r)
-        assert row["test_acc@ckpt_0"] == pytest.approx(0.1 + 0.01 * r)
-        assert row["step"] == 860 * (r + 1) and row["step@ckpt_3"] == 30 * (r + 1)
-        assert {"train_acc", "train_loss", "test_loss", "diverged", "optimizer", "l2reg"} <= set(row.index)
-    # weights of run 2 at its first checkpoint: same numbers, reordered to PyTorch layout
-    rid = int(z.table.index[z.table["run"] == "/zoo/run_0002"][0])
-    src = up["weights"][up["order"].index((2, 0))]
+        assert row["epoch"] == 86 and row["test_acc"] == pytest.approx(0.1 + 0.007 * 86 + 0.01 * r)
+        assert {"w_init", "activation", "init_std", "l2reg", "train_fraction", "dropout"} <= set(row.index)
+        assert {"train_acc", "train_loss", "test_loss", "diverged"} <= set(row.index)
+
+
+@pytest.mark.parametrize("epochs", ["all", "0,20,86", "3"])
+def test_every_checkpoint_epoch_is_selectable_and_holds_that_epochs_weights(tmp_path, epochs):
+    up = write_smallcnnzoo(tmp_path / "up", runs=3)
+    m = run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo", options={"epochs": epochs})
+    chosen = list(SMALL_EPOCHS) if epochs == "all" else [int(e) for e in epochs.split(",")]
+    z = zoo.open(tmp_path / "zoo")
+    assert m["source"]["epochs"] == chosen
+    assert z.checkpoints == [f"epoch_{e}" for e in chosen[:-1]] + ["final"]
     bias_start, _ = _offsets()["sequential/dense/bias:0"]
-    np.testing.assert_array_equal(z.layer_weights(rid, "ckpt_0")["dense.bias"].numpy(), src[bias_start:])
+    for ck, e in zip(z.checkpoints, chosen):
+        for mid in range(3):
+            r = int(z.table["run"][mid].rsplit("_", 1)[1])
+            src = up["weights"][up["order"].index((r, e))]
+            np.testing.assert_array_equal(z.layer_weights(mid, ck)["dense.bias"].numpy(), src[bias_start:])
+            assert z.table[metric_column("epoch", ck)][mid] == e
+
+
+def test_an_epoch_that_is_no_checkpoint_is_refused_naming_the_available_ones(tmp_path):
+    write_smallcnnzoo(tmp_path / "up", runs=2)
+    with pytest.raises(ZooError, match=r"epochs = '5'.*epoch 5 is not a checkpoint.*0, 1, 2, 3, 20, 40, 60, 80, 86"):
+        run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo", options={"epochs": "5"})
+
+
+def test_a_run_cut_short_by_nan_is_dropped_and_listed(tmp_path):
+    write_smallcnnzoo(tmp_path / "up", runs=4, shortened_run=2)
+    m = run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo", options={"epochs": "0,20"})
+    z = zoo.open(tmp_path / "zoo")
+    assert len(z) == 3 and "/cns/zoo/cifar10/run_0002" not in set(z.table["run"])
+    assert len(m["source"]["dropped"]) == 1 and "run_0002 (stops after epoch 20: 5 of 9" in m["source"]["dropped"][0]
 
 
 def test_a_run_with_non_finite_weights_is_kept_and_marked_diverged(tmp_path):
@@ -66,7 +96,7 @@ def test_a_run_with_non_finite_weights_is_kept_and_marked_diverged(tmp_path):
     run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo")
     assert verify(tmp_path / "zoo") == []
     t = zoo.open(tmp_path / "zoo").table.set_index("run")
-    assert t.loc["/zoo/run_0001", "diverged"] and not t.loc["/zoo/run_0000", "diverged"]
+    assert t.loc["/cns/zoo/cifar10/run_0001", "diverged"] and not t.loc["/cns/zoo/cifar10/run_0000", "diverged"]
 
 
 def test_weights_that_do_not_match_the_layout_are_refused_before_anything_is_written(tmp_path):

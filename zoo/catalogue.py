@@ -2,8 +2,11 @@
 
 Cards live in ``datasets/cards/*.toml`` in a clone; a wheel ships the same files as
 ``zoo/_catalogue/*.toml`` (see pyproject's package-dir mapping). A card says where the
-files are, their sha256 (or ``"unknown"`` when the publisher gives none), which importer
-converts them, and what the zoo holds. Cards are validated when read, naming the field.
+files are (exact per-file URLs), their checksums (sha256 and/or the md5 Zenodo publishes;
+``"unknown"`` when the publisher gives none), their sizes (measured or estimated), which
+importer converts them, what the zoo holds (nets shipped, nets usable), its licence,
+citation and DOI, and where each fact was read (``[provenance]``). Cards are validated
+when read, naming the field.
 """
 from __future__ import annotations
 
@@ -23,17 +26,31 @@ else:  # pragma: no cover
 UNKNOWN = "unknown"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
 FORMATS = ("lim2024", "smallcnnzoo", "modelzoos", "metazoo")
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file to download: where from, its sha256 (or "unknown"), its size if known."""
+    """One file to download: where from, its checksums (or "unknown"), its size if known.
+
+    ``size_measured``: the size was read off the server (else it is an estimate, checked
+    only for the free-disk test); ``optional``: the publisher may not ship it (a 404 is
+    then skipped, not an error); ``name_confirmed``: false where the file name could not
+    be read offline and ``zoo catalogue --check`` must confirm it."""
 
     url: str
     sha256: str = UNKNOWN
     filename: str = ""
     size_bytes: int = 0
+    md5: str = UNKNOWN
+    size_measured: bool = False
+    optional: bool = False
+    name_confirmed: bool = True
+
+    @property
+    def has_checksum(self) -> bool:
+        return self.sha256 != UNKNOWN or self.md5 != UNKNOWN
 
     @property
     def name(self) -> str:
@@ -42,9 +59,13 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class NetCount:
+    """``count`` nets shipped, of which ``usable`` (-1: not known) survive the upstream's own
+    filtering (NaN nets, runs cut short)."""
+
     count: int
     architecture: str
     data: str
+    usable: int = -1
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,8 @@ class Card:
     homepage: str = ""
     options: dict = field(default_factory=dict)
     notes: str = ""
+    doi: str = ""
+    provenance: dict = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -69,7 +92,9 @@ class Card:
     def to_toml_dict(self) -> dict:
         d = asdict(self)
         d.pop("path")
-        d["files"] = [{k: v for k, v in f.items() if v not in ("", 0)} for f in d["files"]]
+        defaults = asdict(SourceFile(url=""))
+        d["files"] = [{k: v for k, v in f.items() if k == "url" or v != defaults[k]} for f in d["files"]]
+        d["nets"] = [{k: v for k, v in n.items() if not (k == "usable" and v < 0)} for n in d["nets"]]
         d["import"] = d.pop("options")
         return {k: v for k, v in d.items() if v not in ("", {}, None)}
 
@@ -151,13 +176,23 @@ def card_from_dict(d: dict, where: str = "card", path: Path | None = None) -> Ca
         sha = str(f.get("sha256", UNKNOWN)).lower()
         if sha != UNKNOWN and not _SHA.match(sha):
             raise ZooError(f"{fw}.sha256 = {f.get('sha256')!r}: expected 64 hex digits or \"unknown\"")
+        md5 = str(f.get("md5", UNKNOWN)).lower()
+        md5 = md5.removeprefix("md5:")  # Zenodo's API writes "md5:<hex>"
+        if md5 != UNKNOWN and not _MD5.match(md5):
+            raise ZooError(f"{fw}.md5 = {f.get('md5')!r}: expected 32 hex digits (or md5:<hex>) or \"unknown\"")
         size = f.get("size_bytes", 0)
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ZooError(f"{fw}.size_bytes = {size!r}: expected an integer >= 0")
         filename = f.get("filename", "")
         if filename and ("/" in filename or "\\" in filename or filename in (".", "..")):
             raise ZooError(f"{fw}.filename = {filename!r}: a plain file name, no folders")
-        files.append(SourceFile(f["url"], sha, filename, size))
+        flags = {}
+        for key in ("size_measured", "optional", "name_confirmed"):
+            if key in f and not isinstance(f[key], bool):
+                raise ZooError(f"{fw}.{key} = {f[key]!r}: expected true or false")
+            if key in f:
+                flags[key] = f[key]
+        files.append(SourceFile(f["url"], sha, filename, size, md5, **flags))
     if not files:
         raise ZooError(f"{where}: field 'files' lists no file")
     nets = []
@@ -165,14 +200,20 @@ def card_from_dict(d: dict, where: str = "card", path: Path | None = None) -> Ca
         nw = f"{where}: nets[{i}]"
         if not isinstance(n, dict) or not isinstance(n.get("count"), int) or n["count"] < 0:
             raise ZooError(f"{nw}: needs 'count' (integer >= 0), 'architecture' and 'data'")
-        nets.append(NetCount(n["count"], str(n.get("architecture", UNKNOWN)), str(n.get("data", UNKNOWN))))
+        usable = n.get("usable", -1)
+        if not isinstance(usable, int) or isinstance(usable, bool) or usable > n["count"]:
+            raise ZooError(f"{nw}.usable = {usable!r}: expected an integer <= count ({n['count']})")
+        nets.append(NetCount(n["count"], str(n.get("architecture", UNKNOWN)), str(n.get("data", UNKNOWN)), usable))
     options = d.get("import", {})
     if not isinstance(options, dict):
         raise ZooError(f"{where}: [import] should be a table of importer options")
+    provenance = d.get("provenance", {})
+    if not isinstance(provenance, dict) or not all(isinstance(v, str) for v in provenance.values()):
+        raise ZooError(f"{where}: [provenance] should be a table of fact = \"where it was read\" lines")
     return Card(name=name, description=need("description"), format=fmt, files=tuple(files), nets=tuple(nets),
                 licence=need("licence"), citation=need("citation"), size=str(d.get("size", UNKNOWN)),
                 homepage=str(d.get("homepage", "")), options={k: str(v) for k, v in options.items()},
-                notes=str(d.get("notes", "")), path=path)
+                notes=str(d.get("notes", "")), doi=str(d.get("doi", "")), provenance=dict(provenance), path=path)
 
 
 def write_card(path, card: Card) -> None:

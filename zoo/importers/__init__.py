@@ -22,7 +22,7 @@ IMPORTERS = {
 }
 
 #: Keyword arguments every importer takes that are not format options.
-_COMMON = {"src", "out", "force", "source", "name"}
+_COMMON = {"src", "out", "force", "source", "name", "limits"}
 
 
 def options_of(fmt: str) -> list[str]:
@@ -36,15 +36,16 @@ def importer(fmt: str):
 
 
 def run_import(fmt: str, src, out, *, options: dict | None = None, force: bool = False,
-               name: str | None = None, source: dict | None = None) -> dict:
-    """Run the importer for ``fmt``; returns the written manifest."""
+               name: str | None = None, source: dict | None = None, limits=None) -> dict:
+    """Run the importer for ``fmt``; returns the written manifest. ``limits``: how far
+    archives may expand (:class:`zoo.safety.Limits`, default from the environment)."""
     fn = importer(fmt)
     options = dict(options or {})
     allowed = options_of(fmt)
     for k in options:
         if k not in allowed:
             raise ZooError(f"format {fmt!r} has no option {k!r}; allowed: {', '.join(allowed) or 'none'}")
-    return fn(src, out, force=force, name=name, source=source, **options)
+    return fn(src, out, force=force, name=name, source=source, limits=limits, **options)
 
 
 __all__ = ["IMPORTERS", "importer", "options_of", "run_import"]

@@ -2,7 +2,8 @@
 
 Upstream layout: a zip (one per zoo, on Zenodo) of per-net training folders, each holding
 
-* ``params.json`` -- the net's configuration (hyper-parameters, seed, ...);
+* ``params.json`` -- the net's configuration (hyper-parameters, seed, ...); when it is
+  absent, the ``config`` that Ray Tune writes into every ``result.json`` line;
 * ``result.json`` -- JSON lines, one per epoch, with ``training_iteration`` (the epoch) and
   metrics such as ``test_acc``, ``train_acc``, ``test_loss``, ``train_loss``;
 * ``checkpoint_<epoch>/checkpoints`` (also ``checkpoint_<epoch:06d>``) -- a torch state dict.
@@ -19,7 +20,7 @@ import json
 import math
 import re
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -27,9 +28,19 @@ import torch
 
 from ..errors import ZooError
 from ..layout import Layout, role_of
-from ..safety import load_tensors, unpacked
+from ..safety import Limits
 from ..store import ShardContent, metric_column
-from .common import RESERVED, SHARD_SIZE, ZooWriter, check_fraction, column_name, table_frame
+from .common import (
+    RESERVED,
+    SHARD_SIZE,
+    ZooWriter,
+    check_fraction,
+    column_name,
+    fingerprint_of,
+    progress,
+    table_frame,
+)
+from .source import Source
 
 _CKPT = re.compile(r"^checkpoint_0*(\d+)$")
 _ALIASES = {"test_acc": ("test_acc", "test_accuracy", "acc_test"),
@@ -37,44 +48,53 @@ _ALIASES = {"test_acc": ("test_acc", "test_accuracy", "acc_test"),
             "test_loss": ("test_loss", "loss_test"), "train_loss": ("train_loss", "loss_train")}
 
 
-def _net_dirs(root: Path) -> list[Path]:
-    dirs = {p.parent for p in root.rglob("result.json")}
-    return sorted(dirs, key=lambda p: str(p.relative_to(root)))
+def _net_dirs(names: list[str]) -> list[str]:
+    dirs = {str(PurePosixPath(n).parent) for n in names if PurePosixPath(n).name == "result.json"}
+    return sorted(dirs)
 
 
-def _epochs(net: Path) -> dict[int, Path]:
-    out = {}
-    for d in net.iterdir():
-        m = _CKPT.match(d.name)
-        if m and d.is_dir() and (d / "checkpoints").is_file():
-            out[int(m.group(1))] = d / "checkpoints"
+def _epochs(names: list[str]) -> dict[str, dict[int, str]]:
+    """net folder -> {epoch: member name of its ``checkpoint_<epoch>/checkpoints``}."""
+    out: dict[str, dict[int, str]] = {}
+    for n in names:
+        p = PurePosixPath(n)
+        if p.name == "checkpoints" and len(p.parts) >= 2:
+            m = _CKPT.match(p.parent.name)
+            if m:
+                out.setdefault(str(p.parent.parent), {})[int(m.group(1))] = n
     return out
 
 
-def _results(net: Path) -> dict[int, dict]:
-    path = net / "result.json"
+def _results(tree: Source, net: str) -> dict[int, dict]:
+    name = f"{net}/result.json" if net != "." else "result.json"
+    label = tree.label(name)
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(tree.read_bytes(name).decode("utf-8", "replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ZooError(f"{path} line {n}: not valid JSON ({e.msg})") from e
+            raise ZooError(f"{label} line {n}: not valid JSON ({e.msg})") from e
         if "training_iteration" not in row:
-            raise ZooError(f"{path} line {n}: no 'training_iteration' (the epoch of the row)")
+            raise ZooError(f"{label} line {n}: no 'training_iteration' (the epoch of the row)")
         out[int(row["training_iteration"])] = row
     return out
 
 
-def _params(net: Path) -> dict:
-    path = net / "params.json"
-    if not path.exists():
-        raise ZooError(f"{net}: params.json missing (each Model Zoos net folder has params.json, result.json)")
-    try:
-        return _flatten(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise ZooError(f"{path}: not valid JSON ({e.msg})") from e
+def _params(tree: Source, net: str, results: dict[int, dict]) -> dict:
+    """``params.json``, else the ``config`` Ray Tune writes into every ``result.json`` line."""
+    name = f"{net}/params.json" if net != "." else "params.json"
+    if name in tree.names:
+        try:
+            return _flatten(json.loads(tree.read_bytes(name)))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ZooError(f"{tree.label(name)}: not valid JSON ({e})") from e
+    config = next((r["config"] for r in results.values() if isinstance(r.get("config"), dict)), None)
+    if config is None:
+        raise ZooError(f"{tree.label(name)}: missing, and result.json has no 'config' either "
+                       f"(each Model Zoos net folder has params.json or a result.json with config)")
+    return _flatten(config)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -120,22 +140,29 @@ def _metrics(row: dict | None, where: str) -> dict:
 
 
 def import_modelzoos(src, out, *, epochs: str | None = None, name: str | None = None, force: bool = False,
-                     source: dict | None = None) -> dict:
+                     source: dict | None = None, limits: Limits | None = None) -> dict:
     """Convert a Model Zoos zip (or its extracted folder) into a metazoo zoo at ``out``.
 
     ``epochs``: comma-separated epochs to keep (default: every epoch all nets share)."""
-    with ZooWriter(out, force=force) as writer, unpacked(src, workdir=writer.out.parent) as root:
-        nets = _net_dirs(root)
+    options = {"epochs": epochs}
+    with ZooWriter(out, force=force, fingerprint=fingerprint_of("modelzoos", src, options, name)) as writer, \
+            Source(src, writer.scratch, limits) as tree:
+        nets = _net_dirs(tree.names)
         if not nets:
             raise ZooError(f"{src}: no net folders found (Model Zoos folders hold params.json, result.json "
                            f"and checkpoint_<epoch>/checkpoints)")
-        found = {n: _epochs(n) for n in nets}
+        all_epochs = _epochs(tree.names)
+        found = {n: all_epochs.get(n, {}) for n in nets}
         counts = Counter(e for eps in found.values() for e in eps)
         if epochs:
             try:
                 wanted = sorted({int(e) for e in str(epochs).split(",") if e.strip()})
             except ValueError as e:
                 raise ZooError(f"modelzoos option epochs = {epochs!r}: expected comma-separated integers") from e
+            absent = [e for e in wanted if e not in counts]
+            if absent:
+                raise ZooError(f"modelzoos option epochs = {epochs!r}: no net has a checkpoint for epoch {absent[0]} "
+                               f"(available: {', '.join(map(str, sorted(counts)))})")
         else:
             majority = len(nets) / 2
             wanted = sorted(e for e, c in counts.items() if c > majority)
@@ -145,53 +172,62 @@ def import_modelzoos(src, out, *, epochs: str | None = None, name: str | None = 
         dropped, kept = [], []
         for n in nets:
             miss = [e for e in wanted if e not in found[n]]
-            (dropped if miss else kept).append(n)
             if miss:
-                dropped[-1] = f"{n.relative_to(root)} (no checkpoint for epoch {miss[0]})"
+                dropped.append(f"{n} (no checkpoint for epoch {miss[0]})")
+            else:
+                kept.append(n)
         if not kept:
             raise ZooError(f"{src}: no net has checkpoints for every epoch in {wanted}")
 
         first = found[kept[0]][wanted[-1]]
-        layout, skipped = _state_layout(first, load_tensors(first))
+        layout, skipped = _state_layout(tree.label(first), tree.tensors(first))
         # Hyper-parameters of all nets at once, so every shard gets the same columns and types.
-        params = table_frame([{column_name(k, RESERVED): v for k, v in _params(n).items()} for n in kept])
-        params["source_dir"] = np.asarray([str(n.relative_to(root)) for n in kept], dtype=object)
-        for b in range(0, len(kept), SHARD_SIZE):
+        results_of = {n: _results(tree, n) for n in kept}
+        params = table_frame([{column_name(k, RESERVED): v for k, v in _params(tree, n, results_of[n]).items()}
+                              for n in kept])
+        params["source_dir"] = np.asarray(kept, dtype=object)
+        state = writer.resumed or {"next_block": 0}
+        bar = progress(total=len(kept), initial=state["next_block"], desc="importing nets", unit="net")
+        for b in range(state["next_block"], len(kept), SHARD_SIZE):
             block = kept[b:b + SHARD_SIZE]
             w = {ck: np.empty((len(block), layout.num_params), np.float32) for ck in ckpts.values()}
             buf = {ck: np.empty((len(block), layout.num_buffers), np.float32) for ck in ckpts.values()} \
                 if layout.buffers else None
             rows = []
             for i, net in enumerate(block):
-                results = _results(net)
+                results = results_of[net]
                 row = {}
                 finite = True
                 for e, ck in ckpts.items():
-                    path = found[net][e]
-                    sd = load_tensors(path)
+                    member = found[net][e]
+                    label = tree.label(member)
+                    sd = tree.tensors(member)
                     if not isinstance(sd, dict):
-                        raise ZooError(f"{path}: expected a state dict, found {type(sd).__name__}")
-                    lay, _ = _state_layout(path, sd)
+                        raise ZooError(f"{label}: expected a state dict, found {type(sd).__name__}")
+                    lay, _ = _state_layout(label, sd)
                     if not lay.same_tensors(layout):
-                        raise ZooError(f"{path}: tensors differ from the zoo's layout (taken from {first}): "
-                                       f"{_first_difference(lay, layout)}")
+                        raise ZooError(f"{label}: tensors differ from the zoo's layout (taken from "
+                                       f"{tree.label(first)}): {_first_difference(lay, layout)}")
                     w[ck][i] = layout.flatten(sd)
                     if buf is not None:
                         buf[ck][i] = layout.flatten_buffers(sd)
                     finite &= bool(np.isfinite(w[ck][i]).all())
-                    for k, v in _metrics(results.get(e), f"{net / 'result.json'} epoch {e}").items():
+                    for k, v in _metrics(results.get(e), f"{net}/result.json epoch {e}").items():
                         row[metric_column(k, ck)] = v
                 row["diverged"] = not finite or math.isnan(row["test_acc"])
                 rows.append(row)
+                bar.update(1)
             ids = np.arange(b, b + len(block))
             metrics = pd.DataFrame(rows)
             table = pd.concat([params.iloc[b:b + len(block)].reset_index(drop=True), metrics], axis=1)
             table["diverged"] = table["diverged"].astype(bool)
-            writer.add(ShardContent(ids=ids, weights=w, buffers=buf, table=table, layout=layout))
+            writer.add(ShardContent(ids=ids, weights=w, buffers=buf, table=table, layout=layout),
+                       state={"next_block": b + len(block)})
+        bar.close()
         return writer.finish(
             name=name or f"modelzoos-{Path(src).name.split('.')[0]}", net=None,
             source={"kind": "import", "format": "modelzoos", "path": str(src),
-                    "epochs": wanted, "dropped": [str(d) for d in dropped], "skipped_tensors": skipped,
+                    "epochs": wanted, "dropped": dropped, "skipped_tensors": skipped,
                     **(source or {})})
 
 
