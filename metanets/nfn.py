@@ -126,7 +126,7 @@ class _NFN(nn.Module):
         W, b = [], []
         for i, lay in enumerate(self.layers):
             w = x[:, lay.weight.slice].reshape(len(x), lay.n_out, lay.n_in, -1) / self.w_scale[i]
-            if lay.n_in != self.layers[i - 1].n_out and i > 0:  # dense after a flatten: inputs per channel
+            if i > 0 and lay.n_in != self.layers[i - 1].n_out:  # dense after a flatten: inputs per channel
                 c = self.layers[i - 1].n_out
                 w = w.reshape(len(x), lay.n_out, c, -1)
             W.append(w)

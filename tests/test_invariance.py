@@ -1,6 +1,5 @@
 """Permuting hidden channels of a net (function-preserving) leaves NFN's and the graph
 metanet's predictions unchanged and changes the plain MLP's."""
-import numpy as np
 import pytest
 import torch
 
