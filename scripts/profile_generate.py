@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Where the group trainer spends its time: a torch.profiler table of one short group run.
+"""Where the group trainer spends its time: a torch.profiler table of one short group run,
+then the device time and kernel count per step in categories (conv, norm, pointwise,
+copy/transpose, memcpy, other), the attribution GPU_PLAN section 6 asks for.
 
-  python scripts/profile_generate.py --device cuda --group-size 64 --bf16
+  python scripts/profile_generate.py --device cuda --group-size 128 --bf16 --channels-last
 """
 import argparse
 import sys
@@ -41,6 +43,37 @@ def main():
         trainer.train(jobs)
     key = "cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    steps = trainer.start(jobs).spe
+    print(categories(prof, args.device.startswith("cuda"), steps))
+
+
+#: Kernel-name fragments per category, first match wins (cuDNN, ATen and Triton names).
+CATEGORIES = (("memcpy", ("memcpy", "memset")),
+              ("copy/transpose", ("copy", "transpose", "nchwtonhwc", "nhwctonchw", "contiguous", "permute")),
+              ("conv", ("conv", "cudnn", "implicit_gemm", "wgrad", "dgrad", "sm90_xmma", "cutlass")),
+              ("norm", ("group_norm", "groupnorm", "batch_norm", "batchnorm", "layer_norm", "welford")),
+              ("pointwise", ("elementwise", "vectorized", "relu", "add", "mul", "where", "triton_poi", "fill")))
+
+
+def categories(prof, cuda: bool, steps: int) -> str:
+    """Device time (ms) and kernel launches per training step, by category."""
+    tot = {c: [0.0, 0] for c, _ in CATEGORIES}
+    tot["other"] = [0.0, 0]
+    for e in prof.events():
+        if cuda and e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        if not cuda and e.cpu_parent is not None:
+            continue  # CPU: top-level ops only, so no time counts twice
+        t = (e.device_time if cuda else e.cpu_time) / 1000
+        name = e.name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        tot[cat][0] += t
+        tot[cat][1] += 1
+    lines = [f"| category | {'device' if cuda else 'CPU'} ms/step | {'kernels' if cuda else 'ops'}/step |",
+             "| --- | --- | --- |"]
+    for c, (t, n) in tot.items():
+        lines.append(f"| {c} | {t / steps:.2f} | {n / steps:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,7 @@ def test_lim2024_schedule_warms_up_linearly_then_decays_to_zero():
 def test_augmentation_translates_flips_and_cuts_out_per_image():
     x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
     out = augment(x, flip=torch.tensor([False, True]), shift=torch.tensor([[1, 0], [0, 0]]),
-                  center=torch.tensor([[0, 0], [2, 2]]), translate=torch.tensor([1, 0]),
-                  cutout=torch.tensor([0, 2]))
+                  center=torch.tensor([[0, 0], [2, 2]]), translate=1, cutout=torch.tensor([0, 2]))
     # image 0: shifted down one row, zero row on top, no flip, no cutout
     assert torch.equal(out[0, 0, 1:], x[0, 0, :-1]) and torch.equal(out[0, 0, 0], torch.zeros(5))
     # image 1: flipped left-right, then a 2x2 hole starting at (1, 1)

@@ -196,14 +196,18 @@ def epoch_plan(gen: torch.Generator, subset: torch.Tensor, hp: dict, hw: tuple[i
     return {"order": order, "flip": flip & bool(hp["flip"]), "shift": shift, "center": center}
 
 
-def augment(x: torch.Tensor, flip, shift, center, translate, cutout) -> torch.Tensor:
-    """Augment a normalised batch ``x [N, C, H, W]`` on its device.
+def augment(x: torch.Tensor, flip, shift, center, translate: int, cutout) -> torch.Tensor:
+    """Augment a normalised batch ``x [N, C, H, W]`` on its device, with no host sync.
 
-    ``flip [N]`` bool, ``shift [N, 2]`` pixel offsets (zero-padded translation),
-    ``center [N, 2]`` cutout centres; ``translate``/``cutout`` are ``[N]`` sizes (0 = off)."""
+    ``flip [N]`` bool, ``shift [N, 2]`` pixel offsets (zero-padded translation, each within
+    its model's own range), ``center [N, 2]`` cutout centres. ``translate`` is a Python int:
+    the padding, at least the largest ``|shift|`` (a larger one gives the same images).
+    ``cutout`` is the square's side: a Python int when the whole batch shares it (every
+    preset), else an ``[N]`` tensor (0 = off). Sizes are host ints so that the step never
+    reads a device value back (which would block CUDA graphs and cost a sync per step)."""
     N, C, H, W = x.shape
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    T = int(translate.max()) if translate.numel() else 0
+    T = int(translate)
     if T:
         # Translate by gathering from a zero-padded copy at per-image row/column offsets.
         pad = F.pad(x, (T, T, T, T))
@@ -211,14 +215,14 @@ def augment(x: torch.Tensor, flip, shift, center, translate, cutout) -> torch.Te
         cols = (torch.arange(W, device=x.device)[None] + T - shift[:, 1:2])  # [N, W]
         pad = pad.gather(2, rows[:, None, :, None].expand(N, C, H, W + 2 * T))
         x = pad.gather(3, cols[:, None, None, :].expand(N, C, H, W))
-    S = int(cutout.max()) if cutout.numel() else 0
-    if S:
-        r = torch.arange(H, device=x.device)[None]
-        c = torch.arange(W, device=x.device)[None]
-        lo_r = center[:, 0:1] - cutout[:, None] // 2
-        lo_c = center[:, 1:2] - cutout[:, None] // 2
-        in_r = (r >= lo_r) & (r < lo_r + cutout[:, None])
-        in_c = (c >= lo_c) & (c < lo_c + cutout[:, None])
-        hole = in_r[:, :, None] & in_c[:, None, :]
-        x = x.masked_fill(hole[:, None], 0.0)  # 0 = the channel mean after normalisation
-    return x
+    if isinstance(cutout, int) and cutout == 0:
+        return x
+    side = cutout if isinstance(cutout, int) else cutout[:, None]
+    r = torch.arange(H, device=x.device)[None]
+    c = torch.arange(W, device=x.device)[None]
+    lo_r = center[:, 0:1] - side // 2
+    lo_c = center[:, 1:2] - side // 2
+    in_r = (r >= lo_r) & (r < lo_r + side)
+    in_c = (c >= lo_c) & (c < lo_c + side)
+    hole = in_r[:, :, None] & in_c[:, None, :]
+    return x.masked_fill(hole[:, None], 0.0)  # 0 = the channel mean after normalisation

@@ -105,19 +105,34 @@ class GroupState:
     def block(self, flat: torch.Tensor, t) -> torch.Tensor:
         return flat[t.offset * self.M: t.stop * self.M].view(self.M, *t.shape)
 
-    def params(self, dtype=torch.float32) -> dict:
-        flat = self.flat if dtype == self.flat.dtype else self.flat.to(dtype)
+    def params(self, dtype=torch.float32, flat: torch.Tensor | None = None) -> dict:
+        flat = self.flat if flat is None else flat
+        flat = flat if dtype == flat.dtype else flat.to(dtype)
         return {t.name: self.block(flat, t) for t in self.layout.tensors}
 
     def forward(self, x: torch.Tensor, training: bool, channels_last: bool = False,
-                dtype=torch.float32) -> torch.Tensor:
-        """``x [M, B, C, H, W]`` (model k's batch in row k) -> logits ``[M, B, K]``."""
+                dtype=torch.float32, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [M, B, C, H, W]`` (model k's batch in row k) -> logits ``[M, B, K]``.
+
+        ``flat``: the parameters to use (default ``self.flat``), an explicit input for
+        ``torch.compile``."""
         M, B = x.shape[:2]
         h = x.transpose(0, 1).reshape(B, M * x.shape[2], *x.shape[3:]).to(dtype)
         if channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        ops = GroupedOps(self.template, self.params(dtype), self.bn, M, training, self.mixes)
+        ops = GroupedOps(self.template, self.params(dtype, flat), self.bn, M, training, self.mixes)
         return self.template._run(h, ops)
+
+    @torch.no_grad()
+    def write_slot(self, k: int, net: ResNet) -> None:
+        """Overwrite model ``k``'s parameters (and BatchNorm statistics) with ``net``'s."""
+        named = dict(net.named_parameters())
+        for t in self.layout.tensors:
+            self.block(self.flat, t)[k].copy_(named[t.name].detach())
+        mods = dict(net.named_modules())
+        for key, buf in self.bn.items():
+            name, b = key.rsplit(".", 1)
+            buf[k].copy_(getattr(mods[name], b))
 
     def rows(self, flat: torch.Tensor | None = None) -> torch.Tensor:
         """``[M, P]`` in layout order (a copy) of ``flat`` (default: the parameters)."""

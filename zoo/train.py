@@ -6,6 +6,12 @@ and differ only in how the arithmetic is batched: the reference uses plain
 ``nn.Module`` layers and ``torch.optim``; the group runs M models as one wide net
 (``zoo.grouped``) with a vectorised optimizer. ``tests/test_train.py`` checks that a
 model comes out the same either way.
+
+Entry points: :class:`GroupTrainer` ``.train(jobs, slots=None)`` (whole models, with slot
+refill when ``slots`` < len(jobs)) and ``.start(jobs)`` (a :class:`GroupRun` to step by hand,
+as the benchmarks do); :func:`train_alone` and its stepper :class:`AloneRun`.
+:class:`TrainOptions` says how the arithmetic runs (bf16, channels-last, static shapes,
+torch.compile), never what is computed.
 """
 from __future__ import annotations
 
@@ -57,10 +63,28 @@ class TrainOptions:
     # cuDNN's default heuristics pick poor kernels for grouped convs with few channels per
     # group; benchmarking once per shape is far faster over a zoo's thousands of steps.
     cudnn_benchmark: bool = True
+    # Static shapes (GPU_PLAN Z1): every step of a group has the same shapes, so one compiled
+    # or CUDA-graphed step serves the whole run. The tail batch of an epoch is padded to the
+    # full batch with weight-0 samples (exact for GroupNorm nets, which normalise each image
+    # alone; BatchNorm nets keep their short tail batch, a second shape), and a model that
+    # finishes with no job left to take its slot stays in it, masked, instead of shrinking
+    # the group. Off by default on the CPU: the padded tail sums its loss in another order,
+    # so models would differ from earlier zoos in the last bits.
+    static_shapes: bool = False
+    # torch.compile(dynamic=False) of the group's forward + loss (implies static_shapes).
+    compile: bool = False
+    # With compile on CUDA: replay forward + backward as CUDA graphs (mode "reduce-overhead"),
+    # so a step costs a few launches whatever the depth of the net (GPU_PLAN Z4, in part:
+    # the optimizer update stays eager). No effect on the CPU.
+    cuda_graphs: bool = False
 
     def apply(self):
         if self.device.startswith("cuda"):
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+    @property
+    def static(self) -> bool:
+        return self.static_shapes or self.compile
 
 
 # ------------------------------------------------------------------ shared
@@ -95,29 +119,43 @@ def _schedule_tensors(hps, spe, device):
             torch.tensor([SCHEDULES.index(h["schedule"]) for h in hps], device=device))
 
 
-def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, smoothing) -> torch.Tensor:
+def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, smoothing, weight=None) -> torch.Tensor:
     """Cross-entropy with label smoothing, mean over the last batch dim: ``[..., B, K] -> [...]``.
 
-    Same formula as ``F.cross_entropy(label_smoothing=e)``, but ``e`` may differ per model."""
+    Same formula as ``F.cross_entropy(label_smoothing=e)``, but ``e`` may differ per model.
+    ``weight [B]`` (0 or 1) marks the real samples of a padded batch: the mean is over them."""
     logp = F.log_softmax(logits.float(), dim=-1)
     nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     smooth = -logp.mean(dim=-1)
     e = torch.as_tensor(smoothing, dtype=logp.dtype, device=logp.device)
-    return ((1 - e) * nll + e * smooth).mean(dim=-1)
+    per = (1 - e) * nll + e * smooth
+    if weight is None:
+        return per.mean(dim=-1)
+    return (per * weight).sum(dim=-1) / weight.sum()
 
 
 def _data_gen(job: Job) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(job.seed, "data"))
 
 
-def _batch(data: ImageData, idx, plan, sl, hp_t, bf16=False):
-    """Gather, normalise and augment the images ``idx [M, b]``; ``hp_t`` holds per-model tensors."""
+def _batch(data: ImageData, idx, plan, sl, translate: int, cutout):
+    """Gather, normalise and augment the images ``idx [M, b]`` (``translate``/``cutout``: see
+    :func:`zoo.data.augment`; a per-model ``cutout [M]`` tensor is spread over the images)."""
     M, b = idx.shape
     x = data.normalize(data.x_train[idx])  # [M, b, C, H, W]
+    if not isinstance(cutout, int):
+        cutout = cutout.repeat_interleave(b)
     x = augment(x.reshape(M * b, *x.shape[2:]), plan["flip"][:, sl].reshape(-1), plan["shift"][:, sl].reshape(-1, 2),
-                plan["center"][:, sl].reshape(-1, 2), hp_t["translate"].repeat_interleave(b),
-                hp_t["cutout"].repeat_interleave(b))
+                plan["center"][:, sl].reshape(-1, 2), translate, cutout)
     return x.view(M, b, *x.shape[1:]), data.y_train[idx]
+
+
+def _aug_sizes(hps: list[dict], device):
+    """Host-side augmentation sizes of a group: the translation padding and the cutout side
+    (an int when shared by the group, else a per-model tensor)."""
+    cut = {int(h["cutout"]) for h in hps}
+    cutout = cut.pop() if len(cut) == 1 else torch.tensor([int(h["cutout"]) for h in hps], device=device)
+    return max(int(h["translate"]) for h in hps), cutout
 
 
 def _stack_plans(plans, device):
@@ -129,129 +167,249 @@ def _hp_tensors(hps: list[dict], device) -> dict:
         return torch.tensor([h[k] for h in hps], dtype=dt, device=device)
 
     return {"lr": t("lr"), "weight_decay": t("weight_decay"), "label_smoothing": t("label_smoothing"),
-            "momentum": t("momentum"), "translate": t("translate", torch.long), "cutout": t("cutout", torch.long)}
+            "momentum": t("momentum")}
 
 
 # --------------------------------------------------------------- the group
 
+class GroupRun:
+    """M slots of one group training in lock step: one whole step at a time.
+
+    Every slot holds one model (or, in static mode, a finished one masked until the run ends).
+    Per-model state lives in ``[M]`` device tensors: hyper-parameters, the lr schedule, the
+    optimizer step count (Adam's bias correction), so a step never reads a value back to the
+    host. A finished model's slot can take a new job (:meth:`place`): fresh init, zeroed
+    optimizer state, its own generator, so the group keeps its shape (GPU_PLAN Z5)."""
+
+    def __init__(self, cfg: NetConfig, data: ImageData, jobs: list[Job], opts: TrainOptions):
+        self.cfg, self.data, self.opts = cfg, data, opts
+        dev = opts.device
+        hp0 = jobs[0].hp
+        self.kind = hp0["optimizer"]
+        self.spe = steps_per_epoch(len(data.y_train), hp0)
+        self.B = int(hp0["batch_size"])
+        self.hw = tuple(data.x_train.shape[2:])
+        self.dtype = torch.bfloat16 if opts.bf16 else torch.float32
+        self.g = GroupState.from_nets(build_net(cfg), [build_net(cfg, j.seed) for j in jobs], dev)
+        flat = self.g.flat.detach()
+        self.state = {"m": torch.zeros_like(flat), "v": torch.zeros_like(flat)} if self.kind == "adamw" \
+            else {"buf": torch.zeros_like(flat)}
+        self.jobs: list[Job | None] = list(jobs)
+        self.gens = [_data_gen(j) for j in jobs]
+        self.subsets = [train_subset(gen, len(data.y_train), j.hp["train_fraction"]) for gen, j in zip(self.gens, jobs)]
+        self.epoch = [0] * len(jobs)  # epochs done, per slot
+        self.fresh = set(range(len(jobs)))  # slots whose SGD momentum buffer starts at their next step
+        self._set_hp()
+        self.steps = torch.zeros(len(jobs), dtype=torch.float64, device=dev)  # optimizer steps taken, per slot
+        n = len(self.subsets[0])
+        self.n_tail = n - (self.spe - 1) * self.B  # real images in the last batch of an epoch
+        # GroupNorm normalises each image alone, so weight-0 padding leaves the real images'
+        # gradients as they are; BatchNorm mixes the batch, so it keeps the short tail shape.
+        self.pad_tail = opts.static and cfg.norm == "groupnorm" and self.n_tail < self.B
+        self._loss = self._compiled_loss() if opts.compile else self._forward_loss
+        self.plans_cpu: list[dict | None] = [None] * len(jobs)
+
+    @property
+    def M(self) -> int:
+        return self.g.M
+
+    def _set_hp(self):
+        dev = self.opts.device
+        hps = [j.hp for j in self.jobs if j is not None]
+        # Masked slots keep some finite values: their results are never read.
+        filled = [j.hp if j is not None else hps[0] for j in self.jobs]
+        self.hp_t = _hp_tensors(filled, dev)
+        self.totals, self.warms, self.kinds = _schedule_tensors(filled, self.spe, dev)
+        self.translate, self.cutout = _aug_sizes(filled, dev)
+
+    # ---------------------------------------------------------------- slots
+    @torch.no_grad()
+    def place(self, slot: int, job: Job):
+        """Put a new model into ``slot``: fresh init from its seed, zeroed optimizer state."""
+        net = build_net(self.cfg, job.seed)
+        self.g.write_slot(slot, net)
+        for buf in self.state.values():
+            for t in self.g.layout.tensors:
+                self.g.block(buf, t)[slot].zero_()
+        self.jobs[slot] = job
+        self.gens[slot] = _data_gen(job)
+        self.subsets[slot] = train_subset(self.gens[slot], len(self.data.y_train), job.hp["train_fraction"])
+        self.epoch[slot] = 0
+        self.fresh.add(slot)
+        self.steps[slot] = 0
+        self._set_hp()
+
+    def release(self, slot: int):
+        """Mark ``slot``'s model as finished: the slot computes on, masked, until refilled."""
+        self.jobs[slot] = None
+
+    def keep(self, slots: list[int]):
+        """Shrink the group to ``slots`` (dynamic shapes: no compute for finished models)."""
+        kt = torch.tensor(slots, device=self.opts.device)
+        self.g, self.state = self.g.subset(kt, self.state)
+        for name in ("jobs", "gens", "subsets", "epoch", "plans_cpu"):
+            setattr(self, name, [getattr(self, name)[k] for k in slots])
+        self.fresh = {i for i, k in enumerate(slots) if k in self.fresh}
+        self.steps = self.steps[kt]
+        self._set_hp()
+
+    # ---------------------------------------------------------------- steps
+    def start_epoch(self):
+        """Draw this epoch's data order and augmentation for every live slot."""
+        for k, j in enumerate(self.jobs):
+            if j is not None:
+                self.plans_cpu[k] = epoch_plan(self.gens[k], self.subsets[k], j.hp, self.hw)
+        self.plan = _stack_plans(self.plans_cpu, self.opts.device)
+        self.s = 0
+        self.bad = torch.zeros(self.M, dtype=torch.bool, device=self.opts.device)
+
+    def _forward_loss(self, flat, x, y, smoothing, weight):
+        logits = self.g.forward(x, training=True, channels_last=self.opts.channels_last, dtype=self.dtype, flat=flat)
+        return smoothed_ce(logits, y, smoothing, weight)
+
+    def _compiled_loss(self):
+        # dynamic=False: static shapes are the point; a second shape (a BatchNorm tail)
+        # compiles once more instead of going symbolic (GPU_PLAN F3).
+        mode = "reduce-overhead" if self.opts.cuda_graphs else None
+        return torch.compile(self._forward_loss, dynamic=False, mode=mode)
+
+    def step(self):
+        """One whole training step of every slot (batch ``self.s`` of the epoch)."""
+        B, s = self.B, self.s
+        sl = slice(s * B, (s + 1) * B)
+        order = self.plan["order"][:, sl]
+        plan, weight = self.plan, None
+        if self.pad_tail and order.shape[1] < B:
+            # Pad with the epoch's first images (any real images would do) at weight 0.
+            pad = B - order.shape[1]
+            plan = {k: torch.cat([v[:, sl], v[:, :pad]], dim=1) for k, v in self.plan.items()}
+            order, sl = plan["order"], slice(0, B)
+            weight = torch.cat([torch.ones(B - pad, device=order.device), torch.zeros(pad, device=order.device)])
+        x, y = _batch(self.data, order, plan, sl, self.translate, self.cutout)
+        loss = self._loss(self.g.flat, x, y, self.hp_t["label_smoothing"][:, None], weight)
+        finite = torch.isfinite(loss)
+        self.bad |= ~finite
+        # A model whose loss is not finite gets no gradient from it; its own NaNs stay in
+        # its own channels, since no op mixes models.
+        torch.where(finite, loss, torch.zeros_like(loss)).sum().backward()
+        factor = lr_factor(self.steps, self.totals, self.warms, self.kinds).float()
+        self.steps += 1
+        _optimizer_step(self.g, self.state, self.hp_t, factor, self.steps, self.kind, self.fresh)
+        self.fresh = set()
+        self.s += 1
+
+
+@torch.no_grad()
+def _optimizer_step(g: GroupState, st: dict, hp_t: dict, factor, t, kind: str, fresh: set):
+    """One optimizer step for every model; the same arithmetic as torch.optim.AdamW / SGD
+    (single-tensor path), with the learning rate, weight decay, momentum and step count
+    ``t [M]`` (float64, this step included) per model. ``fresh``: slots taking their first
+    SGD step (their momentum buffer starts as the gradient, as torch.optim's does)."""
+    p, grad = g.flat, g.flat.grad
+    lr_m = hp_t["lr"] * factor
+    lr = lr_m[g.model_of]
+    wd = hp_t["weight_decay"][g.model_of]
+    if kind == "adamw":
+        p.mul_(1 - lr * wd)
+        st["m"].lerp_(grad, 1 - BETAS[0])
+        st["v"].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
+        # Bias corrections in float64 on the device, rounded to fp32 as a Python scalar would be.
+        bc1 = (1 - BETAS[0] ** t).float()
+        sqrt_bc2 = torch.sqrt(1 - BETAS[1] ** t).float()
+        denom = (st["v"].sqrt() / sqrt_bc2[g.model_of]).add_(EPS)
+        p.addcdiv_(st["m"] * (-lr / bc1[g.model_of]), denom)
+    else:
+        d = grad.add(p * wd)
+        mom = hp_t["momentum"][g.model_of]
+        if fresh:
+            first = torch.zeros(g.M, dtype=torch.bool, device=p.device)
+            first[sorted(fresh)] = True
+            st["buf"] = torch.where(first[g.model_of], d, st["buf"] * mom + d)
+        else:
+            st["buf"].mul_(mom).add_(d)
+        p.add_(-lr * st["buf"])
+    g.flat.grad = None
+
+
 class GroupTrainer:
     """Trains jobs that share batch size, training fraction and optimizer, all at once.
 
-    Models may have different epoch counts: a model that finishes (or diverges) leaves
-    the group at the end of its epoch, so nobody computes for it afterwards. Callers
-    sort jobs by epochs before grouping so that members finish close together."""
+    Models may have different epoch counts. With ``slots`` below the number of jobs, the
+    first ``slots`` jobs start and each later one takes the slot of a model that finished
+    (slot refill): the group keeps its shape for the whole queue. A model that finishes with
+    no job waiting leaves the group at the end of its epoch (or, with static shapes, stays
+    in its slot, masked). Either way each model's result equals it trained alone."""
 
     def __init__(self, cfg: NetConfig, data: ImageData, checkpoints: list, opts: TrainOptions = TrainOptions()):
         self.cfg, self.data, self.opts = cfg, data, opts
         self.ckpt_epochs = [c for c in checkpoints if c != "final"]
 
-    def train(self, jobs: list[Job]) -> list[Result]:
-        dev, data = self.opts.device, self.data
+    def start(self, jobs: list[Job]) -> GroupRun:
+        """A run of ``jobs`` (one per slot), for benchmarks that time single steps."""
         self.opts.apply()
-        hp0 = jobs[0].hp
-        opt_kind = hp0["optimizer"]
-        template = build_net(self.cfg)
-        g = GroupState.from_nets(template, [build_net(self.cfg, j.seed) for j in jobs], dev)
+        return GroupRun(self.cfg, self.data, jobs, self.opts)
+
+    def train(self, jobs: list[Job], slots: int | None = None) -> list[Result]:
+        M = min(slots or len(jobs), len(jobs))
+        run = self.start(jobs[:M])
+        queue = list(jobs[M:])
         results = {j.model_id: Result(j.model_id, j.hp) for j in jobs}
-        active = list(jobs)
-        gens = [_data_gen(j) for j in active]
-        subsets = [train_subset(gen, len(data.y_train), j.hp["train_fraction"]) for gen, j in zip(gens, active)]
-        spe = steps_per_epoch(len(data.y_train), hp0)
-        B = int(hp0["batch_size"])
-        state = {"m": torch.zeros_like(g.flat.detach()), "v": torch.zeros_like(g.flat.detach())} \
-            if opt_kind == "adamw" else {"buf": torch.zeros_like(g.flat.detach())}
-        hp_t = _hp_tensors([j.hp for j in active], dev)
-        totals, warms, kinds = _schedule_tensors([j.hp for j in active], spe, dev)
-        hw = tuple(data.x_train.shape[2:])
-        step = 0
         if 0 in self.ckpt_epochs:
-            self._record(g, active, subsets, "epoch_0", results, range(len(active)))
-        max_epochs = max(j.hp["epochs"] for j in jobs)
-        dtype = torch.bfloat16 if self.opts.bf16 else torch.float32
-        for epoch in range(max_epochs):
-            plan = _stack_plans([epoch_plan(gen, sub, j.hp, hw) for gen, sub, j in zip(gens, subsets, active)], dev)
-            bad = torch.zeros(len(active), dtype=torch.bool, device=dev)
-            for s in range(spe):
-                sl = slice(s * B, (s + 1) * B)
-                x, y = _batch(data, plan["order"][:, sl], plan, sl, hp_t)
-                logits = g.forward(x, training=True, channels_last=self.opts.channels_last, dtype=dtype)
-                loss = smoothed_ce(logits, y, hp_t["label_smoothing"][:, None])
-                finite = torch.isfinite(loss)
-                bad |= ~finite
-                # A model whose loss is not finite gets no gradient from it; its own NaNs stay in
-                # its own channels, since no op mixes models.
-                torch.where(finite, loss, torch.zeros_like(loss)).sum().backward()
-                factor = lr_factor(step, totals, warms, kinds).float()
-                self._step(g, state, hp_t, factor, step + 1, opt_kind)
-                step += 1
-            done_epoch = epoch + 1
-            bad = bad.cpu().numpy()
-            leaving = []
-            for k, j in enumerate(active):
+            self._record(run, "epoch_0", results, range(M))
+        while any(j is not None for j in run.jobs):
+            run.start_epoch()
+            for _ in range(run.spe):
+                run.step()
+            bad = run.bad.cpu().numpy()  # the one host sync of an epoch
+            live = [k for k, j in enumerate(run.jobs) if j is not None]
+            for k in live:
+                run.epoch[k] += 1
                 if bad[k]:
-                    results[j.model_id].diverged = True
-                    results[j.model_id].diverged_epoch = done_epoch
+                    results[run.jobs[k].model_id].diverged = True
+                    results[run.jobs[k].model_id].diverged_epoch = run.epoch[k]
             # Checkpoints at this epoch (diverged models get every checkpoint they have not reached,
             # with the state they diverged in, so their rows stay complete).
-            for ck_epoch in self.ckpt_epochs:
-                sel = [k for k, j in enumerate(active) if ck_epoch == done_epoch or (bad[k] and ck_epoch > done_epoch)]
-                if sel and ck_epoch > 0:
-                    self._record(g, active, subsets, f"epoch_{ck_epoch}", results, sel)
-            finals = [k for k, j in enumerate(active) if bad[k] or j.hp["epochs"] == done_epoch]
-            if finals:
-                self._record(g, active, subsets, "final", results, finals)
-                leaving = finals
-            if leaving:
-                keep = [k for k in range(len(active)) if k not in set(leaving)]
-                if not keep:
-                    break
-                kt = torch.tensor(keep, device=dev)
-                g, state = g.subset(kt, state)
-                active = [active[k] for k in keep]
-                gens = [gens[k] for k in keep]
-                subsets = [subsets[k] for k in keep]
-                hp_t = {k: v[kt] for k, v in hp_t.items()}
-                totals, warms, kinds = totals[kt], warms[kt], kinds[kt]
+            for ck in self.ckpt_epochs:
+                sel = [k for k in live if ck == run.epoch[k] or (bad[k] and ck > run.epoch[k])]
+                if sel and ck > 0:
+                    self._record(run, f"epoch_{ck}", results, sel)
+            finals = [k for k in live if bad[k] or run.jobs[k].hp["epochs"] == run.epoch[k]]
+            if not finals:
+                continue
+            self._record(run, "final", results, finals)
+            for k in finals:
+                run.release(k)
+            placed = []
+            for k in finals:
+                if queue:
+                    run.place(k, queue.pop(0))
+                    placed.append(k)
+            if placed and 0 in self.ckpt_epochs:
+                self._record(run, "epoch_0", results, placed)
+            if not self.opts.static:
+                keep = [k for k, j in enumerate(run.jobs) if j is not None]
+                if keep and len(keep) < run.M:
+                    run.keep(keep)
         return [results[j.model_id] for j in jobs]
 
-    @staticmethod
     @torch.no_grad()
-    def _step(g: GroupState, st: dict, hp_t: dict, factor, t: int, kind: str):
-        """One optimizer step for every model; the same arithmetic as torch.optim.AdamW / SGD
-        (single-tensor path), with the learning rate, weight decay and momentum per model."""
-        p, grad = g.flat, g.flat.grad
-        lr = (hp_t["lr"] * factor)[g.model_of]
-        wd = hp_t["weight_decay"][g.model_of]
-        if kind == "adamw":
-            p.mul_(1 - lr * wd)
-            st["m"].lerp_(grad, 1 - BETAS[0])
-            st["v"].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
-            bc1, bc2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
-            denom = (st["v"].sqrt() / math.sqrt(bc2)).add_(EPS)
-            p.addcdiv_(st["m"] * (-lr / bc1), denom)
-        else:
-            d = grad.add(p * wd)
-            mom = hp_t["momentum"][g.model_of]
-            st["buf"] = d.clone() if t == 1 else st["buf"].mul_(mom).add_(d)
-            p.add_(-lr * st["buf"])
-        g.flat.grad = None
-
-    @torch.no_grad()
-    def _record(self, g: GroupState, active, subsets, ckpt: str, results: dict, sel):
-        """Store weights and metrics at checkpoint ``ckpt`` for the active models at positions ``sel``."""
-        keep = torch.tensor(list(sel), device=g.flat.device)
+    def _record(self, run: GroupRun, ckpt: str, results: dict, sel):
+        """Store weights and metrics at checkpoint ``ckpt`` for the models in slots ``sel``."""
+        sel = list(sel)
+        g = run.g
+        keep = torch.tensor(sel, device=g.flat.device)
         sub, _ = g.subset(keep) if len(sel) != g.M else (g, {})
         w = sub.effective_rows().cpu().numpy()
         bn = sub.bn_rows()
         bn = bn.cpu().numpy() if bn is not None else None
         data = self.data
         dev = g.flat.device
-        tr_idx = torch.stack([subsets[k] for k in sel]).to(dev)
+        tr_idx = torch.stack([run.subsets[k] for k in sel]).to(dev)
         te_idx = torch.arange(len(data.y_test), device=dev).expand(len(sel), -1)
         tr = _evaluate(sub, data.x_train, data.y_train, tr_idx, data, self.opts)
         te = _evaluate(sub, data.x_test, data.y_test, te_idx, data, self.opts)
         for r, k in enumerate(sel):
-            res = results[active[k].model_id]
+            res = results[run.jobs[k].model_id]
             res.weights[ckpt] = w[r]
             if bn is not None:
                 res.buffers[ckpt] = bn[r]
@@ -278,30 +436,61 @@ def _evaluate(g: GroupState, X, Y, idx, data: ImageData, opts: TrainOptions):
 
 # ----------------------------------------------------------- the reference
 
+class AloneRun:
+    """One model with plain ``nn.Module`` layers and ``torch.optim``, one step at a time
+    (the reference path, R0 in docs/BENCHMARKS.md)."""
+
+    def __init__(self, job: Job, cfg: NetConfig, data: ImageData, opts: TrainOptions):
+        dev = opts.device
+        opts.apply()
+        self.job, self.data, self.opts = job, data, opts
+        hp = self.hp = job.hp
+        self.net = build_net(cfg, job.seed).to(dev)
+        self.gen = _data_gen(job)
+        self.subset = train_subset(self.gen, len(data.y_train), hp["train_fraction"])
+        self.spe = steps_per_epoch(len(data.y_train), hp)
+        self.B = int(hp["batch_size"])
+        params = list(self.net.parameters())
+        if hp["optimizer"] == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=hp["lr"], betas=BETAS, eps=EPS, weight_decay=hp["weight_decay"],
+                                         foreach=False)
+        else:
+            self.opt = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
+                                       weight_decay=hp["weight_decay"], foreach=False)
+        self.totals, self.warms, self.kinds = _schedule_tensors([hp], self.spe, "cpu")
+        self.translate, self.cutout = _aug_sizes([hp], dev)
+        self.hw = tuple(data.x_train.shape[2:])
+        self.steps = 0
+
+    def start_epoch(self):
+        self.plan = _stack_plans([epoch_plan(self.gen, self.subset, self.hp, self.hw)], self.opts.device)
+        self.s = 0
+        self.bad = False
+
+    def step(self):
+        hp, B = self.hp, self.B
+        sl = slice(self.s * B, (self.s + 1) * B)
+        x, y = _batch(self.data, self.plan["order"][:, sl], self.plan, sl, self.translate, self.cutout)
+        loss = smoothed_ce(self.net(x[0]), y[0], hp["label_smoothing"])
+        finite = bool(torch.isfinite(loss))
+        self.bad |= not finite
+        for grp in self.opt.param_groups:
+            grp["lr"] = hp["lr"] * float(lr_factor(self.steps, self.totals, self.warms, self.kinds)[0].float())
+        self.opt.zero_grad(set_to_none=True)
+        torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).backward()
+        self.opt.step()
+        self.steps += 1
+        self.s += 1
+
+
 def train_alone(job: Job, cfg: NetConfig, data: ImageData, checkpoints: list,
                 opts: TrainOptions = TrainOptions()) -> Result:
     """Train one model with plain ``nn.Module`` layers and ``torch.optim`` (the reference path)."""
-    dev = opts.device
-    opts.apply()
-    hp = job.hp
-    net = build_net(cfg, job.seed).to(dev)
-    gen = _data_gen(job)
-    subset = train_subset(gen, len(data.y_train), hp["train_fraction"])
-    spe = steps_per_epoch(len(data.y_train), hp)
-    B = int(hp["batch_size"])
-    params = list(net.parameters())
-    if hp["optimizer"] == "adamw":
-        opt = torch.optim.AdamW(params, lr=hp["lr"], betas=BETAS, eps=EPS, weight_decay=hp["weight_decay"],
-                                foreach=False)
-    else:
-        opt = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-                              foreach=False)
-    hp_t = _hp_tensors([hp], dev)
-    totals, warms, kinds = _schedule_tensors([hp], spe, "cpu")
+    run = AloneRun(job, cfg, data, opts)
+    net, hp, dev = run.net, job.hp, opts.device
     res = Result(job.model_id, hp)
     ckpt_epochs = [c for c in checkpoints if c != "final"]
     layout = Layout.from_module(net)
-    hw = tuple(data.x_train.shape[2:])
 
     def record(ckpt):
         net.eval()
@@ -309,41 +498,29 @@ def train_alone(job: Job, cfg: NetConfig, data: ImageData, checkpoints: list,
         if layout.buffers:
             res.buffers[ckpt] = layout.flatten_buffers(net.buffer_state())
         vals = []
-        for X, Y, idx in ((data.x_train, data.y_train, subset.to(dev)),
+        for X, Y, idx in ((data.x_train, data.y_train, run.subset.to(dev)),
                           (data.x_test, data.y_test, torch.arange(len(data.y_test), device=dev))):
             with torch.no_grad():
                 logits = torch.cat([net(data.normalize(X[idx[i:i + opts.eval_batch]]))
                                     for i in range(0, len(idx), opts.eval_batch)])
             vals += [F.cross_entropy(logits, Y[idx]).item(), (logits.argmax(1) == Y[idx]).double().mean().item()]
-        res.metrics.update({metric_column(m, ckpt): float(v) for m, v in zip(METRICS, (vals[0], vals[1], vals[2], vals[3]))})
+        res.metrics.update({metric_column(m, ckpt): float(v) for m, v in zip(METRICS, vals)})
         net.train()
 
     if 0 in ckpt_epochs:
         record("epoch_0")
-    step = 0
     for epoch in range(hp["epochs"]):
-        plan = _stack_plans([epoch_plan(gen, subset, hp, hw)], dev)
-        bad = False
+        run.start_epoch()
         net.train()
-        for s in range(spe):
-            sl = slice(s * B, (s + 1) * B)
-            x, y = _batch(data, plan["order"][:, sl], plan, sl, hp_t)
-            loss = smoothed_ce(net(x[0]), y[0], hp["label_smoothing"])
-            finite = bool(torch.isfinite(loss))
-            bad |= not finite
-            for grp in opt.param_groups:
-                grp["lr"] = hp["lr"] * float(lr_factor(step, totals, warms, kinds)[0].float())
-            opt.zero_grad(set_to_none=True)
-            torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).backward()
-            opt.step()
-            step += 1
+        for _ in range(run.spe):
+            run.step()
         done = epoch + 1
-        if bad:
+        if run.bad:
             res.diverged, res.diverged_epoch = True, done
         for ck in ckpt_epochs:
-            if ck > 0 and (ck == done or (bad and ck > done)):
+            if ck > 0 and (ck == done or (run.bad and ck > done)):
                 record(f"epoch_{ck}")
-        if bad or done == hp["epochs"]:
+        if run.bad or done == hp["epochs"]:
             record("final")
             break
     return res

@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""One prepared GPU session: GPU_PLAN section 7 plus every figure issue 12 still waits for,
+each printed with its command, then one markdown block ready to paste into
+docs/BENCHMARKS.md (also written to --out). The default --minutes 8 covers the sections most
+needed (about a to f; compile times on the GPU are the unknown); --minutes 14 runs them all.
+
+  python scripts/gpu_check.py --out gpu_check.md              # on the GPU machine
+  python scripts/gpu_check.py --dry-run --out /tmp/dry.md      # CPU, tiny sizes: checks the script runs
+
+Sections, most important first; each runs as its own process with a time limit, so a
+failure or a hang costs that section only, and sections left when --minutes is spent are
+listed as skipped:
+
+  a  does F.group_norm keep a channels-last input channels-last (GPU_PLAN F1)?
+  b  group trainer vs R0 for lim2024-resnet8 and lim2024-wasym-resnet8 (bf16+cl, M=128 and 32)
+  c  R1 (compiled, CUDA-graphed one net) and R2 (k=4 R1 processes) in one run with R0
+  d  the static-shape group step eager vs torch.compile(dynamic=False), M=128 and M=32
+  e  a 20-step profile of M=128 bf16+cl with kernel categories and copy/transpose counts
+  f  fp32 group-vs-alone exactness on CUDA with TF32 off (plain; slot refill + static + compile)
+  g  end to end: `zoo generate` of a CIFAR-shaped shard (init, evaluation, HDF5 writes), models/h
+  h  metanet epoch times on a synthetic ResNet8 zoo, and a 2-epoch DMC profile
+
+The GPU machine has no internet: CIFAR-shaped random uint8 data stands in for CIFAR-10 (speed
+does not depend on pixel values), written to an .npz for the `zoo generate` section.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _gn_channels_last(device: str) -> str:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(8, 64, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        y = F.group_norm(x.to(dtype), 4)
+        outs.append(f"{dtype}: output channels-last = {y.is_contiguous(memory_format=torch.channels_last)}")
+    return "; ".join(outs)
+
+
+def _dmc_profile(device: str, models: int) -> str:
+    import torch
+
+    from metanets import data, train
+    from metanets.synthetic import make_zoo
+    from scripts.profile_generate import categories
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_zoo(Path(tmp) / "z", models=models, width=1.0, in_channels=3, shard_size=1024)
+        ws = data.load(path, device=device)
+        train.fit("dmc", ws, lr=1e-3, epochs=1, device=device)  # warm-up
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                        if device.startswith("cuda") else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            train.fit("dmc", ws, lr=1e-3, epochs=2, device=device)
+        key = "cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+        return table + "\n(per 'step' below = per epoch)\n" + categories(prof, device.startswith("cuda"), 2)
+
+
+def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
+    """(key, title, command or None for an in-process check, time limit in s)."""
+    bg = [PY, "scripts/bench_generate.py"]
+    if dry:
+        dev, big, small, frac = "cpu", 4, 2, "0.1"
+        presets = ("digits-resnet8", "digits-wasym-resnet8")
+        common = ["--device", dev, "--fraction", frac, "--windows", "2"]
+        r1 = ["--r1-compile", "off"]
+    else:
+        dev, big, small, frac = "cuda", 128, 32, "0.1"
+        presets = ("lim2024-resnet8", "lim2024-wasym-resnet8")
+        common = ["--device", dev, "--fraction", frac, "--windows", "5", "--min-window-s", "2"]
+        r1 = []
+    out = [("a", "GroupNorm keeps channels-last?", None, 60)]
+    for p in presets:
+        out.append(("b", f"group trainer vs R0, {p}",
+                    bg + common + ["--preset", p, "--variants", f"r0,group:{big}:bf16+cl,group:{small}:bf16+cl"], 120))
+    out.append(("c", "R1 and R2 against R0", bg + common + r1 + [
+        "--preset", presets[0], "--variants", "r0,r1,r2:2" if dry else "r0,r1,r2:4"], 240))
+    # dry run: no compiled variant (a 3-minute compile on a CPU), the eager fp32 one instead
+    eager, fast = ("fp32+static", "bf16+cl+static") if dry else ("bf16+cl+static", "bf16+cl+static+compile")
+    variants = [f"group:{small}:{eager}", f"group:{small}:{fast}", f"group:{big}:{eager}", f"group:{big}:{fast}"]
+    if not dry:  # CUDA graphs matter most at small M, where launches are a larger share
+        variants.insert(2, f"group:{small}:{fast}+graph")
+    out.append(("d", "static-shape group step, eager vs compiled (vs CUDA-graphed)", bg + common + [
+        "--preset", presets[0], "--variants", ",".join(variants)], 300))
+    out.append(("e", f"profile, M={big} bf16+cl", [PY, "scripts/profile_generate.py", "--device", dev, "--preset",
+                                                  presets[0], "--group-size", str(big), "--fraction",
+                                                  "0.02" if dry else "0.2", "--bf16", "--channels-last",
+                                                  "--rows", "20"], 60))
+    out.append(("f", "fp32 exactness, TF32 off", [PY, "scripts/check_group_exactness.py", "--device", dev,
+                                                  "--models", "2" if dry else "4", "--epochs", "1"], 60))
+    out.append(("f", "fp32 exactness with slot refill and static shapes" + ("" if dry else " + compile"),
+                [PY, "scripts/check_group_exactness.py", "--device", dev, "--models", "3" if dry else "6",
+                 "--epochs", "2", "--slots", "2" if dry else "3", "--static"] + ([] if dry else ["--compile"]), 120))
+    out.append(("g", "end to end: zoo generate of a CIFAR-shaped shard", None, 150))
+    out.append(("h", "metanet epoch times", [PY, "scripts/bench_metanets.py", "--device", dev, "--models",
+                                            "64" if dry else "2000", "--width", "0.25" if dry else "1.0",
+                                            "--in-channels", "1" if dry else "3", "--epochs", "1" if dry else "2",
+                                            "--windows", "2" if dry else "3", "--rows", "50"], 120))
+    out.append(("h", "DMC profile, 2 epochs", None, 90))
+    # Most needed first: when the budget runs out, what is left is what matters least. The
+    # order: a, b (resnet8), c, d, f (plain), b (wasym), g, e, h (metanets), f (refill), h (DMC).
+    out = [out[i] for i in (0, 1, 3, 4, 6, 2, 8, 5, 9, 7, 10)]
+    # a loaded 2-core CPU is far slower than the GPU these limits are sized for
+    return [(k, t, c, limit * 3 if dry else limit) for k, t, c, limit in out]
+
+
+def _shard_end_to_end(dry: bool, work: Path, limit: float) -> list[str]:
+    """`zoo generate` of one shard on CIFAR-shaped data, with the lim2024 recipe's epochs scaled
+    down to fit the session: models/h measured, and the 1,000-model shard projected from the
+    measured model-epochs/s at the paper's mean of 24 epochs."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_tr, n_te = (1000, 200) if dry else (50_000, 10_000)
+    np.savez(work / "cifar_shaped.npz", x_train=rng.integers(0, 256, (n_tr, 32, 32, 3), dtype=np.uint8),
+             y_train=rng.integers(0, 10, n_tr), x_test=rng.integers(0, 256, (n_te, 32, 32, 3), dtype=np.uint8),
+             y_test=rng.integers(0, 10, n_te))
+    models, lo, hi = (4, 1, 2) if dry else (128, 1, 3)
+    text = (ROOT / "zoo/presets/lim2024-resnet8.toml").read_text()
+    text = (text.replace('source = "cifar10"', f'source = "npz:{work}/cifar_shaped.npz"')
+            .replace("models = 10000", f"models = {models}").replace("models_per_shard = 1000",
+                                                                      f"models_per_shard = {models}")
+            .replace("low = 10, high = 40", f"low = {lo}, high = {hi}").replace("warmup_epochs = 5",
+                                                                                 "warmup_epochs = 1"))
+    (work / "spec.toml").write_text(text)
+    cmd = [PY, "-m", "zoo.cli", "generate", str(work / "spec.toml"), "--out", str(work / "zoo"),
+           "--device", "cpu" if dry else "cuda", "--group-size", "2" if dry else "128"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
+    wall = time.perf_counter() - t0
+    lines = [f"$ {shlex.join(cmd)}", (r.stdout + r.stderr)[-1500:]]
+    if r.returncode == 0:
+        import zoo
+
+        ep = float(zoo.open(work / "zoo").table["epochs"].sum())
+        lines.append(f"{models} models, {ep:.0f} model-epochs in {wall:.1f} s wall (process start, data load, init, "
+                     f"training, evaluation, HDF5 writes): {3600 * models / wall:,.0f} models/h at this epoch mix, "
+                     f"{ep / wall:.2f} model-epochs/s end to end; a 1,000-model shard at the paper's mean "
+                     f"24 epochs: {1000 * 24 / (ep / wall) / 3600:.2f} h")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check that every section runs")
+    ap.add_argument("--minutes", type=float, default=8.0, help="stop starting sections after this (default 8)")
+    ap.add_argument("--only", default=None, help="section letters to run, e.g. 'abc' (default all)")
+    ap.add_argument("--out", type=Path, default=Path("gpu_check.md"), help="markdown block written here")
+    args = ap.parse_args(argv)
+    if not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("gpu_check: no CUDA device here; use --dry-run for the CPU check of the script", file=sys.stderr)
+            return 2
+    dev = "cpu" if args.dry_run else "cuda"
+    start = time.perf_counter()
+    md = [f"### GPU check {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+          f"`python scripts/gpu_check.py{' --dry-run' if args.dry_run else ''}`", ""]
+    from zoo.benchtools import device_info
+
+    md += ["```", device_info(dev), "```"]
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, title, cmd, limit in sections(args.dry_run):
+            if args.only and key not in args.only:
+                continue
+            left = args.minutes * 60 - (time.perf_counter() - start)
+            if left < 10:
+                md += [f"#### {key}. {title}: skipped (the {args.minutes:g}-minute budget is spent)", ""]
+                continue
+            print(f"\n=== {key}. {title}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                if cmd is not None:
+                    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=min(limit, left))
+                    body = [f"$ {shlex.join(cmd[1:])}", _tail(r.stdout, r.stderr)]
+                    if r.returncode:
+                        failed.append(key)
+                        body.append(f"(exit status {r.returncode})")
+                elif key == "a":
+                    body = [_gn_channels_last(dev)]
+                elif key == "g":
+                    body = _shard_end_to_end(args.dry_run, Path(tmp), min(limit, left))
+                else:
+                    body = [_dmc_profile(dev, 64 if args.dry_run else 2000)]
+            except subprocess.TimeoutExpired as e:
+                failed.append(key)
+                body = [f"$ {shlex.join(cmd[1:])}", _tail(e.stdout, e.stderr), f"(stopped after {e.timeout:.0f} s)"]
+            except Exception as e:  # one section's failure must not cost the rest of a rare GPU session
+                failed.append(key)
+                body = [f"(failed: {type(e).__name__}: {e})"]
+            text = "\n".join(body)
+            print(text, flush=True)
+            md += [f"#### {key}. {title} ({time.perf_counter() - t0:.0f} s)", "```", text, "```", ""]
+    args.out.write_text("\n".join(md) + "\n")
+    print(f"\nmarkdown for docs/BENCHMARKS.md written to {args.out}"
+          + (f"; sections with problems: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _tail(out, err, n=4000) -> str:
+    def s(x):
+        return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+
+    # the warm-up/window progress lines are noise in the record; keep the result table
+    text = "\n".join(line for line in s(out).splitlines() if not line.startswith(("# warm-up", "# window")))
+    err = s(err).strip()
+    return (text[-n:] + (f"\n[stderr] {err[-800:]}" if err else "")).strip()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The benchmark scripts: the timing harness's method, and that the prepared GPU session's
+commands are valid (a rare GPU session must not be lost to a typo)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts import bench_generate, gpu_check  # noqa: E402
+from zoo.benchtools import Spread, Variant, alternate  # noqa: E402
+
+
+def test_variants_alternate_after_every_warm_up_and_report_median_min_max():
+    calls = []
+
+    def variant(name, seconds):
+        return Variant(name, lambda n: calls.append(name) or seconds.pop(0), work=2.0,
+                       warmup=lambda: calls.append(f"warm {name}"))
+
+    a, b = alternate([variant("A", [1.0, 2.0, 4.0]), variant("B", [1.0, 1.0, 1.0])], windows=3, progress=False)
+    assert calls == ["warm A", "warm B", "A", "B", "A", "B", "A", "B"]
+    assert a.rates == [2.0, 1.0, 0.5]
+    s = Spread(a.rates)
+    assert (s.median, s.n) == (1.0, 3) and s.fmt(1) == "1.0 [0.5, 2.0] n=3 (noisy)"
+    assert Spread(b.rates).fmt(1) == "2.0 [2.0, 2.0] n=3"
+    with pytest.raises(ValueError, match="windows = 0"):
+        alternate([a], windows=0)
+
+
+def test_a_window_is_lengthened_to_the_minimum_time_after_the_warm_up():
+    """A unit of 0.4 s and a 1 s minimum: windows of 3 units, the rate per unit's work."""
+    sizes = []
+
+    def window(n):
+        sizes.append(n)
+        return 0.4 * n
+
+    v, = alternate([Variant("A", window, work=1.0)], windows=2, min_window_s=1.0, progress=False)
+    assert sizes == [1, 3, 3] and v.units == 3
+    assert v.rates == pytest.approx([2.5, 2.5])
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_every_command_of_the_gpu_session_is_accepted_by_its_script(dry):
+    for key, title, cmd, limit in gpu_check.sections(dry):
+        if cmd is None:
+            continue
+        script = ROOT / cmd[1]
+        assert script.exists(), f"section {key}: {cmd[1]}"
+        if cmd[1].endswith("bench_generate.py"):
+            args = bench_generate.parse_args(cmd[2:])
+            for v in args.variants.split(","):
+                assert v.split(":")[0] in ("r0", "r1", "r2", "group"), v
+
+
+def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
+    args = bench_generate.parse_args(["--variants", "group:4:fp16"])
+    spec, cfg, _ = bench_generate.load_preset("digits-resnet8", "cpu")
+    with pytest.raises(SystemExit, match="unknown group option 'fp16'.*allowed: fp32, bf16, cl, static, compile"):
+        bench_generate.build_variants(args, spec, cfg, digits)
+    args = bench_generate.parse_args(["--variants", "group:4:static+graph"])
+    with pytest.raises(SystemExit, match="'graph' needs 'compile'"):
+        bench_generate.build_variants(args, spec, cfg, digits)
+
+
+@pytest.mark.slow
+def test_the_gpu_session_script_runs_end_to_end_in_its_cpu_dry_run(tmp_path, one_thread):
+    out = tmp_path / "gpu.md"
+    assert gpu_check.main(["--dry-run", "--only", "abg", "--minutes", "30", "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "output channels-last" in md and "model-epochs/s" in md and "models/h" in md
+    assert "group:4:bf16+cl" in md and "r0" in md
