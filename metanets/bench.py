@@ -1,10 +1,12 @@
 """The benchmark: every (zoo, metanet, seed) -> scores, with the paper's protocol.
 
-For each zoo and each metanet: a learning-rate sweep over :data:`train.LR_GRID` on
-seed 0 picks the rate with the best validation R² (``lr="auto"``; a number skips the
-sweep), then seeds ``0..N-1`` are trained at that rate and scored on the test split.
-The seed-0 run of the sweep *is* the seed-0 run at the chosen rate, so it is reused.
-All zoos of one table must predict the same target.
+For each zoo and each metanet: a learning-rate sweep over :data:`train.LR_GRID` (one
+run per rate, its own seed stream) picks the rate with the best validation R² among the
+runs that did not diverge (``lr="auto"``; a number or ``"paper"`` skips the sweep), then
+seeds ``0..N-1`` are trained afresh at that rate and scored on the test split, as the
+paper's ``paper_scripts/*.sh`` then ``final_*.sh`` do. Scores get bootstrap CIs and
+paired zoo comparisons (:mod:`metanets.uncertainty`). All zoos of one table must
+predict the same target.
 """
 from __future__ import annotations
 
@@ -13,22 +15,32 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from . import data, registry
+from . import data, registry, uncertainty
 from .errors import MetanetError
-from .train import BATCH_SIZE, EPOCHS, LR_GRID, FitResult, fit
+from .hparams import NotApplicable
+from .train import BATCH_SIZE, EPOCHS, LR_GRID, WEIGHT_DECAY, FitResult, best_lr, fit
+
+
+#: The paper's final learning rates (cptq/asymmetric-networks ``metanet/paper_scripts/final_*.sh``):
+#: metanet -> (rate on standard ResNet8s, rate on W-Asym ResNet8s). ``--lr paper`` uses them.
+PAPER_LR = {"mlp": (1e-2, 1e-4), "dmc": (1e-3, 5e-3), "deepsets": (1e-2, 5e-3), "statnn": (1e-3, 1e-2)}
+
+#: ``--protocol lim2024``: the paper's protocol exactly (train.py defaults, the lr grid of
+#: paper_scripts/*.sh, five runs per setting).
+LIM2024 = dict(epochs=EPOCHS, batch_size=BATCH_SIZE, lr="auto", lr_grid=LR_GRID, seeds=5)
+PROTOCOLS = ("custom", "lim2024")
 
 
 @dataclass
 class BenchConfig:
     """Options of one benchmark; validated by :meth:`check`."""
 
-    metanets: tuple = ("mlp", "dmc", "deepsets", "statnn", "statnn-gbm")
-    seeds: int = 5
-    epochs: int = EPOCHS
-    lr: str | float | dict = "auto"  # or {metanet: "auto" | rate}; unlisted metanets sweep
+    metanets: tuple = ("mlp", "dmc", "deepsets", "statnn", "statnn-gbm", "hparams")
+    seeds: int | dict = 5  # or {"*": default, metanet: n} (:func:`parse_per_metanet`)
+    epochs: int | dict = EPOCHS  # likewise
+    lr: str | float | dict = "auto"  # "paper", or {metanet: "auto" | "paper" | rate}; unlisted metanets sweep
     lr_grid: tuple = LR_GRID
     batch_size: int = BATCH_SIZE
     device: str = "cpu"
@@ -36,38 +48,70 @@ class BenchConfig:
     target: str | None = None
     checkpoint: str = "final"
     in_memory: bool | None = None  # None: load the zoo into memory when it fits
+    match_accuracy: bool = False  # also score on a common accuracy histogram and above chance
+    bootstrap: int = 1000  # resamples of the test nets per CI
+    bootstrap_seed: int = 0
+    protocol: str = "custom"
 
     def check(self) -> "BenchConfig":
         for n in self.metanets:
             registry.get(n)
         if not self.metanets:
             raise MetanetError(f"metanets={list(self.metanets)} names no metanet; known: {', '.join(registry.names())}")
-        if self.seeds < 1:
-            raise MetanetError(f"seeds={self.seeds} is invalid; allowed: >= 1")
-        if self.epochs < 1:
-            raise MetanetError(f"epochs={self.epochs} is invalid; allowed: >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise MetanetError(f"protocol={self.protocol!r} is invalid; allowed: {', '.join(PROTOCOLS)}")
+        if self.protocol == "lim2024":
+            for k, v in LIM2024.items():
+                if k == "lr" and self.lr == "paper":  # final_*.sh alone: the paper's rates, no sweep
+                    continue
+                if getattr(self, k) != v:
+                    raise MetanetError(f"--protocol lim2024 fixes {k.replace('_', '-')} = {v}; "
+                                       f"{getattr(self, k)!r} was given (drop the option or the protocol)")
+        for key in ("seeds", "epochs"):
+            value = getattr(self, key)
+            for name, v in (value.items() if isinstance(value, dict) else [("*", value)]):
+                if name != "*":
+                    registry.get(name)
+                if not isinstance(v, int) or v < 1:
+                    raise MetanetError(f"{key}={v!r}{'' if name == '*' else ' for ' + name} is invalid; "
+                                       f"allowed: an integer >= 1")
         if self.batch_size < 2:
             raise MetanetError(f"batch_size={self.batch_size} is invalid; allowed: >= 2")
+        if self.bootstrap < 10:
+            raise MetanetError(f"bootstrap={self.bootstrap} is invalid; allowed: >= 10 resamples")
         for name, lr in (self.lr.items() if isinstance(self.lr, dict) else [("", self.lr)]):
             if name:
                 registry.get(name)
-            if lr != "auto" and not (isinstance(lr, (int, float)) and lr > 0):
+            if lr not in ("auto", "paper") and not (isinstance(lr, (int, float)) and lr > 0):
                 raise MetanetError(f"lr={lr!r}{' for ' + name if name else ''} is invalid; "
-                                   f"allowed: 'auto' or a number > 0")
+                                   f"allowed: 'auto', 'paper' or a number > 0")
+            if lr == "paper" and name and name not in PAPER_LR:
+                raise MetanetError(f"lr=paper for {name}: the paper gives final rates only for "
+                                   f"{', '.join(PAPER_LR)}")
         if self.params not in data.PARAMS:
             raise MetanetError(f"params={self.params!r} is invalid; allowed: {', '.join(data.PARAMS)}")
         _check_device(self.device)
         return self
 
-    def lr_for(self, name: str):
-        """The learning rate of metanet ``name``: a number, or "auto" (sweep)."""
-        if isinstance(self.lr, dict):
-            return self.lr.get(name, "auto")
-        return self.lr
+    def seeds_for(self, name: str) -> int:
+        return self.seeds.get(name, self.seeds.get("*", 5)) if isinstance(self.seeds, dict) else self.seeds
+
+    def epochs_for(self, name: str) -> int:
+        return self.epochs.get(name, self.epochs.get("*", EPOCHS)) if isinstance(self.epochs, dict) else self.epochs
+
+    def lr_for(self, name: str, wasym: bool = False):
+        """The learning rate of metanet ``name`` on a (W-Asym) zoo: a number, or "auto" (sweep).
+
+        "paper" resolves to the paper's final rate (:data:`PAPER_LR`); metanets the paper
+        gives none for sweep."""
+        lr = self.lr.get(name, "auto") if isinstance(self.lr, dict) else self.lr
+        if lr == "paper":
+            return PAPER_LR[name][int(wasym)] if name in PAPER_LR else "auto"
+        return lr
 
 
 def parse_lr(text: str):
-    """``"auto"``, a positive float, or ``"mlp=auto,dmc=1e-3"`` (per metanet; others sweep)."""
+    """``"auto"``, ``"paper"``, a positive float, or ``"mlp=auto,dmc=1e-3"`` (per metanet; others sweep)."""
     text = str(text).strip()
     if "=" in text:
         out = {}
@@ -77,15 +121,28 @@ def parse_lr(text: str):
                 raise MetanetError(f"--lr {text!r} is invalid: write NAME=RATE pairs, e.g. mlp=auto,dmc=1e-3")
             out[name.strip().lower()] = parse_lr(value)
         return out
-    if text.lower() == "auto":
-        return "auto"
+    if text.lower() in ("auto", "paper"):
+        return text.lower()
     try:
         v = float(text)
     except ValueError:
-        raise MetanetError(f"--lr {text!r} is invalid; allowed: auto or a number > 0 (e.g. 1e-3)") from None
+        raise MetanetError(f"--lr {text!r} is invalid; allowed: auto, paper or a number > 0 (e.g. 1e-3)") from None
     if not (v > 0 and math.isfinite(v)):
-        raise MetanetError(f"--lr {text!r} is invalid; allowed: auto or a number > 0 (e.g. 1e-3)")
+        raise MetanetError(f"--lr {text!r} is invalid; allowed: auto, paper or a number > 0 (e.g. 1e-3)")
     return v
+
+
+def parse_per_metanet(text, option: str):
+    """``"20"`` -> 20; ``"20,dmc=5,deepsets=5"`` -> ``{"*": 20, "dmc": 5, "deepsets": 5}`` (integers)."""
+    out = {}
+    for part in str(text).split(","):
+        name, eq, value = part.rpartition("=") if "=" in part else ("*", "", part)
+        try:
+            out[name.strip().lower() or "?"] = int(value)
+        except ValueError:
+            raise MetanetError(f"{option} {text!r} is invalid; allowed: an integer, optionally followed by "
+                               f"NAME=N overrides, e.g. 20,dmc=5") from None
+    return out["*"] if list(out) == ["*"] else out
 
 
 def _check_device(device: str) -> None:
@@ -119,8 +176,22 @@ def zoo_labels(sets) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} ({ws.path.name})" for n, ws in zip(names, sets)]
 
 
+def zoo_facts(path) -> dict:
+    """What the report needs from a zoo's manifest: W-Asym or not, and chance accuracy."""
+    z = data.open_zoo(path)
+    net = z.manifest.get("net") or {}
+    z.close()
+    classes = net.get("num_classes")
+    return {"wasym": bool(net.get("wasym")), "num_classes": classes}
+
+
 def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
-    """Run the benchmark; return ``{"config", "zoos", "runs", "sweeps", "predictions"}``."""
+    """Run the benchmark; return ``{"config", "zoos", "runs", "sweeps", "predictions", "summary", "comparisons"}``.
+
+    ``runs`` holds every final run with its ``status`` ("ok", "diverged",
+    "nan_predictions") and a ``note``; only "ok" runs enter ``predictions`` and the
+    summary (which says how many seeds it counted). ``skipped`` lists the (zoo, metanet)
+    pairs that could not run at all, with the reason (shown as n/a)."""
     cfg.check()
     paths = [Path(p) for p in paths]
     if not paths:
@@ -131,63 +202,87 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
     labels = zoo_labels(sets)
     zoos = []
     for label, ws in zip(labels, sets):
+        facts = zoo_facts(ws.path)
+        is_acc = ws.target.endswith("acc")
         info = {"zoo": label, "path": str(ws.path), "target": ws.target, "params": cfg.params,
-                "num_inputs": ws.info.num_inputs, "streamed": isinstance(ws.x["train"], data.StreamedRows), "num_tensors": ws.info.num_tensors,
+                "num_inputs": ws.info.num_inputs, "streamed": isinstance(ws.x["train"], data.StreamedRows),
+                "num_tensors": ws.info.num_tensors, "wasym": facts["wasym"],
+                "chance": 1.0 / facts["num_classes"] if is_acc and facts["num_classes"] else None,
                 "diverged_excluded": ws.selection.n_diverged, "nonfinite_target_excluded": ws.selection.n_nonfinite,
                 **{f"n_{s}": int(len(ws.ids(s))) for s in data.SPLITS}}
         zoos.append(info)
         log(f"{label}: {info['n_train']}/{info['n_val']}/{info['n_test']} train/val/test nets, "
             f"{info['num_inputs']} inputs ({cfg.params}), {info['diverged_excluded']} diverged excluded")
-    total = sum((cfg.seeds if registry.get(m).kind == "sklearn" else
-                 cfg.seeds - 1 + (len(cfg.lr_grid) if cfg.lr_for(m) == "auto" else 1))
-                for m in cfg.metanets) * len(sets)
-    bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
-    runs, sweeps, preds, skipped = [], [], [], []
 
-    def record(label, ws, res: FitResult, into):
+    def n_runs(m, wasym):
+        if registry.get(m).kind == "sklearn":
+            return cfg.seeds_for(m)
+        return cfg.seeds_for(m) + (len(cfg.lr_grid) if cfg.lr_for(m, wasym) == "auto" else 0)
+
+    total = sum(n_runs(m, z["wasym"]) for m in cfg.metanets for z in zoos)
+    bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
+    runs, sweeps, preds = [], [], []
+
+    def record(label, res: FitResult, into):
         row = {"zoo": label, "metanet": res.metanet, "seed": res.seed, "lr": res.lr, "best_epoch": res.best_epoch,
                "val_r2": res.val_r2, "val_tau": res.val_tau, "test_r2": res.test_r2, "test_tau": res.test_tau,
-               "train_time_s": round(res.train_time_s, 3), "num_params": res.num_params,
-               "epochs": cfg.epochs if res.lr is not None else None}
+               "status": res.status, "note": res.note,
+               "train_time_s": round(res.train_time_s, 3), "cpu_time_s": round(res.cpu_time_s, 3),
+               "num_params": res.num_params, "epochs": cfg.epochs_for(res.metanet) if res.lr is not None else None}
         into.append(row)
+        if res.status != "ok":
+            log(f"{label}: {res.note}")
         bar.set_postfix_str(f"{res.metanet} on {label}: test R² {res.test_r2:.3f}")
         bar.update(1)
         return row
 
+    skipped = []
+
+    def not_applicable(label, m, reason, left):
+        skipped.append({"zoo": label, "metanet": m, "reason": reason})
+        log(f"{m} on {label}: n/a ({reason})")
+        bar.update(left)
+
     try:
-        for label, ws in zip(labels, sets):
+        for info, ws in zip(zoos, sets):
+            label = info["zoo"]
             for m in cfg.metanets:
-                reason = registry.unsupported(m, ws.info)
-                if reason:  # n/a in the table, with the reason; never a crash or a wrong answer
-                    skipped.append({"zoo": label, "metanet": m, "reason": reason})
-                    log(f"{m} on {label}: n/a ({reason})")
+                kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device)
+                lr = cfg.lr_for(m, info["wasym"])
+                check = getattr(registry.get(m), "unsupported", None)  # a metanet that reads only some nets
+                reason = check(ws.info) if check else None
+                if reason:
+                    not_applicable(label, m, reason, n_runs(m, info["wasym"]))
                     continue
-                kw = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, device=cfg.device)
-                done = {}
-                if registry.get(m).kind == "sklearn":
-                    lr = None
-                elif cfg.lr_for(m) == "auto":
-                    results, rows = [], {}
-                    for lr_try in cfg.lr_grid:
-                        r = fit(m, ws, lr=lr_try, seed=0, **kw)
-                        results.append(r)
-                        rows[lr_try] = record(label, ws, r, sweeps)
-                    scored = [r for r in results if np.isfinite(r.val_r2)]
-                    best = max(scored, key=lambda r: r.val_r2) if scored else results[0]
-                    lr, done[0] = best.lr, best
-                else:
-                    lr = float(cfg.lr_for(m))
-                for seed in range(cfg.seeds):
-                    if seed in done:
-                        res = done[seed]
-                        runs.append({**rows[lr], "from_sweep": True})
+                try:
+                    if registry.get(m).kind == "sklearn":
+                        lr = None
+                    elif lr == "auto":
+                        # the sweep's runs have their own seed stream: the final seeds are fresh runs
+                        results = [fit(m, ws, lr=r, seed=0, tag="sweep", **kw) for r in cfg.lr_grid]
+                        for r in results:
+                            record(label, r, sweeps)
+                        lr = best_lr(results)
+                        if lr is None:
+                            not_applicable(label, m, f"every rate of the lr sweep {list(cfg.lr_grid)} diverged "
+                                                     f"or gave non-finite predictions", cfg.seeds_for(m))
+                            continue
                     else:
+                        lr = float(lr)
+                    for seed in range(cfg.seeds_for(m)):
                         res = fit(m, ws, lr=lr, seed=seed, **kw)
-                        record(label, ws, res, runs)
-                    preds.append({"zoo": label, "metanet": m, "seed": seed, "model_id": ws.ids("test"),
-                                  "target": ws.selection.y["test"], "prediction": res.predictions["test"]})
+                        record(label, res, runs)
+                        if res.status == "ok":
+                            preds.append({"zoo": label, "metanet": m, "seed": seed, "model_id": ws.ids("test"),
+                                          "target": ws.selection.y["test"], "prediction": res.predictions["test"]})
+                except NotApplicable as e:
+                    not_applicable(label, m, str(e), n_runs(m, info["wasym"]))
     finally:
         bar.close()
-    return {"config": {**asdict(cfg), "metanets": list(cfg.metanets), "lr_grid": list(cfg.lr_grid)},
-            "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds, "skipped": skipped,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result = {"config": {**asdict(cfg), "metanets": list(cfg.metanets), "lr_grid": list(cfg.lr_grid),
+                         "weight_decay": WEIGHT_DECAY},
+              "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds, "skipped": skipped,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result["summary"], result["comparisons"] = uncertainty.summarize(
+        result, B=cfg.bootstrap, seed=cfg.bootstrap_seed, match=cfg.match_accuracy)
+    return result

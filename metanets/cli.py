@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -21,7 +22,14 @@ def main(argv=None) -> int:
             from .plugins import load_plugin
 
             load_plugin(p)
-        return int(args.func(args) or 0)
+        verification = contextlib.nullcontext()
+        if getattr(args, "no_verify", False):
+            from zoo.reader import skip_verification
+
+            print(f"metanets {args.command}: note: zoo shard checksums not verified (--no-verify)", file=sys.stderr)
+            verification = skip_verification()
+        with verification:
+            return int(args.func(args) or 0)
     except ZooError as e:
         print(f"metanets {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -41,23 +49,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
-        p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
+        p.add_argument("--epochs", default=str(EPOCHS),
+                       help=f"training epochs (default {EPOCHS}); bench also takes per-metanet overrides: "
+                            f"20,dmc=5")
         p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"batch size (default {BATCH_SIZE})")
         p.add_argument("--params", default="trainable", choices=("trainable", "all"),
                        help="feed only trainable parameters (default; drops W-Asym fixed entries) or all")
         p.add_argument("--target", default=None, help="table metric to predict (default: the zoo's, test_acc)")
         p.add_argument("--plugin", action="append", metavar="FILE",
                        help="a Python file registering extra metanets (repeatable)")
+        no_verify(p)
+
+    def no_verify(p):
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip the zoos' shard checksums (verified shards are remembered by size and mtime, "
+                            "so this saves time only on a zoo's first use)")
 
     b = sub.add_parser("bench", help="benchmark metanets on one or more zoos")
     b.add_argument("zoos", nargs="+", metavar="ZOO", help="zoo directories (written by `zoo`)")
-    b.add_argument("--metanets", default="mlp,dmc,deepsets,statnn,statnn-gbm",
-                   help="comma-separated metanet names (see `metanets list`)")
-    b.add_argument("--seeds", type=int, default=5, help="seeds per (metanet, zoo) (default 5)")
-    b.add_argument("--out", required=True, help="folder for results.{json,csv,md} and plots")
+    b.add_argument("--metanets", default="mlp,dmc,deepsets,statnn,statnn-gbm,hparams",
+                   help="comma-separated metanet names (see `metanets list`); hparams is the control "
+                        "that reads no weights")
+    b.add_argument("--seeds", default="5",
+                   help="fresh final runs per (metanet, zoo) (default 5), optionally per metanet: 3,dmc=2")
+    b.add_argument("--out", required=True, help="folder for results.{json,csv,md}, summary.csv and plots")
     b.add_argument("--lr", default="auto",
-                   help="auto (sweep the paper's grid on seed 0, pick by val R²), a rate, or per metanet: "
+                   help="auto (one run per rate of the paper's grid, pick by val R², never a diverged run), "
+                        "paper (the paper's final per-zoo rates, final_*.sh), a rate, or per metanet: "
                         "mlp=auto,dmc=1e-3")
+    b.add_argument("--protocol", default="custom", choices=("custom", "lim2024"),
+                   help="lim2024: the paper's protocol exactly (batch 128, 50 epochs, lr sweep over "
+                        "{1e-5,1e-4,5e-4,1e-3,5e-3,1e-2}, AdamW wd 1e-2, best-val-R² epoch, 5 runs); "
+                        "the options it fixes must be left at their defaults")
+    b.add_argument("--match-accuracy", action="store_true",
+                   help="also score every zoo on test nets resampled to the zoos' common accuracy "
+                        "histogram, and on the nets above chance accuracy")
+    b.add_argument("--bootstrap", type=int, default=1000,
+                   help="seeded resamples of the test nets per 95%% CI (default 1000)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
     b.add_argument("--stream", action="store_true",
                    help="read weights from HDF5 per batch instead of loading each zoo into memory "
@@ -85,29 +113,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV of model_id, target, prediction (default: print a summary)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--plugin", action="append", metavar="FILE")
+    no_verify(p)
     p.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="generate the two digits zoos (standard, W-Asym) and benchmark them")
     d.add_argument("--out", default="runs", help="folder for the zoos and results (default runs/)")
     d.add_argument("--models", type=int, default=None, help="models per zoo (default: the presets')")
     d.add_argument("--metanets", default=None, help="override the demo's metanet list")
-    d.add_argument("--seeds", type=int, default=None, help="override the demo's seeds")
-    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.add_argument("--seeds", default=None, help="override the demo's seeds (N or N,dmc=M)")
+    d.add_argument("--epochs", default=None, help="override the demo's epochs (N or N,dmc=M)")
     d.add_argument("--batch-size", type=int, default=None, help="override the demo's batch size")
     d.add_argument("--lr", default=None, help="override the demo's learning rate (auto = full sweep)")
+    d.add_argument("--bootstrap", type=int, default=None, help="override the demo's bootstrap resamples")
     d.add_argument("--device", default="cpu")
     d.add_argument("--no-progress", action="store_true")
+    no_verify(d)
     d.set_defaults(func=cmd_demo)
     return parser
+
+
+def check_out_dir(out) -> Path:
+    """Refuse an output folder that cannot be written, before any training starts."""
+    import os
+    import tempfile
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise MetanetError(f"--out {p}: is a file, not a folder; pass a folder for the results")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MetanetError(f"--out {p}: cannot write there ({e.strerror or e})") from None
+    return p
 
 
 def cmd_bench(args) -> int:
     from . import bench, registry, report
 
-    cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(args.metanets)), seeds=args.seeds,
-                            epochs=args.epochs, lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
+    cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(args.metanets)),
+                            seeds=bench.parse_per_metanet(args.seeds, "--seeds"),
+                            epochs=bench.parse_per_metanet(args.epochs, "--epochs"),
+                            lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
                             device=args.device, params=args.params, target=args.target,
-                            in_memory=False if args.stream else None)
+                            in_memory=False if args.stream else None, match_accuracy=args.match_accuracy,
+                            bootstrap=args.bootstrap, protocol=args.protocol).check()
+    check_out_dir(args.out)
     result = bench.run(args.zoos, cfg, progress=not args.no_progress)
     files = report.write(result, args.out)
     print(files["md"].read_text())
@@ -132,6 +185,10 @@ def cmd_train(args) -> int:
     from .train import LR_GRID, fit, sweep_lr
 
     name = registry.parse_names(args.metanet)[0]
+    args.epochs = bench.parse_per_metanet(args.epochs, "--epochs")
+    if isinstance(args.epochs, dict):
+        raise MetanetError(f"--epochs {args.epochs}: train takes one number of epochs")
+    persist.check_writable(args.out)
     bench.BenchConfig(metanets=(name,), epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                       params=args.params).check()
     lr = bench.parse_lr(args.lr)
@@ -141,13 +198,21 @@ def cmd_train(args) -> int:
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, device=args.device)
     if registry.get(name).kind == "sklearn":
         res = fit(name, ws, lr=None, seed=args.seed, **kw)
+    elif lr == "paper":
+        raise MetanetError("--lr paper: train takes one rate or auto; `metanets bench --lr paper` picks the "
+                           "paper's rate per zoo")
     elif lr == "auto":
         lr, results = sweep_lr(name, ws, LR_GRID, seed=args.seed, **kw)
+        if lr is None:
+            raise MetanetError(f"{name} on {args.zoo}: every rate of {list(LR_GRID)} diverged or gave "
+                               f"non-finite predictions")
         res = next(r for r in results if r.lr == lr)
     else:
         res = fit(name, ws, lr=lr, seed=args.seed, **kw)
     scores = {"val_r2": res.val_r2, "val_tau": res.val_tau, "test_r2": res.test_r2, "test_tau": res.test_tau,
               "lr": res.lr, "best_epoch": res.best_epoch, "seed": args.seed, "zoo": str(args.zoo)}
+    if res.status != "ok":
+        raise MetanetError(f"{res.note}; nothing saved")
     persist.save(args.out, name, res.model, ws.info, target=ws.target, meta=scores)
     print(f"{name} on {ws.name}: val R² {res.val_r2:.4f} τ {res.val_tau:.4f} | test R² {res.test_r2:.4f} "
           f"τ {res.test_tau:.4f}" + (f" (lr {res.lr:g}, best epoch {res.best_epoch})" if res.lr else "")
@@ -161,8 +226,12 @@ def cmd_predict(args) -> int:
 
     from . import data, persist, registry
     from .metrics import kendall_tau, r2
+    from .bench import _check_device
     from .train import predict
 
+    _check_device(args.device)
+    if args.out:
+        persist.check_writable(args.out, example="predictions.csv")
     name, model, info, rec = persist.load(args.model, args.device)
     ws = data.load(args.zoo, params=info.params, target=rec["target"], checkpoint=rec["checkpoint"],
                    device=args.device)
@@ -185,14 +254,19 @@ def cmd_predict(args) -> int:
           + (f"; wrote {args.out}" if args.out else ""))
     if not args.out:
         print(df.head(10).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return 0 if np.isfinite(df.prediction).all() else 1
+    bad = int((~np.isfinite(df.prediction)).sum())
+    if bad:
+        print(f"metanets predict: {name} from {args.model}: {bad} of {len(df)} predictions not finite",
+              file=sys.stderr)
+    return 0 if not bad else 1
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(args.out, models=args.models, metanets=args.metanets, seeds=args.seeds, epochs=args.epochs,
-             batch_size=args.batch_size, lr=args.lr, device=args.device, progress=not args.no_progress)
+             batch_size=args.batch_size, lr=args.lr, device=args.device, progress=not args.no_progress,
+             bootstrap=args.bootstrap)
     return 0
 
 

@@ -1,13 +1,24 @@
 """Saving and loading one trained metanet (``metanets train`` / ``metanets predict``).
 
-A file holds the metanet's registry name, the input layout it was built for, the
-target it predicts and its trained state (a ``state_dict``, or the fitted estimator
-for scikit-learn metanets). Loading unpickles: load only files you trust.
+A metanet file is a safetensors file: the tensors of the metanet's ``state_dict``
+plus, in the safetensors metadata, a JSON header (registry name, the input layout
+it was built for, target, checkpoint, scores). A scikit-learn metanet's fitted
+estimator is stored as a uint8 tensor holding a skops.io archive, which loads only
+allow-listed types. Nothing in a metanet file is ever run as code: loading a file
+from a stranger is safe.
+
+Files written by metazoo 0.1 were pickles (``torch.save``), which run code when
+loaded. They are refused; a file you trust converts once with
+``python -m metanets.persist convert OLD NEW`` (docs/FORMAT.md).
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import registry
@@ -15,21 +26,81 @@ from .data import InputInfo
 from .errors import MetanetError
 
 FORMAT = "metazoo-metanet"
-VERSION = 1
+VERSION = 2
+HEADER_KEY = "metazoo"
+SKLEARN_TENSOR = "__sklearn_skops__"
+#: Types a stored scikit-learn estimator may hold beyond skops' own trusted list.
+TRUSTED_SKLEARN_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
+CONVERT_HINT = ("if you trust where it came from, convert it once with "
+                "`python -m metanets.persist convert {path} NEW_FILE` (this loads it with pickle, "
+                "which can run code), then use NEW_FILE")
+
+
+def check_writable(path, example: str = "metanet.pt") -> Path:
+    """Refuse an output file we could not write, before hours of training."""
+    from zoo.store import check_writable_dir
+
+    path = Path(path)
+    if path.is_dir():
+        raise MetanetError(f"--out {path} is a folder; give a file name such as {path / example}")
+    check_writable_dir(path.parent, what="--out")
+    return path
 
 
 def save(path, name: str, model, info: InputInfo, *, target: str, checkpoint: str = "final",
          meta: dict | None = None) -> Path:
+    from safetensors.torch import save as st_save
+
+    from zoo.store import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cls = registry.get(name)
-    state = model.state_dict() if cls.kind == "torch" else model
+    header = {"format": FORMAT, "version": VERSION, "metanet": name, "info": info.to_dict(),
+              "target": target, "checkpoint": checkpoint, "plugin": getattr(cls, "plugin_path", None),
+              "meta": meta or {}, "kind": cls.kind}
     if cls.kind == "torch":
-        state = {k: v.detach().cpu() for k, v in state.items()}
-    torch.save({"format": FORMAT, "version": VERSION, "metanet": name, "info": info.to_dict(),
-                "target": target, "checkpoint": checkpoint, "plugin": getattr(cls, "plugin_path", None),
-                "meta": meta or {}, "state": state}, path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    else:
+        import skops.io as sio
+
+        tensors = {SKLEARN_TENSOR: torch.from_numpy(np.frombuffer(sio.dumps(model.model), np.uint8).copy())}
+    blob = st_save(tensors, metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
     return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    """(header, tensors) of a metanet file, read as data only."""
+    from safetensors import SafetensorError, safe_open
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip (local file header first) or, in its legacy mode, a bare pickle
+    if magic == b"PK\x03\x04" or magic[:1] == b"\x80":
+        raise MetanetError(f"{path} is an old pickle-based metanet file (metazoo 0.1), which could run code when "
+                           f"loaded, so it is refused; " + CONVERT_HINT.format(path=path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, ValueError, OSError) as e:
+        raise MetanetError(f"{path} is not a metanet file (not safetensors: {e})") from e
+    try:
+        header = json.loads(meta[HEADER_KEY])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise MetanetError(f"{path} is not a metanet file (no valid {HEADER_KEY!r} header: {e})") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise MetanetError(f"{path} is not a saved metanet (no {FORMAT!r} header)")
+    if header.get("version") != VERSION:
+        raise MetanetError(f"{path}: metanet file version {header.get('version')!r}; this metazoo reads {VERSION}")
+    return header, tensors
 
 
 def load(path, device="cpu"):
@@ -37,25 +108,94 @@ def load(path, device="cpu"):
     path = Path(path)
     if not path.is_file():
         raise MetanetError(f"{path}: no such metanet file")
-    try:
-        rec = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise MetanetError(f"{path} is not a saved metanet: {type(e).__name__}: {e}") from e
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise MetanetError(f"{path} is not a saved metanet (no {FORMAT!r} header)")
-    if rec.get("version") != VERSION:
-        raise MetanetError(f"{path}: metanet file version {rec.get('version')!r}; this metazoo reads {VERSION}")
-    name = rec["metanet"]
+    rec, tensors = _read(path)
+    name = rec.get("metanet")
     try:
         cls = registry.get(name)
     except MetanetError:
         hint = f" It came from plugin {rec['plugin']}: pass --plugin {rec['plugin']}." if rec.get("plugin") else ""
         raise MetanetError(f"{path}: metanet {name!r} is not registered.{hint}") from None
+    if rec.get("kind") != cls.kind:
+        raise MetanetError(f"{path}: holds a {rec.get('kind')!r} metanet but {name!r} is a {cls.kind!r} one")
+    try:
+        info = InputInfo.from_dict(rec["info"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise MetanetError(f"{path}: its input description is damaged ({e})") from e
+    if cls.kind == "torch":
+        model = cls(info)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise MetanetError(f"{path}: its tensors do not fit metanet {name!r}: {str(e).splitlines()[0]}") from e
+        model = model.to(device).eval()
+    else:
+        model = cls(info)
+        model.model = _load_estimator(path, tensors)
+    return name, model, info, rec
+
+
+def _load_estimator(path: Path, tensors: dict):
+    import skops.io as sio
+
+    if SKLEARN_TENSOR not in tensors:
+        raise MetanetError(f"{path}: no stored estimator ({SKLEARN_TENSOR!r} missing)")
+    data = tensors[SKLEARN_TENSOR].numpy().tobytes()
+    try:
+        untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in TRUSTED_SKLEARN_TYPES]
+        if untrusted:
+            raise MetanetError(f"{path}: its estimator holds types metazoo does not load ({', '.join(untrusted)}); "
+                               "refused (nothing from a metanet file runs as code)")
+        return sio.loads(data, trusted=list(TRUSTED_SKLEARN_TYPES))
+    except MetanetError:
+        raise
+    except Exception as e:  # skops raises many kinds on a damaged archive
+        raise MetanetError(f"{path}: its stored estimator is damaged or not a skops archive "
+                           f"({type(e).__name__}: {e})") from e
+
+
+def convert_legacy(src, dst) -> Path:
+    """Rewrite a metazoo 0.1 (pickle) metanet file in the weights-only format.
+
+    Unpickles ``src``: which runs any code it carries. Use only on files you trust."""
+    src = Path(src)
+    rec = torch.load(src, map_location="cpu", weights_only=False)  # trusted by the caller, see docstring
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT or rec.get("version") != 1:
+        raise MetanetError(f"{src} is not a metazoo 0.1 metanet file")
+    name = rec["metanet"]
+    cls = registry.get(name)
     info = InputInfo.from_dict(rec["info"])
     if cls.kind == "torch":
         model = cls(info)
         model.load_state_dict(rec["state"])
-        model = model.to(device).eval()
     else:
         model = rec["state"]
-    return name, model, info, rec
+    return save(dst, name, model, info, target=rec["target"], checkpoint=rec.get("checkpoint", "final"),
+                meta=rec.get("meta"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m metanets.persist",
+                                description="Convert a trusted metazoo 0.1 (pickle) metanet file to the "
+                                            "weights-only format. Loading the old file runs any code it holds: "
+                                            "convert only files you made yourself or otherwise trust.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="OLD (pickle, trusted) -> NEW (safetensors)")
+    c.add_argument("old")
+    c.add_argument("new")
+    c.add_argument("--plugin", action="append", metavar="FILE", help="plugin file registering the metanet")
+    args = p.parse_args(argv)
+    try:
+        for f in args.plugin or []:
+            from .plugins import load_plugin
+
+            load_plugin(f)
+        out = convert_legacy(args.old, args.new)
+    except MetanetError as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,14 +24,16 @@ def load_plugin(path) -> list[str]:
     # A stable module name per file (crc32, never the salted hash()), so loading the
     # same file twice re-registers the same classes instead of clashing.
     mod_name = f"metanets_plugin_{p.stem}_{zlib.crc32(str(p.resolve()).encode()):08x}"
+    # Built-ins first, so a plugin reusing a built-in name is the one refused (and blamed).
+    registry._load_builtins()
     spec = importlib.util.spec_from_file_location(mod_name, p)
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except MetanetError:
+    except MetanetError as e:
         sys.modules.pop(mod_name, None)
-        raise
+        raise MetanetError(f"plugin {p}: {e}") from e
     except Exception as e:  # the user's code: report it against the file, one line
         sys.modules.pop(mod_name, None)
         raise MetanetError(f"plugin {p} failed to import: {type(e).__name__}: {e}") from e

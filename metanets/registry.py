@@ -9,8 +9,9 @@ and get the same class. A metanet is either
 
 ``view`` names the weight-space input it reads (see :mod:`metanets.data`):
 ``"vector"`` ([B, D] flat parameters), ``"layers"`` (dict name -> [B, *shape]),
-``"stats"`` ([B, T, 7] per-tensor statistics) or ``"full"`` ([B, P] all parameters, fixed
-entries included, in ``info.full_layout``).
+``"stats"`` ([B, T, 7] per-tensor statistics), ``"hparams"`` ([B, k] sampled
+hyper-parameters from the zoo table, no weights: the control, :mod:`metanets.hparams`) or
+``"full"`` ([B, P] all parameters, fixed entries included, in ``info.full_layout``).
 
 A metanet that reads only some architectures defines ``unsupported(info) -> str | None``
 (a classmethod): the benchmark shows it as n/a with that reason instead of running it.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from .errors import MetanetError
 
-VIEWS = ("vector", "layers", "stats", "full")
+VIEWS = ("vector", "layers", "stats", "hparams", "full")
 KINDS = ("torch", "sklearn")
 
 _REGISTRY: dict[str, type] = {}
@@ -41,7 +42,11 @@ def register(name: str):
                                f"allowed: {', '.join(KINDS)}")
         old = _REGISTRY.get(name)
         if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise MetanetError(f"metanet name {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+            owner = (f"the built-in {old.__module__}.{old.__qualname__}" if old.__module__.startswith("metanets.")
+                     else f"{old.__module__}.{old.__qualname__}"
+                     + (f" from plugin {old.plugin_path}" if getattr(old, "plugin_path", None) else ""))
+            raise MetanetError(f"metanet name {name!r} of {cls.__module__}.{cls.__qualname__} is already "
+                               f"taken by {owner}; register it under another name")
         cls.registry_name = name
         cls.kind = kind
         _REGISTRY[name] = cls
@@ -52,13 +57,13 @@ def register(name: str):
 
 def _load_builtins() -> None:
     # Importing the modules runs their @register decorators.
-    from . import deepsets, dmc, gbm, graph, mlp, nfn, statnn  # noqa: F401
+    from . import deepsets, dmc, gbm, graph, hparams, mlp, nfn, statnn  # noqa: F401
 
 
 def names() -> list[str]:
     """Registered metanet names, built-ins first in the paper's order, then plugins."""
     _load_builtins()
-    order = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm", "nfn-np", "nfn-hnp", "graph"]
+    order = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm", "statnn-std", "hparams", "nfn-np", "nfn-hnp", "graph"]
     return [n for n in order if n in _REGISTRY] + sorted(n for n in _REGISTRY if n not in order)
 
 

@@ -9,68 +9,129 @@ import pandas as pd
 
 from zoo.store import write_json
 
-from .metrics import mean_std
+
+
+VIEW_TITLES = {"all": "all test nets",
+               "matched": "test nets resampled to the zoos' common accuracy histogram (--match-accuracy)",
+               "above_chance": "test nets above chance accuracy"}
 
 
 def summary(result: dict) -> pd.DataFrame:
-    """One row per (metanet, zoo): mean and std over seeds of test R² and tau, and the lr used."""
-    runs = pd.DataFrame(result["runs"])
-    rows = []
-    if runs.empty:  # every metanet n/a on every zoo
-        return pd.DataFrame(columns=["metanet", "zoo", "r2_mean", "r2_std", "tau_mean", "tau_std", "seeds", "lr"])
-    for (m, z), g in runs.groupby(["metanet", "zoo"], sort=False):
-        r2m, r2s = mean_std(g["test_r2"])
-        tm, ts = mean_std(g["test_tau"])
-        lrs = sorted({x for x in g["lr"] if x is not None and not (isinstance(x, float) and math.isnan(x))})
-        rows.append({"metanet": m, "zoo": z, "r2_mean": r2m, "r2_std": r2s, "tau_mean": tm, "tau_std": ts,
-                     "seeds": len(g), "lr": lrs[0] if len(lrs) == 1 else None,
-                     "train_time_s": float(g["train_time_s"].sum())})
-    return pd.DataFrame(rows)
+    """One row per (metanet, zoo, view): mean ± std over counted seeds, 95% bootstrap CI, seeds counted."""
+    return pd.DataFrame(result.get("summary") or [])
 
 
-def _pm(mean, std, digits=3):
-    return "n/a" if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _num(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def markdown(result: dict) -> str:
-    """Rows = metanets, columns = zoo x {R², tau}: test-split mean ± std over seeds."""
-    s = summary(result)
-    zoos = [z["zoo"] for z in result["zoos"]]
-    skipped = {(k["metanet"], k["zoo"]): k["reason"] for k in result.get("skipped", [])}
-    metanets = [m for m in result["config"]["metanets"] if m in set(s.get("metanet", [])) | {k[0] for k in skipped}]
-    target = result["zoos"][0]["target"] if result["zoos"] else "?"
-    head = "| metanet | " + " | ".join(f"{z} R² | {z} τ" for z in zoos) + " |"
-    sep = "| --- |" + " --- | --- |" * len(zoos)
-    lines = [head, sep]
+def _fmt(v) -> str:
+    return f"{v:.3f}" if _num(v) else "n/a"
+
+
+def _cell(r, k: str) -> str:
+    if not _num(r[f"{k}_mean"]):
+        return "n/a"
+    text = f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}"
+    if _num(r[f"{k}_lo"]):
+        text += f" [{r[f'{k}_lo']:.2f}, {r[f'{k}_hi']:.2f}]"
+    if r["seeds_counted"] < r["seeds_total"]:
+        text += f" ({r['seeds_counted']}/{r['seeds_total']} seeds)"
+    return text
+
+
+def _table(s: pd.DataFrame, zoos, metanets, view: str) -> list[str]:
+    lines = ["| metanet | " + " | ".join(f"{z} R² | {z} τ" for z in zoos) + " |",
+             "| --- |" + " --- | --- |" * len(zoos)]
     for m in metanets:
         cells = []
         for z in zoos:
-            r = s[(s.metanet == m) & (s.zoo == z)] if len(s) else s
-            if (m, z) in skipped:
-                cells += ["n/a", "n/a"]
-            elif r.empty:
-                cells += ["", ""]
-            else:
-                r = r.iloc[0]
-                cells += [_pm(r.r2_mean, r.r2_std), _pm(r.tau_mean, r.tau_std)]
+            r = s[(s.metanet == m) & (s.zoo == z) & (s.view == view)]
+            cells += ["", ""] if r.empty else [_cell(r.iloc[0], "r2"), _cell(r.iloc[0], "tau")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _diff(c, k) -> str:
+    if c is None or not _num(c[f"{k}_diff"]):
+        return "n/a"
+    ci = f" [{c[f'{k}_lo']:+.2f}, {c[f'{k}_hi']:+.2f}]" if _num(c[f"{k}_lo"]) else ""
+    return f"{c[f'{k}_diff']:+.3f}{ci}"
+
+
+def markdown(result: dict) -> str:
+    """Tables (rows = metanets, columns = zoo x {R², τ}) per view, paired zoo comparisons, notes."""
+    s = summary(result)
+    zoos = [z["zoo"] for z in result["zoos"]]
+    metanets = list(dict.fromkeys(s["metanet"])) if len(s) else []
+    views = list(dict.fromkeys(s["view"])) if len(s) else ["all"]
+    target = result["zoos"][0]["target"] if result["zoos"] else "?"
     cfg = result["config"]
+    parts = []
+    for v in views:
+        head = [] if v == "all" else [f"**{VIEW_TITLES[v]}**", ""]
+        parts.append("\n".join(head + _table(s, zoos, metanets, v)))
+    comps = pd.DataFrame(result.get("comparisons") or [])
+    if len(comps):
+        lines = [f"**paired comparison: zoo minus {comps.vs.iloc[0]}** (difference of seed means, "
+                 f"95% CI over seeds and test-net resamples)", "",
+                 "| metanet | zoo | " + " | ".join(f"ΔR² {v} | Δτ {v}" for v in views) + " |",
+                 "| --- | --- |" + " --- | --- |" * len(views)]
+        for (m, z), g in comps.groupby(["metanet", "zoo"], sort=False):
+            by = {r.view: r._asdict() for r in g.itertuples()}
+            cells = [x for v in views for x in (_diff(by.get(v), "r2"), _diff(by.get(v), "tau"))]
+            lines.append(f"| {m} | {z} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
     lr = cfg["lr"]
-    if isinstance(lr, dict):
-        how = ", ".join(f"{k} {v}" for k, v in lr.items()) + "; others auto"
-    else:
-        how = str(lr)
-    notes = [f"Test-split R² and Kendall τ predicting `{target}` from weights ({cfg['params']} parameters); "
-             f"mean ± std over {cfg['seeds']} seed(s); {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
-             f"lr {how} (auto = chosen by validation R² of seed 0 over {cfg['lr_grid']})."]
+    how = (", ".join(f"{k} {v}" for k, v in lr.items()) + "; others auto") if isinstance(lr, dict) else str(lr)
+    notes = [f"Test-split R² and Kendall τ predicting `{target}` from weights ({cfg['params']} parameters): "
+             f"mean ± std over the seeds counted (runs that diverged or predicted nan are not counted), "
+             f"[95% bootstrap CI over test nets, {cfg['bootstrap']} seeded resamples]; "
+             f"seeds {_per(cfg['seeds'])}, epochs {_per(cfg['epochs'])}, batch {cfg['batch_size']}, AdamW wd {cfg.get('weight_decay', 1e-2):g}, "
+             f"lr {how} (auto = best validation R² over {cfg['lr_grid']}, one sweep run per rate, "
+             f"then fresh seeds); protocol {cfg.get('protocol', 'custom')}."]
+    if result.get("match"):
+        mt = result["match"]
+        notes.append(f"- matched: {mt['bins']} equal-width bins of the pooled test-target range; the common "
+                     f"histogram holds {mt['overlap']:.0%} of each zoo's test nets; effective nets per zoo: "
+                     + ", ".join(f"{z} {n:.0f}" for z, n in mt["n_eff"].items()))
+    runs = pd.DataFrame(result["runs"], columns=["zoo", "metanet", "lr"])
     for z in result["zoos"]:
-        lrs = ", ".join(f"{r.metanet} {r.lr:g}" for r in s[s.zoo == z["zoo"]].itertuples()
-                        if r.lr is not None and np.isfinite(r.lr))
+        lrs = ", ".join(f"{m} {g['lr'].iloc[0]:g}" for m, g in runs[runs.zoo == z["zoo"]].groupby("metanet", sort=False)
+                        if _num(g["lr"].iloc[0]))
+        chance = f", chance {z['chance']:.3g}" if z.get("chance") else ""
         notes.append(f"- {z['zoo']}: {z['n_train']}/{z['n_val']}/{z['n_test']} train/val/test nets, "
-                     f"{z['num_inputs']} inputs, {z['diverged_excluded']} diverged excluded"
+                     f"{z['num_inputs']} inputs, {z['diverged_excluded']} diverged nets excluded{chance}"
                      + (f"; lr: {lrs}" if lrs else ""))
-    notes += [f"- n/a: {m} on {z}: {why}" for (m, z), why in skipped.items()]
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    for r in s[s.view == "all"].itertuples() if len(s) else []:
+        if r.note.startswith("n/a: "):
+            notes.append(f"- n/a: {r.metanet} on {r.zoo}: {r.note[5:]}")
+        elif r.note:
+            notes.append(f"- {r.metanet} on {r.zoo}: {r.note}")
+    return "\n\n".join(parts) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _per(v) -> str:
+    """``20`` or ``{"*": 20, "dmc": 5}`` -> ``"20"`` / ``"20 (dmc 5)"``."""
+    if not isinstance(v, dict):
+        return str(v)
+    rest = ", ".join(f"{k} {x}" for k, x in v.items() if k != "*")
+    return f"{v.get('*')} ({rest})" if rest else str(v.get("*"))
+
+
+def strict(obj):
+    """``obj`` with every non-finite float replaced by None, so it dumps as strict JSON."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def write(result: dict, out) -> dict:
@@ -78,11 +139,16 @@ def write(result: dict, out) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    body = {k: v for k, v in result.items() if k != "predictions"}
+    body = strict({k: v for k, v in result.items() if k != "predictions"})
     write_json(out / "results.json", body)
     files["json"] = out / "results.json"
     pd.DataFrame(result["runs"]).to_csv(out / "results.csv", index=False)
     files["csv"] = out / "results.csv"
+    summary(result).to_csv(out / "summary.csv", index=False)
+    files["summary"] = out / "summary.csv"
+    if result.get("comparisons"):
+        pd.DataFrame(result["comparisons"]).to_csv(out / "comparisons.csv", index=False)
+        files["comparisons"] = out / "comparisons.csv"
     (out / "results.md").write_text(markdown(result))
     files["md"] = out / "results.md"
     if result.get("predictions"):
@@ -92,7 +158,7 @@ def write(result: dict, out) -> dict:
         pd.concat(frames, ignore_index=True).to_csv(out / "predictions.csv", index=False)
         files["predictions"] = out / "predictions.csv"
         files["scatter"] = plot_scatter(result, out / "pred_vs_true.png")
-    if result["runs"]:
+    if len(summary(result)):
         files["bars"] = plot_bars(result, out / "zoos_bar.png")
     return files
 
@@ -124,8 +190,8 @@ def plot_scatter(result: dict, path) -> Path:
             ax.scatter(y, yhat, s=6, alpha=0.6)
             lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            r = s[(s.metanet == m) & (s.zoo == z)].iloc[0]
-            ax.set_title(f"{m} | {z}\nR² {r.r2_mean:.3f}  τ {r.tau_mean:.3f}", fontsize=8)
+            r = s[(s.metanet == m) & (s.zoo == z) & (s.view == "all")].iloc[0]
+            ax.set_title(f"{m} | {z} | seed 0\nR² {_fmt(r.r2_mean)}  τ {_fmt(r.tau_mean)} (seed mean)", fontsize=8)
             ax.set_xlabel(f"true {result['zoos'][j]['target']}", fontsize=8)
             ax.set_ylabel("predicted", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -136,9 +202,10 @@ def plot_scatter(result: dict, path) -> Path:
 
 
 def plot_bars(result: dict, path) -> Path:
-    """Test R² and tau (mean ± std over seeds) of each metanet, one bar per zoo."""
+    """Test R² and tau (seed mean, error bar = 95% bootstrap CI) of each metanet, one bar per zoo."""
     plt = _plt()
     s = summary(result)
+    s = s[s.view == "all"].astype({c: float for c in ("r2_mean", "r2_lo", "r2_hi", "tau_mean", "tau_lo", "tau_hi")})
     zoos = [z["zoo"] for z in result["zoos"]]
     mets = list(dict.fromkeys(s["metanet"]))
     x = np.arange(len(mets))
@@ -147,11 +214,13 @@ def plot_bars(result: dict, path) -> Path:
     for ax, (col, name) in zip(axes, (("r2", "test R²"), ("tau", "test Kendall τ"))):
         for k, z in enumerate(zoos):
             vals = [s[(s.metanet == m) & (s.zoo == z)] for m in mets]
-            mean = [v[f"{col}_mean"].iloc[0] if len(v) else np.nan for v in vals]
-            std = [v[f"{col}_std"].iloc[0] if len(v) else np.nan for v in vals]
-            ax.bar(x + (k - (len(zoos) - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=z)
+            mean = np.array([v[f"{col}_mean"].iloc[0] if len(v) else np.nan for v in vals])
+            lo = np.array([v[f"{col}_lo"].iloc[0] if len(v) else np.nan for v in vals])
+            hi = np.array([v[f"{col}_hi"].iloc[0] if len(v) else np.nan for v in vals])
+            err = np.nan_to_num(np.stack([mean - lo, hi - mean]).clip(0))
+            ax.bar(x + (k - (len(zoos) - 1) / 2) * width, mean, width, yerr=err, capsize=3, label=z)
         ax.set_xticks(x, mets, fontsize=8)
-        ax.set_title(name)
+        ax.set_title(f"{name} (95% CI)")
         ax.axhline(0, color="k", lw=0.6)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=len(zoos), fontsize=8, frameon=False)

@@ -2,8 +2,13 @@
 
 AdamW (weight decay 1e-2), MSE on the target, batch 128, 50 epochs; after every epoch
 the validation R² is measured and the epoch with the best one is kept. Everything is
-seeded: the initialisation and the batch order derive from ``seed`` and the metanet
-name, so a run is reproducible on CPU (and on CUDA up to kernel nondeterminism).
+seeded: the initialisation and the batch order derive from ``seed``, the metanet name
+and an optional ``tag`` (the lr sweep trains with its own tag, so the final seeds are
+fresh runs), so a run is reproducible on CPU (and on CUDA up to kernel nondeterminism).
+
+A run whose training loss becomes non-finite is *diverged*: upstream has no such run
+(it would crash), so it is flagged, never selected by the lr sweep and never counted
+in a mean over seeds, even though its best earlier epoch has scores.
 """
 from __future__ import annotations
 
@@ -46,13 +51,40 @@ class FitResult:
     num_params: int
     predictions: dict = field(repr=False, default_factory=dict)  # split -> np.ndarray
     val_r2_history: list = field(repr=False, default_factory=list)
+    diverged_epoch: int | None = None  # the epoch whose training loss became non-finite
+    cpu_time_s: float = 0.0  # process CPU time (user + sys, all threads) of the run
+
+    @property
+    def status(self) -> str:
+        """"diverged", "nan_predictions" (a metanet that outputs nan/inf) or "ok"."""
+        if self.diverged_epoch is not None:
+            return "diverged"
+        if any(not np.isfinite(p).all() for p in self.predictions.values()):
+            return "nan_predictions"
+        return "ok"
+
+    @property
+    def note(self) -> str:
+        """One line naming the metanet and seed when the run is not usable."""
+        who = f"metanet {self.metanet!r} seed {self.seed}" + (f" lr {self.lr:g}" if self.lr else "")
+        if self.status == "diverged":
+            return f"{who}: training loss became non-finite in epoch {self.diverged_epoch} (diverged)"
+        if self.status == "nan_predictions":
+            bad = {s: int((~np.isfinite(p)).sum()) for s, p in self.predictions.items()}
+            return f"{who}: predictions not finite (" + ", ".join(
+                f"{n} of {len(self.predictions[s])} {s} nets" for s, n in bad.items() if n) + ")"
+        return ""
 
 
-def build(name: str, info: InputInfo, seed: int = 0, device="cpu"):
-    """A fresh metanet ``name`` for inputs ``info``, initialised from ``seed``."""
+def _seed(seed: int, what: str, name: str, tag: str) -> int:
+    return derived_seed(seed, what, name, tag) if tag else derived_seed(seed, what, name)
+
+
+def build(name: str, info: InputInfo, seed: int = 0, device="cpu", tag: str = ""):
+    """A fresh metanet ``name`` for inputs ``info``, initialised from ``seed`` (and ``tag``)."""
     cls = registry.get(name)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(seed, "init", name))
+        torch.manual_seed(_seed(seed, "init", name, tag))
         model = cls(info)
     return model.to(device) if cls.kind == "torch" else model
 
@@ -93,24 +125,34 @@ def predict(model, features: torch.Tensor, view: str, info: InputInfo, batch_siz
     return torch.cat(outs).numpy() if outs else np.zeros(0, np.float32)
 
 
+def features(ws: WeightSet, split: str, view: str):
+    """A split's stored inputs in ``view``; ``hparams`` reads the zoo table, not the weights."""
+    if view == "hparams":
+        from .hparams import hparam_features
+
+        return hparam_features(ws, split)
+    return ws.features(split, view)
+
+
 def fit(name: str, ws: WeightSet, *, lr: float | None = 1e-3, seed: int = 0, epochs: int = EPOCHS,
         batch_size: int = BATCH_SIZE, weight_decay: float = WEIGHT_DECAY, device="cpu",
-        progress=None) -> FitResult:
+        progress=None, tag: str = "") -> FitResult:
     """Train metanet ``name`` on ``ws``'s train split; keep the best-validation-R² epoch.
 
-    ``progress``: an optional callable ``(epoch, val_r2)`` called after every epoch."""
+    ``progress``: an optional callable ``(epoch, val_r2)`` called after every epoch.
+    ``tag``: an extra seed component (the lr sweep's runs use ``"sweep"``)."""
     if epochs < 1:
         raise MetanetError(f"epochs={epochs} is invalid; allowed: >= 1")
     if batch_size < 2:
         raise MetanetError(f"batch_size={batch_size} is invalid; allowed: >= 2")
     cls = registry.get(name)
     view, info = cls.view, ws.info
-    feats = {s: ws.features(s, view).to(device) for s in ("train", "val", "test")}
+    feats = {s: features(ws, s, view).to(device) for s in ("train", "val", "test")}
     y = {s: ws.y(s).to(device) for s in ("train", "val", "test")}
-    t0 = time.perf_counter()
-    model = build(name, info, seed, device)
+    t0 = time.perf_counter(), time.process_time()
+    model = build(name, info, seed, device, tag)
     if cls.kind == "sklearn":
-        model.fit(feats["train"].cpu(), y["train"].cpu().numpy(), seed=derived_seed(seed, "fit", name) % 2**31)
+        model.fit(feats["train"].cpu(), y["train"].cpu().numpy(), seed=_seed(seed, "fit", name, tag) % 2**31)
         return _finish(name, model, seed, None, None, [], feats, y, view, info, t0)
     if lr is None or not (lr > 0):
         raise MetanetError(f"lr={lr!r} is invalid for metanet {name!r}; allowed: a float > 0")
@@ -118,10 +160,10 @@ def fit(name: str, ws: WeightSet, *, lr: float | None = 1e-3, seed: int = 0, epo
     if hasattr(model, "prepare"):
         model.prepare(feats["train"])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    order = torch.Generator().manual_seed(derived_seed(seed, "order", name))
+    order = torch.Generator().manual_seed(_seed(seed, "order", name, tag))
     n = len(feats["train"])
     best = (-math.inf, 0, copy.deepcopy(model.state_dict()))
-    history = []
+    history, diverged_epoch = [], None
     for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=order).to(feats["train"].device)
@@ -145,19 +187,20 @@ def fit(name: str, ws: WeightSet, *, lr: float | None = 1e-3, seed: int = 0, epo
         if np.isfinite(score) and score > best[0]:
             best = (score, epoch, copy.deepcopy(model.state_dict()))
         if diverged:  # a too-large lr: later epochs cannot recover a nan model
+            diverged_epoch = epoch
             break
     model.load_state_dict(best[2])
-    return _finish(name, model, seed, lr, best[1], history, feats, y, view, info, t0)
+    return _finish(name, model, seed, lr, best[1], history, feats, y, view, info, t0, diverged_epoch)
 
 
-def _finish(name, model, seed, lr, best_epoch, history, feats, y, view, info, t0) -> FitResult:
-    preds = {s: predict(model, feats[s], view, info) for s in ("train", "val", "test")}
-    elapsed = time.perf_counter() - t0
+def _finish(name, model, seed, lr, best_epoch, history, feats, y, view, info, t0, diverged_epoch=None):
+    preds = {s: predict(model, feats[s], view, info) for s in ("val", "test")}  # train: unused, and costly
+    wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
     yt = {s: y[s].cpu().numpy() for s in y}
     return FitResult(name, model, seed, lr, best_epoch,
                      r2(yt["val"], preds["val"]), kendall_tau(yt["val"], preds["val"]),
                      r2(yt["test"], preds["test"]), kendall_tau(yt["test"], preds["test"]),
-                     elapsed, num_parameters(model), preds, history)
+                     wall, num_parameters(model), preds, history, diverged_epoch, cpu)
 
 
 def sweep_lr(name: str, ws: WeightSet, lrs=LR_GRID, *, seed: int = 0, on_result=None, **kw):
@@ -170,6 +213,11 @@ def sweep_lr(name: str, ws: WeightSet, lrs=LR_GRID, *, seed: int = 0, on_result=
         results.append(res)
         if on_result:
             on_result(res)
-    scored = [r for r in results if np.isfinite(r.val_r2)]
-    best = max(scored, key=lambda r: r.val_r2) if scored else results[0]
-    return best.lr, results
+    return best_lr(results), results
+
+
+def best_lr(results) -> float | None:
+    """The rate of the usable run with the best validation R²; None if every run diverged
+    or gave non-finite predictions (a diverged run is never selected, whatever its score)."""
+    scored = [r for r in results if r.status == "ok" and np.isfinite(r.val_r2)]
+    return max(scored, key=lambda r: r.val_r2).lr if scored else None

@@ -31,6 +31,15 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _verify_cache(tmp_path_factory):
+    """Shard checksums verified by zoo.open are remembered in a per-user cache folder: keep
+    the tests' out of the user's home (subprocesses inherit the variable)."""
+    import os
+
+    os.environ["METAZOO_CACHE_DIR"] = str(tmp_path_factory.mktemp("metazoo-cache"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module: on a loaded 2-core box, OpenMP barriers made tiny

@@ -248,3 +248,18 @@ def test_an_interrupted_import_is_not_resumed_on_a_changed_source(tmp_path, monk
     (tmp_path / "rec" / "hparams.csv").write_text("lr,weight_decay,label_smoothing,epochs\n" + "0.1,0,0,5\n" * 5)
     m = run_import("lim2024", tmp_path / "rec", tmp_path / "zoo")
     assert m["num_models"] == 5 and list(zoo.open(tmp_path / "zoo").table["epochs"]) == [5] * 5
+
+
+def test_a_second_import_into_the_same_out_gets_the_lock_message(tmp_path):
+    """Two imports into one --out would share one partial folder: the second is refused,
+    naming the process that writes, and the first goes on untouched."""
+    from zoo.errors import ZooError
+    from zoo.importers.common import ZooWriter
+
+    out = tmp_path / "zoo"
+    with ZooWriter(out, fingerprint={"a": 1}) as first:
+        with pytest.raises(ZooError, match=r"is being written by process \d+"):
+            ZooWriter(out, fingerprint={"a": 1})
+        assert first.tmp.is_dir()
+    with ZooWriter(out, fingerprint={"a": 1}):  # released when the first one ends
+        pass

@@ -219,11 +219,12 @@ def test_deepsets_statnn_and_gbm_are_invariant_to_permuting_hidden_units_of_a_re
     torch.testing.assert_close(after_out, before_out, rtol=1e-5, atol=1e-5)  # same function
     assert not torch.equal(before, after)  # different weights
     info = data.InputInfo(layout, "all")
-    for name in ("deepsets", "statnn"):
+    for name in ("deepsets", "statnn", "statnn-std"):
         model = train.build(name, info, seed=0).eval()
         with torch.no_grad():
-            if name == "statnn":
-                model.prepare(data.tensor_stats(torch.cat([before, before * 2]), layout))
+            if name.startswith("statnn"):
+                if hasattr(model, "prepare"):
+                    model.prepare(data.tensor_stats(torch.cat([before, before * 2]), layout))
                 a, b = model(data.tensor_stats(before, layout)), model(data.tensor_stats(after, layout))
             else:
                 a, b = model(before), model(after)

@@ -177,3 +177,81 @@ def test_demo_generates_the_two_digits_zoos_once_and_benchmarks_both(tmp_path, c
     assert [z["path"] for z in res["zoos"]] == [str(tmp_path / "digits-std"), str(tmp_path / "digits-wasym")]
     assert main(argv) == 0  # the second call reuses the complete zoos
     assert capsys.readouterr().out.count("reusing") == 2
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def _plugin(tmp_path, name, body):
+    plug = tmp_path / f"{name.replace('-', '_')}.py"
+    plug.write_text("import torch\nfrom metanets import register\n\n"
+                    f"@register('{name}')\nclass P(torch.nn.Module):\n    view = 'vector'\n"
+                    "    def __init__(self, info):\n        super().__init__()\n"
+                    "        self.lin = torch.nn.Linear(info.num_inputs, 1)\n"
+                    f"    def forward(self, x):\n        {body}\n")
+    return plug
+
+
+def test_a_plugin_returning_nan_is_reported_with_its_name_and_seed(zoos, tmp_path, capsys):
+    plug = _plugin(tmp_path, "nan-net", "return self.lin(x).squeeze(-1) * float('nan') if not self.training "
+                                        "else self.lin(x).squeeze(-1)")
+    out = tmp_path / "o"
+    assert main(["bench", str(zoos[0]), "--metanets", "nan-net,statnn-gbm", "--plugin", str(plug), "--seeds", "2",
+                 "--lr", "1e-3", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "metanet 'nan-net' seed 0" in printed and "predictions not finite" in printed
+    res = _strict_json(out / "results.json")  # strict JSON: null, never NaN
+    runs = pd.DataFrame(res["runs"])
+    assert set(runs[runs.metanet == "nan-net"].status) == {"nan_predictions"}
+    md = (out / "results.md").read_text()
+    assert "| nan-net | n/a | n/a |" in md and "nan-net on std: nan predictions: seed 0, 1" in md
+
+
+def test_a_diverging_plugin_is_reported_diverged_and_its_seeds_not_counted(zoos, tmp_path, capsys):
+    plug = _plugin(tmp_path, "boom", "return self.lin(x).squeeze(-1) * 1e30 * 1e30")
+    out = tmp_path / "o"
+    assert main(["bench", str(zoos[0]), "--metanets", "boom", "--plugin", str(plug), "--seeds", "2",
+                 "--lr", "1e-3", "--out", str(out), *FAST]) == 0
+    res = _strict_json(out / "results.json")
+    assert {r["status"] for r in res["runs"]} == {"diverged"}
+    assert res["summary"][0]["seeds_counted"] == 0 and "diverged: seed 0, 1" in res["summary"][0]["note"]
+
+
+def test_a_plugin_reusing_a_builtin_name_is_refused_and_blamed(tmp_path, capsys):
+    plug = _plugin(tmp_path, "mlp", "return self.lin(x).squeeze(-1)")
+    err = _error(capsys, ["list", "--plugin", str(plug)])
+    assert str(plug) in err and "'mlp'" in err and "already taken by the built-in metanets.mlp.MLP" in err
+
+
+def test_out_that_is_a_file_is_refused_before_any_training(zoos, tmp_path, capsys, monkeypatch):
+    from metanets import bench
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(bench, "run", no_training)
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    err = _error(capsys, ["bench", str(zoos[0]), "--out", str(target)])
+    assert str(target) in err and "is a file" in err
+    assert target.read_text() == "keep me"
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    err = _error(capsys, ["bench", str(zoos[0]), "--out", str(blocked / "sub")])
+    assert str(blocked / "sub") in err and "cannot write" in err
+
+
+def test_match_accuracy_prints_the_matched_scores_beside_the_plain_ones(zoos, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["bench", *map(str, zoos), "--metanets", "statnn-gbm", "--seeds", "1", "--match-accuracy",
+                 "--bootstrap", "100", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "common accuracy histogram" in printed and "above chance" in printed
+    assert "ΔR² all | Δτ all | ΔR² matched" in printed
+    summ = pd.read_csv(out / "summary.csv")
+    assert set(summ.view) == {"all", "matched", "above_chance"}
+    assert (summ.r2_lo <= summ.r2_hi).all() and len(pd.read_csv(out / "comparisons.csv")) == 3

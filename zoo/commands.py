@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="channels-last memory format (default auto: on for CUDA)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the shards as Ray tasks on a running cluster at ADDRESS (or a local one)")
+    p.add_argument("--force", action="store_true",
+                   help="first delete the zoo (or unfinished generation) in --out; a folder holding anything "
+                        "else is never deleted")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
@@ -47,6 +50,9 @@ def register(sub) -> None:
                        description="Models, accuracy distribution, diverged count and size on disk of a zoo; "
                                    "for a generation in progress, how far it is.")
     p.add_argument("path", type=Path)
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the shard checksums (a verified shard is remembered by size and mtime, so this "
+                        "only saves time on the first look at a zoo)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("verify", help="check a zoo's checksums, schema, shapes and weights",
@@ -60,6 +66,9 @@ def register(sub) -> None:
                                    "one directory, check them and write manifest.json.")
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_merge)
+
+
+NOT_VERIFIED = "note: shard checksums not verified (--no-verify)"
 
 
 def cmd_presets(args) -> int:
@@ -82,13 +91,19 @@ def cmd_generate(args) -> int:
             raise ZooError(f"{', '.join(ignored)} cannot be combined with --ray (Ray tasks use the device defaults "
                            "and one task per shard)")
 
+        if args.force:
+            from .generate import _remove_zoo
+            from .lock import lock_dir
+
+            with lock_dir(args.out, "zoo generate --force"):
+                _remove_zoo(args.out)
         generate_ray(args.spec, args.out, address=None if args.ray == "local" else args.ray, models=args.models,
                      group_size=args.group_size, progress=not args.quiet, device=args.device)
     else:
         from .generate import generate
 
         generate(args.spec, args.out, models=args.models, device=args.device or "cpu", group_size=args.group_size,
-                 shard=args.shard, num_shards=args.num_shards, progress=not args.quiet,
+                 shard=args.shard, num_shards=args.num_shards, progress=not args.quiet, force=args.force,
                  bf16=None if args.precision == "auto" else args.precision == "bf16",
                  channels_last=None if args.channels_last == "auto" else args.channels_last == "on")
     if (args.out / "manifest.json").exists():
@@ -98,14 +113,22 @@ def cmd_generate(args) -> int:
 
 def cmd_merge(args) -> int:
     from .generate import write_manifest
+    from .lock import lock_dir
 
-    m = write_manifest(args.path)
+    from .store import remove_stale_temp
+
+    with lock_dir(args.path, "zoo merge"):
+        remove_stale_temp(args.path)  # under the exclusive lock, no shard job is writing them
+        m = write_manifest(args.path)
     print(f"{args.path}: merged {len(m['shards'])} shards, {m['num_models']} models")
     return 0
 
 
 def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes of the zoo's own files: temporary files of writers (live or killed) do not count."""
+    from .store import is_temp
+
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not is_temp(f))
 
 
 def _human(n: float) -> str:
@@ -115,10 +138,10 @@ def _human(n: float) -> str:
         n /= 1024
 
 
-def print_info(path: Path) -> None:
+def print_info(path: Path, verify: bool = True) -> None:
     import zoo
 
-    z = zoo.open(path)
+    z = zoo.open(path, verify=verify)
     t = z.table
     acc = t.loc[~t["diverged"].astype(bool), "test_acc"] if "test_acc" in t else None
     m = z.manifest
@@ -139,6 +162,8 @@ def print_info(path: Path) -> None:
         for h, e in zip(hist, edges):
             print(f"    {e:.1f}-{e + 0.1:.1f} {'#' * int(round(40 * h / top)):40s} {h}")
     print(f"  on disk     {_human(_size(path))} in {len(m['shards'])} shard(s)")
+    if not verify:
+        print(NOT_VERIFIED)
 
 
 def cmd_info(args) -> int:
@@ -152,7 +177,7 @@ def cmd_info(args) -> int:
               f"group size {p['group_size']}")
         print(f"  on disk     {_human(_size(path))}")
         return 0
-    print_info(path)
+    print_info(path, verify=not args.no_verify)
     return 0
 
 

@@ -69,8 +69,9 @@ class ImageData:
                                                               self.y_test, self.mean, self.std)))
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[..., C, H, W]`` -> float32 standardised per channel."""
-        x = x_uint8.float().div_(255.0)
+        """uint8 ``[..., C, H, W]`` -> standardised per channel, in the default dtype (float32;
+        float64 in the exactness checks)."""
+        x = x_uint8.to(torch.get_default_dtype()).div_(255.0)
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
     def describe(self) -> dict:

@@ -16,6 +16,7 @@ A ``kill -9`` therefore loses at most the groups in flight.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -30,8 +31,11 @@ from .layout import Layout
 from .nets import FiGLU, build_net
 from .smallcnn import train_smallcnn_group
 from .spec import GROUP_KEYS, ZooSpec, check_image_size, load_spec, validate_for_data
-from .store import (MANIFEST, PLAN, ShardContent, build_manifest, concat_contents, make_splits, open_shard,
-                    read_shard, shard_entry, shard_name, versions, write_json, write_shard)
+from .lock import lock_dir
+from .store import (MANIFEST, PLAN, ShardContent, ShardVerifier, build_manifest, check_replaceable,
+                    check_writable_dir, concat_contents, is_temp, make_splits, open_shard, read_manifest, read_shard,
+                    recorded_sha, remove_stale_temp, sha256_file, shard_entry, shard_name, versions, write_json,
+                    write_shard)
 from .train import GroupTrainer, Job, TrainOptions, train_alone
 
 PLAN_FORMAT = "metazoo-plan"
@@ -96,12 +100,17 @@ def _read_json(path: Path) -> dict:
 def _check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
     """Refuse a directory holding something else; return the existing plan, if any."""
     fp = spec.fingerprint()
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"--out {out} is a file, not a folder")
     if (out / MANIFEST).exists():
         m = _read_json(out / MANIFEST)
         if m.get("spec_fingerprint") != fp:
             raise ZooError(f"{out} already holds a different zoo ({m.get('name')!r}, "
-                           f"{m.get('num_models')} models); choose another --out or delete it")
-        return {"complete": True}
+                           f"{m.get('num_models')} models); choose another --out, delete it, or pass --force")
+        missing = [s for s in range(spec.num_shards) if not (out / shard_name(s)).exists()]
+        if not missing or not (out / PLAN).exists():
+            return {"complete": True}
+        # A shard was deleted (it was damaged): regenerate it from the plan, then re-seal.
     if (out / PLAN).exists():
         plan = _read_json(out / PLAN)
         if plan.get("format") != PLAN_FORMAT or plan.get("fingerprint") != fp:
@@ -115,15 +124,45 @@ def _check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
     return None
 
 
-def _valid_part(path: Path, expected_ids) -> bool:
+def _record(path: Path) -> Path:
+    """Where the sha256 of a part or shard is recorded when it is written: in ``.parts``,
+    which goes away with the generation state once the manifest (holding them) is sealed."""
+    return path.with_name(path.name + ".sha256") if path.parent.parent.name == PARTS \
+        else path.parent / PARTS / (path.name + ".sha256")
+
+
+def _part_problem(path: Path, expected_ids) -> str | None:
+    """Why a finished part cannot be used (None if it can): it must still have the sha256
+    recorded when it was written, and hold its group's models."""
+    sha = recorded_sha(_record(path))
+    if sha is None:
+        return "no checksum was recorded for it (its writer was killed)"
+    if sha256_file(path) != sha:
+        return "it no longer matches the sha256 recorded when it was written (damaged since)"
     try:
         with open_shard(path) as f:
-            return list(f["ids"][()]) == list(expected_ids)
-    except (ZooError, KeyError, OSError):
-        return False
+            if list(f["ids"][()]) != list(expected_ids):
+                return "it holds other models than its group"
+    except (ZooError, KeyError, OSError) as e:
+        return f"it is unreadable ({e})"
+    return None
 
 
-def _check_shard(path: Path, expected_ids) -> None:
+def _expected_sha(out: Path, s: int) -> str | None:
+    """The sha256 shard ``s`` had when written: its record, else the manifest's entry."""
+    sha = recorded_sha(_record(out / shard_name(s)))
+    if sha is None and (out / MANIFEST).exists():
+        try:
+            entries = {e.get("file"): e.get("sha256") for e in _read_json(out / MANIFEST).get("shards", [])}
+            sha = entries.get(shard_name(s))
+        except (ZooError, AttributeError):
+            pass
+    return sha
+
+
+def _check_shard(path: Path, expected_ids, sha: str | None = None) -> None:
+    """Refuse a written shard that is unreadable, holds other models, or differs from the
+    sha256 it was written with."""
     try:
         with open_shard(path) as f:
             ids = list(f["ids"][()])
@@ -133,6 +172,9 @@ def _check_shard(path: Path, expected_ids) -> None:
     if ids != list(expected_ids):
         raise ZooError(f"{path} holds models {ids[:1]}..{ids[-1:]} but the plan expects "
                        f"{expected_ids[0]}..{expected_ids[-1]}; it belongs to another zoo")
+    if sha is not None and sha256_file(path) != sha:
+        raise ZooError(f"{path} no longer matches the sha256 recorded when it was written (damaged since); "
+                       "delete it and rerun to regenerate its models (no other shard is affected)")
 
 
 # --------------------------------------------------------------- contents
@@ -202,8 +244,12 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
 
 def generate(spec, out, *, models: int | None = None, device: str = "cpu", group_size: int | None = None,
              shard: int | None = None, num_shards: int | None = None, progress: bool = True,
-             bf16: bool | None = None, channels_last: bool | None = None, reference: bool = False) -> Path:
+             bf16: bool | None = None, channels_last: bool | None = None, reference: bool = False,
+             force: bool = False) -> Path:
     """Generate (or resume) the zoo of ``spec`` into ``out``; return ``out``.
+
+    ``out`` is locked while this runs (zoo/lock.py). ``force`` first deletes the zoo or
+    unfinished generation ``out`` holds; never a folder holding anything else.
 
     ``shard``/``num_shards`` make this call one of ``num_shards`` jobs: it does the
     shards ``s`` with ``s % num_shards == shard`` and writes the manifest only if, when
@@ -222,16 +268,96 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
         raise ZooError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num-shards")
     if group_size is not None and group_size < 1:
         raise ZooError(f"--group-size {group_size}: must be >= 1")
+    if force and num_shards is not None:
+        raise ZooError("--force cannot be combined with --shard/--num-shards: it would delete the shards other "
+                       "jobs are writing; clear the folder once, before starting the jobs")
+    check_device(device)
+
+    key = None if num_shards is None else f"shard-{shard}-of-{num_shards}"
+    check_writable_dir(out, "--out")
+    with lock_dir(out, "zoo generate", key=key):
+        if force:
+            _remove_zoo(out)
+        _remove_stale(out, spec, None if num_shards is None else
+                      [s for s in range(spec.num_shards) if s % num_shards == shard])
+        return _generate_locked(spec, out, device=device, group_size=group_size, shard=shard,
+                                num_shards=num_shards, progress=progress, bf16=bf16,
+                                channels_last=channels_last, reference=reference)
+
+
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    if not DEVICE.fullmatch(str(device)):
+        raise ZooError(f"--device {device!r}: unknown device; use cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ZooError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
 
+
+_LOCK_INSIDE = re.compile(r"\.metazoo(\.[\w-]+)?\.lock")  # zoo/lock.py, when the parent is not writable
+
+
+def _ours(name: str) -> bool:
+    """Names a generation writes into its folder (what --force may delete)."""
+    return name in (MANIFEST, PLAN, PARTS) or re.fullmatch(r"shard-\d+\.h5", name) is not None or is_temp(name) \
+        or _LOCK_INSIDE.fullmatch(name) is not None
+
+
+def _remove_zoo(out: Path) -> None:
+    """--force: delete the zoo or unfinished generation in ``out``; refuse a folder (or
+    entries in it) that are not ours, before deleting anything."""
+    check_replaceable(out, "--force")
+    if not out.exists():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
+    if foreign:
+        raise ZooError(f"{out} holds files metazoo did not write (e.g. {foreign[0]}); --force replaces only "
+                       "metazoo's own files: move them away first; nothing was deleted")
+    for p in sorted(out.iterdir(), key=lambda p: p.name == MANIFEST, reverse=True):  # manifest first: never
+        if _LOCK_INSIDE.fullmatch(p.name):                                            # a manifest over gaps
+            continue  # the lock this run holds
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _remove_stale(out: Path, spec: ZooSpec, shards: list[int] | None) -> None:
+    """Temporary files of killed runs (called holding the lock: no live writer owns them).
+    A shard job removes only those of its own shards: others may be writing theirs."""
+    if not out.exists():
+        return
+    if shards is None:
+        remove_stale_temp(out)
+        return
+    for s in shards:
+        remove_stale_temp(out, f"{shard_name(s)}*")
+        if (out / PARTS / f"shard-{s:05d}").exists():
+            remove_stale_temp(out / PARTS / f"shard-{s:05d}")
+        if (out / PARTS).exists():
+            remove_stale_temp(out / PARTS, f"{shard_name(s)}*")
+
+
+def estimate_bytes(spec: ZooSpec, layout: Layout, models: int) -> int:
+    """Disk a generation of ``models`` more models needs: their weights and buffers at every
+    checkpoint, plus one shard's worth while its parts and the shard itself coexist."""
+    per_model = (layout.num_params + layout.num_buffers) * 4 * len(spec.checkpoint_names) + 512
+    return per_model * (models + min(models, spec.models_per_shard)) + (1 << 20)
+
+
+def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num_shards, progress, bf16,
+                     channels_last, reference) -> Path:
     cuda = device.startswith("cuda")
     opts = TrainOptions(device=device, bf16=cuda if bf16 is None else bf16,
                         channels_last=cuda if channels_last is None else channels_last)
     plan, data, cfg = ensure_plan(spec, out, opts, group_size, progress)
     if plan.get("complete"):
+        _check_complete(out)
+        if (out / PARTS).exists():  # left by a run killed right after sealing the manifest
+            shutil.rmtree(out / PARTS, ignore_errors=True)
         if progress:
-            print(f"{out}: zoo already complete ({spec.models} models)")
+            print(f"{out}: zoo already complete ({spec.models} models; shard checksums verified)")
         return out
     gs = int(plan["group_size"])
     # CPU reductions split their work by thread count, and so round differently: every process
@@ -250,10 +376,11 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
     for s in mine:
         path = out / shard_name(s)
         if path.exists():
-            _check_shard(path, list(spec.shard_ids(s)))
+            _check_shard(path, list(spec.shard_ids(s)), _expected_sha(out, s))
         else:
             todo.append(s)
     total = sum(len(spec.shard_ids(s)) for s in todo)
+    check_writable_dir(out, "--out", need_bytes=estimate_bytes(spec, layout, total))
     bar = _progress(total, progress, spec.name)
     trainer = GroupTrainer(cfg, data, list(spec.checkpoints), opts)
     try:
@@ -262,10 +389,14 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
             parts = []
             for gi, group in enumerate(plan_groups(spec, s, gs)):
                 part = parts_dir / f"group-{gi:05d}.h5"
-                parts.append(part)
-                if part.exists() and _valid_part(part, group):
-                    bar.update(len(group))
-                    continue
+                parts.append((part, group))
+                if part.exists():
+                    problem = _part_problem(part, group)
+                    if problem is None:
+                        bar.update(len(group))
+                        continue
+                    if progress:
+                        bar.write(f"note: {part}: {problem}; training its {len(group)} models again")
                 jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in group]
                 t0 = time.perf_counter()
                 if cfg.arch == "smallcnn":
@@ -276,11 +407,17 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
                     results = trainer.train(jobs)
                 content = results_to_content(results, spec, cfg, layout, template,
                                              {**attrs, "train_seconds": time.perf_counter() - t0})
-                write_shard(part, content)
+                write_shard(part, content, record=_record(part))
                 bar.update(len(group))
-            content = concat_contents([read_shard(p) for p in parts])
+            # Seal only parts that still are what was written (re-read: one may have been
+            # damaged while this process trained the others).
+            for part, group in parts:
+                problem = _part_problem(part, group)
+                if problem is not None:
+                    raise ZooError(f"{part}: {problem}; rerun to train its models again")
+            content = concat_contents([read_shard(p) for p, _ in parts])
             content.attrs = {**attrs, "shard_index": s}
-            write_shard(out / shard_name(s), content)
+            write_shard(out / shard_name(s), content, record=_record(out / shard_name(s)))
             shutil.rmtree(parts_dir, ignore_errors=True)
     finally:
         bar.close()
@@ -310,7 +447,8 @@ def write_manifest(out: Path) -> dict:
     entries, layout, net = [], None, None
     for s in range(spec.num_shards):
         path = out / shard_name(s)
-        _check_shard(path, list(spec.shard_ids(s)))
+        sha = _expected_sha(out, s)
+        _check_shard(path, list(spec.shard_ids(s)), sha)
         with open_shard(path) as f:
             ids = f["ids"][()]
             if layout is None:
@@ -318,20 +456,38 @@ def write_manifest(out: Path) -> dict:
                 layout = Layout.from_json(f.attrs["layout"], mask)
                 net = json.loads(f.attrs["net"])
                 device = json.loads(f.attrs["created_by"]).get("device")
-        entries.append(shard_entry(path, ids))
+        entries.append(shard_entry(path, ids, sha))  # sha: as written, checked just above
     all_ids = np.arange(spec.models)
     manifest = build_manifest(name=spec.name, layout=layout, shards=entries, checkpoints=spec.checkpoint_names,
                               splits=make_splits(all_ids, spec.split, spec.seed), spec=spec.to_dict(), net=net,
                               source={"kind": "generated"}, device=device, data=plan.get("data"))
     manifest["spec_fingerprint"] = spec.fingerprint()
     write_json(out / MANIFEST, manifest)
+    verifier = ShardVerifier(out)
+    for e in entries:
+        verifier.remember(e)
     shutil.rmtree(out / PARTS, ignore_errors=True)
     return manifest
+
+
+def _check_complete(out: Path) -> None:
+    """A finished zoo is complete only if its shards still match the manifest."""
+    m = read_manifest(out)
+    verifier = ShardVerifier(out)
+    for e in m["shards"]:
+        try:
+            verifier.check(e)
+        except ZooError as err:
+            raise ZooError(f"{out} holds this zoo, but it is damaged: {err}. Delete {e['file']} and rerun "
+                           "`zoo generate` to regenerate its models") from None
 
 
 class _NoBar:
     def update(self, n):
         pass
+
+    def write(self, msg):
+        print(msg)
 
     def close(self):
         pass

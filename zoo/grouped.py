@@ -46,8 +46,10 @@ class GroupedOps:
         if isinstance(mod, nn.GroupNorm):
             return F.group_norm(x, M * mod.num_groups, w, b, mod.eps)
         rm, rv = self.bn[f"{name}.running_mean"], self.bn[f"{name}.running_var"]
-        # Running statistics stay fp32 whatever the compute dtype.
-        return F.batch_norm(x.float(), rm.view(-1), rv.view(-1), w.float(), b.float(), self.training,
+        # Running statistics stay in the parameters' precision (fp32, or fp64 for exactness
+        # checks) whatever the compute dtype.
+        dt = torch.promote_types(x.dtype, rm.dtype)
+        return F.batch_norm(x.to(dt), rm.view(-1), rv.view(-1), w.to(dt), b.to(dt), self.training,
                             mod.momentum, mod.eps).to(x.dtype)
 
     def act(self, name, x):

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
 from functools import cached_property
 from pathlib import Path
 
@@ -19,25 +21,34 @@ import torch
 
 from .errors import ZooError
 from .layout import Layout
-from .store import metric_column, open_shard, read_manifest, read_table
+from .store import ShardVerifier, metric_column, open_shard, read_manifest, read_table
 
 
 class Zoo:
-    """A weight dataset on disk. Cheap to open; arrays are read on demand, by row."""
+    """A weight dataset on disk. Cheap to open; arrays are read on demand, by row.
 
-    def __init__(self, path):
+    Opening validates the manifest (always). With ``verify`` (the default) each shard's
+    sha256 is checked against the manifest the first time this object reads it, and
+    weights read back are checked to be finite unless their model is marked diverged;
+    see docs/FORMAT.md for what that costs and how it is cached."""
+
+    def __init__(self, path, verify: bool = True):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
+        self.verify = verify = bool(verify and _VERIFY.get())
+        self._verifier = ShardVerifier(self.path) if verify else None
         shards = sorted(self.manifest["shards"], key=lambda s: s["id_start"])
         self._shards = shards
+        self._entry = {s["file"]: s for s in shards}
         self._starts = [s["id_start"] for s in shards]
         self._files: dict[str, object] = {}
         self._ids: dict[str, np.ndarray] = {}
-        first = self.path / shards[0]["file"] if shards else None
+        first = shards[0]["file"] if shards else None
         mask = values = None
         self.extra_fixed = {}
         if first is not None:
-            with open_shard(first) as f:
+            self._check(first)
+            with open_shard(self.path / first) as f:
                 if "fixed" in f and "mask" in f["fixed"]:
                     mask, values = f["fixed/mask"][()], f["fixed/values"][()]
                 if "fixed/extra" in f:
@@ -93,10 +104,31 @@ class Zoo:
         return self.table.set_index("model_id")[col]
 
     # ------------------------------------------------------------- weights
+    def _check(self, name):
+        if self._verifier is not None:
+            self._verifier.check(self._entry[name])
+
     def _file(self, name):
         if name not in self._files:
+            self._check(name)
             self._files[name] = open_shard(self.path / name)
         return self._files[name]
+
+    def _check_finite(self, w: np.ndarray, ids, checkpoint: str) -> None:
+        """Refuse non-finite weights of a model not marked diverged (a damaged zoo)."""
+        if not self.verify:
+            return
+        # in row blocks: a whole-zoo boolean mask would cost a quarter of the weights' memory
+        bad = np.concatenate([~np.isfinite(w[a:a + 1024]).all(axis=1) for a in range(0, len(w), 1024)]) \
+            if len(w) else np.zeros(0, bool)
+        if not bad.any():
+            return
+        diverged = set(self.table.loc[self.table["diverged"].astype(bool), "model_id"].tolist()) \
+            if "diverged" in self.table else set()
+        for mid in np.asarray(ids)[bad]:
+            if int(mid) not in diverged:
+                raise ZooError(f"{self.path}: model {int(mid)} has non-finite weights at checkpoint {checkpoint!r} "
+                               "but is not marked diverged: the zoo is damaged; refused (zoo verify checks it all)")
 
     def close(self):
         for f in self._files.values():
@@ -139,14 +171,18 @@ class Zoo:
         if ids is None:
             out = np.concatenate([self._file(s["file"])["weights"][checkpoint][()] for s in self._shards]) \
                 if self._shards else np.zeros((0, self.layout.num_params), np.float32)
-            order = np.argsort(np.concatenate([self._file(s["file"])["ids"][()] for s in self._shards]))
+            all_ids = np.concatenate([self._file(s["file"])["ids"][()] for s in self._shards]) \
+                if self._shards else np.zeros(0, np.int64)
+            order = np.argsort(all_ids)
             out = out[order]
+            ids = all_ids[order]
         else:
             ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
             out = np.empty((len(ids), self.layout.num_params), np.float32)
             for i, mid in enumerate(ids):
                 f, row = self._locate(int(mid))
                 out[i] = f["weights"][checkpoint][row]
+        self._check_finite(out, ids, checkpoint)
         # Fancy indexing can return a column-major array; BLAS then rounds differently by layout.
         return np.ascontiguousarray(out[:, self.layout.trainable_index]) if trainable_only else out
 
@@ -211,6 +247,23 @@ class Zoo:
         return net.eval()
 
 
-def open(path) -> Zoo:  # noqa: A001 - mirrors h5py.File / builtins.open for the one verb users need
-    """Open the zoo at ``path`` (a directory holding ``manifest.json``)."""
-    return Zoo(path)
+_VERIFY = contextvars.ContextVar("metazoo_verify", default=True)
+
+
+@contextlib.contextmanager
+def skip_verification():
+    """Open zoos without shard checksums inside the block (a CLI's ``--no-verify``: it
+    reaches every ``zoo.open`` of the command without threading a flag through)."""
+    token = _VERIFY.set(False)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(token)
+
+
+def open(path, verify: bool = True) -> Zoo:  # noqa: A001 - mirrors h5py.File / builtins.open
+    """Open the zoo at ``path`` (a directory holding ``manifest.json``).
+
+    The manifest is always validated. ``verify=False`` skips the shard checksums and the
+    finite-weights check (for a zoo you have just verified, or to rescue a damaged one)."""
+    return Zoo(path, verify=verify)

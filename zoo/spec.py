@@ -54,6 +54,10 @@ HPARAM_DEFAULTS = {
     "flip": False, "translate": 0, "cutout": 0, "train_fraction": 1.0,
 }
 
+#: Upper bounds a spec must stay within unless it sets ``allow_large = true``: beyond them a
+#: value is far more likely a typo (an extra zero) than a plan, and would cost days.
+LIMITS = {"epochs": 1000, "batch_size": 65536}
+
 #: Columns that must be equal within a trained group (they fix the step structure).
 GROUP_KEYS = ("batch_size", "train_fraction", "optimizer")
 
@@ -145,9 +149,14 @@ def _check_optimizer(arch: str, dist: Dist) -> None:
             raise SpecError("hparams.optimizer", v, f"{text} (allowed for arch = '{arch}')")
 
 
-def _check_hparam(name: str, dist: Dist, known: dict = HPARAMS) -> None:
+def _check_hparam(name: str, dist: Dist, allow_large: bool = False, known: dict = HPARAMS) -> None:
     kind, allowed, ok = known[name]
     for v in dist.support():
+        if kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+            raise SpecError(f"hparams.{name}", v, f"must be a finite number {allowed}")
+        if name in LIMITS and not allow_large and isinstance(v, int) and v > LIMITS[name]:
+            raise SpecError(f"hparams.{name}", v, f"must be <= {LIMITS[name]} (set allow_large = true at the top "
+                                                  "of the spec if you really mean it)")
         type_ok = {"float": isinstance(v, (int, float)) and not isinstance(v, bool),
                    "int": isinstance(v, int) and not isinstance(v, bool),
                    "str": isinstance(v, str), "bool": isinstance(v, bool)}[kind]
@@ -170,6 +179,7 @@ class ZooSpec:
     models_per_shard: int = 1000
     split: tuple = (0.5, 0.25, 0.25)
     description: str = ""
+    allow_large: bool = False
 
     # -------------------------------------------------------------- models
     def model_seed(self, model_id: int) -> int:
@@ -205,6 +215,8 @@ class ZooSpec:
              "hparams": {k: v.to_obj() for k, v in self.hparams.items()}}
         if wasym:
             d["net"]["wasym"] = wasym
+        if self.allow_large:  # only when set, so that existing zoos keep their fingerprint
+            d["allow_large"] = True
         return d
 
     def fingerprint(self) -> str:
@@ -221,7 +233,22 @@ class ZooSpec:
 
 NET_KEYS = {"arch", "depth", "width", "norm", "activation", "figlu_scale", "asym_seed", "wasym", "padding", "grayscale"}
 TOP_KEYS = {"name", "description", "models", "seed", "models_per_shard", "checkpoints", "split", "data", "net",
-            "hparams"}
+            "hparams", "allow_large"}
+#: net field -> (types, description) checked before any arithmetic on them
+NET_TYPES = {"depth": ((int,), "an integer"), "width": ((int, float), "a number"),
+             "norm": ((str,), "a string"), "activation": ((str,), "a string"),
+             "figlu_scale": ((int, float), "a number"), "asym_seed": ((int,), "an integer")}
+WASYM_TYPES = {"n_fix": ((int,), "an integer"), "n_fix_linear": ((int,), "an integer"),
+               "kappa": ((int, float), "a number"), "mode": ((str,), "a string")}
+
+
+def _check_types(d: dict, types: dict, prefix: str) -> None:
+    for k, (ts, what) in types.items():
+        if k not in d:
+            continue
+        v = d[k]
+        if isinstance(v, bool) or not isinstance(v, ts) or (isinstance(v, float) and not math.isfinite(v)):
+            raise SpecError(f"{prefix}.{k}", v, f"must be {'a finite number' if what == 'a number' else what}")
 
 
 def spec_from_dict(d: dict) -> ZooSpec:
@@ -233,20 +260,30 @@ def spec_from_dict(d: dict) -> ZooSpec:
     models = d.get("models", 100)
     if not isinstance(models, int) or models < 1:
         raise SpecError("models", models, "must be an integer >= 1")
+    allow_large = d.get("allow_large", False)
+    if not isinstance(allow_large, bool):
+        raise SpecError("allow_large", allow_large, "must be true or false")
+    if isinstance(models, bool):
+        raise SpecError("models", models, "must be an integer >= 1")
     seed = d.get("seed", 0)
-    if not isinstance(seed, int) or seed < 0:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SpecError("seed", seed, "must be an integer >= 0")
     per_shard = d.get("models_per_shard", 1000)
-    if not isinstance(per_shard, int) or per_shard < 1:
+    if not isinstance(per_shard, int) or isinstance(per_shard, bool) or per_shard < 1:
         raise SpecError("models_per_shard", per_shard, "must be an integer >= 1")
     split = d.get("split", {"train": 0.5, "val": 0.25, "test": 0.25})
     if not isinstance(split, dict) or set(split) != {"train", "val", "test"}:
         raise SpecError("split", split, "must be a table with train, val and test fractions")
+    if not all(isinstance(split[k], (int, float)) and not isinstance(split[k], bool) for k in split):
+        raise SpecError("split", split, "fractions must be numbers")
     fr = tuple(float(split[k]) for k in ("train", "val", "test"))
-    if any(f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
+    if any(not math.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
         raise SpecError("split", split, "fractions must be >= 0 and sum to 1")
 
+    if not isinstance(d.get("net", {}), dict):
+        raise SpecError("net", d.get("net"), "must be a table")
     net_d = dict(d.get("net", {}))
+    _check_types(net_d, NET_TYPES, "net")
     unknown = set(net_d) - NET_KEYS
     if unknown:
         k = sorted(unknown)[0]
@@ -260,6 +297,9 @@ def spec_from_dict(d: dict) -> ZooSpec:
             raise SpecError(f"net.{k}", net_d[k], "only for arch = 'smallcnn'")
     wasym = net_d.pop("wasym", None)
     if wasym is not None:
+        if not isinstance(wasym, dict):
+            raise SpecError("net.wasym", wasym, "must be a table")
+        _check_types(wasym, WASYM_TYPES, "net.wasym")
         unknown = set(wasym) - {"n_fix", "n_fix_linear", "kappa", "mode"}
         if unknown:
             k = sorted(unknown)[0]
@@ -276,6 +316,8 @@ def spec_from_dict(d: dict) -> ZooSpec:
 
     validate_source(data)
     hp_in = d.get("hparams", {})
+    if not isinstance(hp_in, dict):
+        raise SpecError("hparams", hp_in, "must be a table")
     known, defaults = _arch_hparams(arch)
     unknown = set(hp_in) - set(known)
     if unknown:
@@ -285,7 +327,7 @@ def spec_from_dict(d: dict) -> ZooSpec:
     hparams = {}
     for k in known:
         dist = parse_dist(k, hp_in.get(k, defaults[k]))
-        _check_hparam(k, dist, known)
+        _check_hparam(k, dist, allow_large, known)
         hparams[k] = dist
     _check_optimizer(arch, hparams["optimizer"])
     ckpts = d.get("checkpoints", ["final"])
@@ -301,7 +343,7 @@ def spec_from_dict(d: dict) -> ZooSpec:
     ckpts = sorted((c for c in ckpts if c != "final")) + (["final"] if "final" in ckpts else [])
     return ZooSpec(name=name, net=net, data=data, models=models, seed=seed, hparams=hparams,
                    checkpoints=tuple(ckpts), models_per_shard=per_shard, split=fr,
-                   description=d.get("description", ""))
+                   description=d.get("description", ""), allow_large=allow_large)
 
 
 def validate_for_data(spec: ZooSpec, in_channels: int, num_classes: int) -> NetConfig:
@@ -337,10 +379,14 @@ def load_spec(preset_or_path) -> ZooSpec:
         path = Path(s)
         if not path.exists():
             raise ZooError(f"unknown preset or missing spec file {s!r}; presets: {', '.join(sorted(known))}")
+        if not path.is_file():
+            raise ZooError(f"spec {s!r} is a folder, not a TOML spec file")
     try:
         d = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path}: not valid TOML: {e}") from e
+    except OSError as e:
+        raise ZooError(f"{path}: cannot read the spec: {e.strerror}") from e
     try:
         return spec_from_dict(d)
     except SpecError as e:

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ZooError
+from .integrity import ShardVerifier, check_manifest, sha256_file  # noqa: F401 (re-exported)
 from .layout import Layout
 
 SCHEMA_VERSION = 1
@@ -55,16 +58,21 @@ def versions(device: str | None = None) -> dict:
 def atomic_path(final: Path, exclusive: bool = False):
     """Yield a temporary path beside ``final``; on success fsync it and rename it over
     ``final``; on any error delete it and re-raise. The rename is atomic on POSIX.
+    A failed write (disk full, read-only folder, a file where a folder should be)
+    becomes a ZooError naming ``final`` and the cause.
 
     ``exclusive``: never replace an existing ``final`` (hard link instead of rename; the
     first writer wins and later ones raise FileExistsError)."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent)
+    except OSError as e:
+        raise ZooError(f"could not write {final}: {e.strerror or e}") from e
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; zoos are shared between users and jobs
     tmp = Path(tmp)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; zoos are shared between users and jobs
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -78,10 +86,36 @@ def atomic_path(final: Path, exclusive: bool = False):
             os.fsync(dfd)
             os.close(dfd)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
             raise ZooError(f"could not write {final}: {e.strerror or e}; nothing was left half-written") from e
         raise
+
+
+#: Suffix of every temporary file metazoo writes (``.NAME.XXXXXXXX.tmp``); a later run
+#: removes those a killed process left (:func:`remove_stale_temp`).
+TMP_SUFFIX = ".tmp"
+_TMP = re.compile(r"\.(shard-\d+\.h5|group-\d+\.h5|manifest\.json|zoo-plan\.json|[\w.-]+\.sha256)"
+                  r"\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def is_temp(path) -> bool:
+    """True for a temporary file of :func:`atomic_path` (ours by name, never a user's file)."""
+    return bool(_TMP.fullmatch(Path(path).name))
+
+
+def remove_stale_temp(folder: Path, pattern: str = "*") -> list[Path]:
+    """Delete metazoo temporary files in ``folder`` and its ``.parts`` (call it holding the
+    folder's lock: then no live writer owns them). ``pattern`` narrows to one shard's."""
+    folder = Path(folder)
+    removed = []
+    for p in [*folder.glob(f".{pattern}{TMP_SUFFIX}"), *folder.glob(f".parts/**/.{pattern}{TMP_SUFFIX}")]:
+        if is_temp(p) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 _UMASK = os.umask(0)
@@ -101,14 +135,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------- shards
@@ -136,12 +162,64 @@ class ShardContent:
                 raise ValueError(f"weights[{ck!r}] has shape {w.shape}, expected {(n, P)}")
 
 
-def write_shard(path: Path, content: ShardContent) -> str:
-    """Write one shard atomically; return its sha256."""
+def write_shard(path: Path, content: ShardContent, record: Path | None = None) -> str:
+    """Write one shard atomically; return its sha256.
+
+    ``record``: also write the sha256 to this file, *before* the shard appears under its
+    name, so a shard on disk always has the hash it was written with (generate checks
+    parts and shards against it before sealing them into a zoo).
+
+    The HDF5 file is built in memory and written with plain file writes: HDF5 itself
+    must never meet a full disk, since h5py then fails in ``close`` and the interpreter
+    crashes later while finalising the half-closed file (a segfault, not an error)."""
+    path = Path(path)
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(path.name, "w", driver="core", backing_store=False) as f:
             _write_contents(f, content)
-    return sha256_file(path)
+            f.flush()
+            image = f.id.get_file_image()
+        sha = hashlib.sha256(image).hexdigest()
+        with open(tmp, "wb") as out:
+            out.write(image)
+        if record is not None:
+            write_text(record, sha + "\n")
+    return sha
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def recorded_sha(record: Path) -> str | None:
+    """The sha256 a :func:`write_shard` ``record`` file holds, or None."""
+    try:
+        sha = Path(record).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return sha if len(sha) == 64 else None
+
+
+def check_writable_dir(folder: Path, what: str = "--out", need_bytes: int = 0) -> None:
+    """Refuse, before long work, a folder we cannot write into or that lacks the space.
+
+    Creates ``folder`` (and parents) if needed and writes a probe file: permission bits
+    alone do not tell (root ignores them; a read-only mount ignores them the other way)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ZooError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ZooError(f"{what} {folder} is not writable: {e.strerror or e}") from e
+    if need_bytes:
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes:
+            raise ZooError(f"{what} {folder}: {free / 2**20:,.0f} MiB free, about {need_bytes / 2**20:,.0f} MiB "
+                           "needed (No space left on device); free some space or choose another folder")
 
 
 def _write_contents(f: h5py.File, c: ShardContent) -> None:
@@ -281,7 +359,8 @@ def build_manifest(*, name: str, layout: Layout, shards: list[dict], checkpoints
     }
 
 
-def read_manifest(root: Path) -> dict:
+def read_manifest(root: Path, check: bool = True) -> dict:
+    """The manifest of the zoo at ``root``, validated (:func:`zoo.integrity.check_manifest`)."""
     root = Path(root)
     path = root / MANIFEST
     if not root.exists():
@@ -294,12 +373,46 @@ def read_manifest(root: Path) -> dict:
         m = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ZooError(f"{path}: cannot read: {e.strerror}") from e
+    if not isinstance(m, dict):
+        raise ZooError(f"{path} is not a metazoo manifest (a JSON {type(m).__name__}, not an object)")
     if m.get("format") != FORMAT:
         raise ZooError(f"{path} is not a metazoo manifest (format {m.get('format')!r}, expected {FORMAT!r})")
     if m.get("schema_version") not in SUPPORTED_SCHEMAS:
         raise ZooError(f"{path}: unknown schema version {m.get('schema_version')!r}; "
                        f"this metazoo reads {list(SUPPORTED_SCHEMAS)}: upgrade metazoo")
+    if check:
+        check_manifest(m, root, MANIFEST)
     return m
+
+
+def owned_by_metazoo(folder: Path) -> bool:
+    """True if ``folder`` holds a metazoo zoo or a generation of one (what ``--force`` may
+    replace); a folder of anything else, or a manifest of another format, is not ours."""
+    folder = Path(folder)
+    for name, fmt in ((MANIFEST, FORMAT), (PLAN, "metazoo-plan")):
+        try:
+            if json.loads((folder / name).read_text()).get("format") == fmt:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def check_replaceable(folder: Path, option: str = "--force") -> None:
+    """Refuse to replace a non-empty folder that is not a metazoo zoo, naming one of its files."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ZooError(f"{folder} is a file, not a zoo folder; {option} replaces only zoo folders")
+    if owned_by_metazoo(folder):
+        return
+    first = next(iter(sorted(folder.iterdir())), None)
+    if first is not None:
+        raise ZooError(f"{folder} holds files that are not a metazoo zoo (e.g. {first.name}); {option} replaces "
+                       "only a folder holding a zoo: choose another folder or empty it yourself")
 
 
 #: The generation plan written when a generation starts (see zoo.generate).
@@ -313,7 +426,11 @@ def verify(root: Path) -> list[str]:
 
     Returns a list of problems, each naming the file; empty when the zoo is sound."""
     root = Path(root)
-    m = read_manifest(root)
+    m = read_manifest(root, check=False)
+    try:
+        check_manifest(m, root, MANIFEST)
+    except ZooError as e:
+        return [str(e)]
     problems = []
     layout = Layout.from_dict(m["layout"])
     seen = []
@@ -322,10 +439,11 @@ def verify(root: Path) -> list[str]:
         if not path.exists():
             problems.append(f"{s['file']}: missing")
             continue
-        sha = sha256_file(path)
+        sha = sha256_file(path)  # zoo verify always re-reads: it is the check to run when in doubt
         if sha != s["sha256"]:
             problems.append(f"{s['file']}: sha256 {sha[:12]}… does not match manifest {s['sha256'][:12]}…")
             continue
+        ShardVerifier(root).remember(s)
         try:
             with open_shard(path) as f:
                 ids = f["ids"][()]

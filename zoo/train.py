@@ -124,7 +124,7 @@ def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, smoothing, weight=None) -
 
     Same formula as ``F.cross_entropy(label_smoothing=e)``, but ``e`` may differ per model.
     ``weight [B]`` (0 or 1) marks the real samples of a padded batch: the mean is over them."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     smooth = -logp.mean(dim=-1)
     e = torch.as_tensor(smoothing, dtype=logp.dtype, device=logp.device)
@@ -163,8 +163,8 @@ def _stack_plans(plans, device):
 
 
 def _hp_tensors(hps: list[dict], device) -> dict:
-    def t(k, dt=torch.float32):
-        return torch.tensor([h[k] for h in hps], dtype=dt, device=device)
+    def t(k):
+        return torch.tensor([h[k] for h in hps], dtype=torch.get_default_dtype(), device=device)
 
     return {"lr": t("lr"), "weight_decay": t("weight_decay"), "label_smoothing": t("label_smoothing"),
             "momentum": t("momentum")}
@@ -189,7 +189,7 @@ class GroupRun:
         self.spe = steps_per_epoch(len(data.y_train), hp0)
         self.B = int(hp0["batch_size"])
         self.hw = tuple(data.x_train.shape[2:])
-        self.dtype = torch.bfloat16 if opts.bf16 else torch.float32
+        self.dtype = torch.bfloat16 if opts.bf16 else torch.get_default_dtype()
         self.g = GroupState.from_nets(build_net(cfg), [build_net(cfg, j.seed) for j in jobs], dev)
         flat = self.g.flat.detach()
         self.state = {"m": torch.zeros_like(flat), "v": torch.zeros_like(flat)} if self.kind == "adamw" \
@@ -292,7 +292,7 @@ class GroupRun:
         # A model whose loss is not finite gets no gradient from it; its own NaNs stay in
         # its own channels, since no op mixes models.
         torch.where(finite, loss, torch.zeros_like(loss)).sum().backward()
-        factor = lr_factor(self.steps, self.totals, self.warms, self.kinds).float()
+        factor = lr_factor(self.steps, self.totals, self.warms, self.kinds).to(torch.get_default_dtype())
         self.steps += 1
         _optimizer_step(self.g, self.state, self.hp_t, factor, self.steps, self.kind, self.fresh)
         self.fresh = set()
@@ -313,9 +313,10 @@ def _optimizer_step(g: GroupState, st: dict, hp_t: dict, factor, t, kind: str, f
         p.mul_(1 - lr * wd)
         st["m"].lerp_(grad, 1 - BETAS[0])
         st["v"].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
-        # Bias corrections in float64 on the device, rounded to fp32 as a Python scalar would be.
-        bc1 = (1 - BETAS[0] ** t).float()
-        sqrt_bc2 = torch.sqrt(1 - BETAS[1] ** t).float()
+        # Bias corrections in float64 on the device, rounded to the parameters' dtype as a
+        # Python scalar would be.
+        bc1 = (1 - BETAS[0] ** t).to(p.dtype)
+        sqrt_bc2 = torch.sqrt(1 - BETAS[1] ** t).to(p.dtype)
         denom = (st["v"].sqrt() / sqrt_bc2[g.model_of]).add_(EPS)
         p.addcdiv_(st["m"] * (-lr / bc1[g.model_of]), denom)
     else:
@@ -423,11 +424,12 @@ def _evaluate(g: GroupState, X, Y, idx, data: ImageData, opts: TrainOptions):
     per = max(1, opts.eval_batch * 64 // max(M, 1))
     loss = torch.zeros(M, dtype=torch.float64, device=idx.device)
     correct = torch.zeros(M, dtype=torch.float64, device=idx.device)
-    dtype = torch.bfloat16 if opts.bf16 else torch.float32
+    dtype = torch.bfloat16 if opts.bf16 else torch.get_default_dtype()
     for i in range(0, n, per):
         j = idx[:, i:i + per]
         logits = g.forward(data.normalize(X[j]), training=False, channels_last=opts.channels_last,
-                           dtype=dtype).float()
+                           dtype=dtype)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         y = Y[j]
         loss += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").double().sum(1)
         correct += (logits.argmax(-1) == y).double().sum(1)

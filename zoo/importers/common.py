@@ -7,6 +7,7 @@ it to the requested name: a failed import (bad file, full disk, Ctrl-C) leaves n
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ import pandas as pd
 
 from ..errors import ZooError
 from ..layout import Layout
+from ..lock import lock_dir
 from ..store import (
     MANIFEST,
     ShardContent,
@@ -64,8 +66,17 @@ class ZooWriter:
     the last finished shard; any other leftover partial folder is removed first."""
 
     def __init__(self, out, *, force: bool = False, fingerprint: dict | None = None):
-        # Output-folder lock (issue 9, helper 9's zoo/lock.py `lock_dir`): take it here, around
-        # the whole import, once that module is on main.
+        # The output folder is ours for the whole import: a second writer gets a message naming
+        # this process instead of sharing (and spoiling) the partial folder.
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(lock_dir(Path(out), what="zoo import"))
+        try:
+            self._open(out, force, fingerprint)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, out, force, fingerprint) -> None:
         self.out = claim_output(out, force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.parent / f".imp.{self.out.name}.partial"
@@ -113,9 +124,12 @@ class ZooWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
-            shutil.rmtree(self.tmp, ignore_errors=True)  # a refused source: nothing to resume
+        try:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+                shutil.rmtree(self.tmp, ignore_errors=True)  # a refused source: nothing to resume
+        finally:
+            self._lock.close()
 
     def add(self, content: ShardContent, state: dict | None = None) -> None:
         """Write one shard; ``state`` is what the importer needs to continue after it."""
