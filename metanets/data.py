@@ -15,7 +15,10 @@ Views (what a metanet's ``view`` attribute asks for):
   trainable ones (``params="trainable"``, the default: a W-Asym net's fixed entries are
   dropped, norms and biases kept, as the paper feeds them);
 * ``layers``: dict tensor name -> ``[B, *shape]`` (views of the flat vector);
-* ``stats``: ``[B, T, 7]`` statistics per parameter tensor (:data:`STATS`).
+* ``stats``: ``[B, T, 7]`` statistics per parameter tensor (:data:`STATS`);
+* ``full``: the flat vector ``[B, P]`` of *all* parameters as the net uses them (a W-Asym
+  net's fixed entries put back, whatever ``params`` says), laid out by
+  ``InputInfo.full_layout`` — for metanets that rebuild the net's structure (NFN, graph).
 
 The target is one column of the zoo table (``test_acc`` in [0, 1] by default).
 Diverged models (and models whose target is not finite) are excluded and counted.
@@ -53,6 +56,25 @@ class InputInfo:
 
     layout: Layout
     params: str = "trainable"
+    #: the zoo's own layout (fixed mask included) and fixed values, for the ``full`` view
+    full: Layout | None = None
+    fixed_values: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def full_layout(self) -> Layout:
+        return self.full if self.full is not None else self.layout
+
+    def to_full(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored vectors ``[N, D]`` (trainable or all entries) -> ``[N, P]`` in ``full_layout``."""
+        full = self.full_layout
+        if x.shape[-1] == full.num_params:
+            return x
+        if full.fixed_mask is None or self.fixed_values is None:
+            raise MetanetError(f"vectors have {x.shape[-1]} entries; the full layout has {full.num_params} "
+                               "and no fixed values to fill the rest")
+        out = torch.as_tensor(self.fixed_values, dtype=x.dtype, device=x.device).expand(len(x), -1).clone()
+        out[:, torch.as_tensor(full.trainable_index, device=x.device)] = x
+        return out
 
     @property
     def num_inputs(self) -> int:
@@ -67,16 +89,29 @@ class InputInfo:
         return len(STATS)
 
     def to_dict(self) -> dict:
-        return {"layout": self.layout.to_dict(), "params": self.params}
+        d = {"layout": self.layout.to_dict(), "params": self.params}
+        if self.full is not None:
+            d["full"] = self.full.to_dict()
+            d["fixed_mask"] = None if self.full.fixed_mask is None else self.full.fixed_mask.tolist()
+            d["fixed_values"] = None if self.fixed_values is None else self.fixed_values.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputInfo":
-        return cls(Layout.from_dict(d["layout"]), d["params"])
+        full = Layout.from_dict(d["full"], d.get("fixed_mask")) if d.get("full") else None
+        fv = np.asarray(d["fixed_values"], np.float32) if d.get("fixed_values") is not None else None
+        return cls(Layout.from_dict(d["layout"]), d["params"], full, fv)
 
 
 def input_layout(z: zoo.reader.Zoo, params: str) -> Layout:
     _check_params(params)
     return z.layout.trainable_layout() if params == "trainable" else Layout(z.layout.tensors)
+
+
+def zoo_info(z: zoo.reader.Zoo, params: str) -> InputInfo:
+    """What a metanet reading ``z`` with ``params`` is built for."""
+    fv = None if z.fixed_values is None else np.asarray(z.fixed_values, np.float32)
+    return InputInfo(input_layout(z, params), params, z.layout, fv)
 
 
 def _check_params(params):
@@ -177,6 +212,7 @@ class WeightSet:
     selection: Selection
     x: dict  # split -> [n, D] float32 tensor, or StreamedRows
     stats: dict = field(default_factory=dict)  # split -> [n, T, 7], filled on first use
+    full: dict = field(default_factory=dict)  # split -> [n, P] ("full" view), filled on first use
 
     @property
     def target(self) -> str:
@@ -193,7 +229,14 @@ class WeightSet:
         return self.selection.ids[split]
 
     def features(self, split: str, view: str) -> torch.Tensor:
-        """Stored features of a split: vectors (``vector``/``layers``) or statistics (``stats``)."""
+        """Stored features of a split: vectors (``vector``/``layers``), statistics (``stats``) or
+        all parameters (``full``)."""
+        if view == "full":
+            if split not in self.full:
+                x = self.x[split]
+                x = x[slice(None)] if isinstance(x, StreamedRows) else x
+                self.full[split] = self.info.to_full(x)
+            return self.full[split]
         if view == "stats":
             if split not in self.stats:
                 x = self.x[split]
@@ -265,7 +308,7 @@ def load(path, *, params: str = "trainable", target: str | None = None, checkpoi
         sel = select(z, target, checkpoint)
         if checkpoint not in z.checkpoints:
             raise MetanetError(f"{z.path}: no checkpoint {checkpoint!r}; stored: {', '.join(z.checkpoints)}")
-        info = InputInfo(input_layout(z, params), params)
+        info = zoo_info(z, params)
         if in_memory is False or (in_memory is None and not fits_in_memory(z)):
             x = {s: StreamedRows(z.path, sel.ids[s], checkpoint, params == "trainable", info.num_inputs, device)
                  for s in SPLITS}
@@ -298,7 +341,7 @@ class ZooDataset(torch.utils.data.Dataset):
         self.zoo = open_zoo(path)
         self.selection = select(self.zoo, target, checkpoint)
         self.split, self.view, self.params, self.checkpoint = split, view, params, checkpoint
-        self.info = InputInfo(input_layout(self.zoo, params), params)
+        self.info = zoo_info(self.zoo, params)
         self.zoo.close()
 
     def __len__(self):
@@ -309,6 +352,8 @@ class ZooDataset(torch.utils.data.Dataset):
         vec = torch.from_numpy(self.zoo.weights([mid], self.checkpoint, trainable_only=self.params == "trainable"))
         if self.view == "stats":
             x = tensor_stats(vec, self.info.layout)[0]
+        elif self.view == "full":
+            x = self.info.to_full(vec)[0]
         else:
             x = as_view(vec[0], self.view, self.info.layout)
         return x, torch.tensor(self.selection.y[self.split][i])

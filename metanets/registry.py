@@ -9,14 +9,18 @@ and get the same class. A metanet is either
 
 ``view`` names the weight-space input it reads (see :mod:`metanets.data`):
 ``"vector"`` ([B, D] flat parameters), ``"layers"`` (dict name -> [B, *shape]),
-``"stats"`` ([B, T, 7] per-tensor statistics) or ``"hparams"`` ([B, k] sampled
-hyper-parameters from the zoo table, no weights: the control, :mod:`metanets.hparams`).
+``"stats"`` ([B, T, 7] per-tensor statistics), ``"hparams"`` ([B, k] sampled
+hyper-parameters from the zoo table, no weights: the control, :mod:`metanets.hparams`) or
+``"full"`` ([B, P] all parameters, fixed entries included, in ``info.full_layout``).
+
+A metanet that reads only some architectures defines ``unsupported(info) -> str | None``
+(a classmethod): the benchmark shows it as n/a with that reason instead of running it.
 """
 from __future__ import annotations
 
 from .errors import MetanetError
 
-VIEWS = ("vector", "layers", "stats", "hparams")
+VIEWS = ("vector", "layers", "stats", "hparams", "full")
 KINDS = ("torch", "sklearn")
 
 _REGISTRY: dict[str, type] = {}
@@ -53,13 +57,13 @@ def register(name: str):
 
 def _load_builtins() -> None:
     # Importing the modules runs their @register decorators.
-    from . import deepsets, dmc, gbm, hparams, mlp, statnn  # noqa: F401
+    from . import deepsets, dmc, gbm, graph, hparams, mlp, nfn, statnn  # noqa: F401
 
 
 def names() -> list[str]:
     """Registered metanet names, built-ins first in the paper's order, then plugins."""
     _load_builtins()
-    order = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm", "statnn-std", "hparams"]
+    order = ["mlp", "dmc", "deepsets", "statnn", "statnn-gbm", "statnn-std", "hparams", "nfn-np", "nfn-hnp", "graph"]
     return [n for n in order if n in _REGISTRY] + sorted(n for n in _REGISTRY if n not in order)
 
 
@@ -70,6 +74,12 @@ def get(name: str) -> type:
         raise MetanetError(f"unknown metanet {name!r}; known: {', '.join(names())} "
                            f"(register your own with --plugin FILE)")
     return _REGISTRY[name]
+
+
+def unsupported(name: str, info) -> str | None:
+    """Why metanet ``name`` cannot read nets of ``info`` (None when it can)."""
+    check = getattr(get(name), "unsupported", None)
+    return check(info) if check else None
 
 
 def parse_names(text: str) -> list[str]:

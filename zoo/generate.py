@@ -29,7 +29,8 @@ from . import data as image_data
 from .errors import ZooError
 from .layout import Layout
 from .nets import FiGLU, build_net
-from .spec import GROUP_KEYS, HPARAMS, ZooSpec, load_spec, validate_for_data
+from .smallcnn import train_smallcnn_group
+from .spec import GROUP_KEYS, ZooSpec, check_image_size, load_spec, validate_for_data
 from .lock import lock_dir
 from .store import (MANIFEST, PLAN, ShardContent, ShardVerifier, build_manifest, check_replaceable,
                     check_writable_dir, concat_contents, is_temp, make_splits, open_shard, read_manifest, read_shard,
@@ -47,7 +48,9 @@ def plan_groups(spec: ZooSpec, shard: int, group_size: int) -> list[list[int]]:
     """Deterministic groups of model ids for one shard."""
     ids = list(spec.shard_ids(shard))
     hps = {i: spec.sample_hparams(i) for i in ids}
-    key = lambda i: tuple(str(hps[i][k]) for k in GROUP_KEYS)  # noqa: E731
+    # a smallcnn group also shares its activation: no model computes both tanh and relu
+    keys = GROUP_KEYS + (("activation",) if spec.net.arch == "smallcnn" else ())
+    key = lambda i: tuple(str(hps[i][k]) for k in keys)  # noqa: E731
     groups = []
     for k in sorted({key(i) for i in ids}):
         members = sorted((i for i in ids if key(i) == k), key=lambda i: (hps[i]["epochs"], i))
@@ -65,6 +68,8 @@ def auto_group_size(spec: ZooSpec, cfg, data, opts: TrainOptions) -> int:
     device = opts.device
     hp = spec.sample_hparams(0)
     batch = int(hp["batch_size"])
+    if spec.net.arch == "smallcnn":  # 4,970 parameters: memory is never the limit
+        return 64 if device.startswith("cuda") else 8
     if not device.startswith("cuda"):
         return 1 if batch >= 256 else (4 if batch >= 96 else 8)
     free, _ = torch.cuda.mem_get_info(device)
@@ -189,7 +194,7 @@ def results_to_content(results, spec: ZooSpec, cfg, layout, template, attrs) -> 
     ckpts = spec.checkpoint_names
     rows = []
     for r in results:
-        row = {k: r.hp[k] for k in HPARAMS}
+        row = {k: r.hp[k] for k in spec.hparams}
         row["seed"] = spec.model_seed(r.model_id)
         row.update({k: r.metrics[k] for k in sorted(r.metrics)})
         row["diverged"], row["diverged_epoch"] = r.diverged, r.diverged_epoch
@@ -218,6 +223,7 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
     data = image_data.load(spec.data, opts.device)
     C, K = data.shape[0], data.num_classes
     cfg = validate_for_data(spec, C, K)
+    check_image_size(spec, tuple(data.shape[1:]))
     if plan is None:
         gs = group_size or auto_group_size(spec, cfg, data, opts)
         mine = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
@@ -393,7 +399,9 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
                         bar.write(f"note: {part}: {problem}; training its {len(group)} models again")
                 jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in group]
                 t0 = time.perf_counter()
-                if reference or gs == 1:  # one at a time: plain layers are never slower than a group of one
+                if cfg.arch == "smallcnn":
+                    results = train_smallcnn_group(jobs, cfg, data, list(spec.checkpoints), device)
+                elif reference or gs == 1:  # one at a time: plain layers are never slower than a group of one
                     results = [train_alone(j, cfg, data, list(spec.checkpoints), opts) for j in jobs]
                 else:
                     results = trainer.train(jobs)

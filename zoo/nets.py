@@ -47,6 +47,12 @@ class NetConfig:
     wasym: WAsym | None = None
     figlu_scale: float = 1.0
     asym_seed: int = 0
+    #: "resnet" or "smallcnn" (Unterthiner et al. 2020; see :class:`SmallCNN`)
+    arch: str = "resnet"
+    #: smallcnn only: "valid" (upstream Keras default) or "same" (needed for 8x8 digits)
+    padding: str = "valid"
+    #: smallcnn only: average the input channels first (upstream's grayscale CIFAR-10 / SVHN)
+    grayscale: bool = False
 
     @property
     def blocks_per_stage(self) -> int:
@@ -57,7 +63,10 @@ class NetConfig:
         return tuple(max(1, int(round(c * self.width))) for c in (16, 32, 64))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.arch == "resnet":  # ResNet manifests and fingerprints stay as before smallcnn existed
+            del d["arch"], d["padding"], d["grayscale"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
@@ -67,6 +76,7 @@ class NetConfig:
         return cls(**d)
 
 
+ARCHS = ("resnet", "smallcnn")
 NORMS = ("groupnorm", "batchnorm")
 ACTIVATIONS = ("relu", "figlu")
 WASYM_MODES = ("filters", "entries")
@@ -269,9 +279,15 @@ class PlainOps:
         return x.mean(dim=(2, 3))
 
 
-def build_net(cfg: NetConfig, seed: int | None = None) -> ResNet:
+def build_net(cfg: NetConfig, seed: int | None = None, hp: dict | None = None) -> nn.Module:
     """A net for ``cfg``; its trainable initialisation is drawn from ``seed`` (fixed entries
-    and FiGLU mixes come from ``cfg.asym_seed`` and are the same for every seed)."""
+    and FiGLU mixes come from ``cfg.asym_seed`` and are the same for every seed).
+
+    A smallcnn takes its per-model activation, dropout and initialisation from ``hp``."""
+    if cfg.arch == "smallcnn":
+        from .smallcnn import build_smallcnn
+
+        return build_smallcnn(cfg, seed, hp)
     if seed is None:
         return ResNet(cfg)
     with torch.random.fork_rng(devices=[]):
@@ -297,6 +313,12 @@ def _mode(cfg):
 
 def validate_net(cfg: NetConfig, prefix: str = "net") -> None:
     """Raise :class:`SpecError` naming the field for any out-of-range option."""
+    if cfg.arch not in ARCHS:
+        raise SpecError(f"{prefix}.arch", cfg.arch, f"allowed: {', '.join(ARCHS)}")
+    if cfg.arch == "smallcnn":
+        from .smallcnn import validate_smallcnn
+
+        return validate_smallcnn(cfg, prefix)
     if cfg.depth < 8 or (cfg.depth - 2) % 6:
         raise SpecError(f"{prefix}.depth", cfg.depth, "must be 6n+2 with n >= 1 (8 = ResNet8, 20 = ResNet20)")
     if not (cfg.width > 0):

@@ -215,7 +215,12 @@ class Zoo:
         """An ``nn.Module`` (eval mode, CPU) computing exactly what model ``model_id`` computed."""
         from .nets import build_net
 
-        net = build_net(self.net_config)
+        cfg = self.net_config
+        hp = None
+        if cfg.arch == "smallcnn":  # activation and dropout are per-model hyper-parameters
+            row = self.table.set_index("model_id").loc[int(model_id)]
+            hp = {k: row[k] for k in ("activation", "dropout") if k in row}
+        net = build_net(cfg, hp=hp)
         weights = self.layer_weights(model_id, checkpoint)
         with torch.no_grad():
             mods = dict(net.named_modules())

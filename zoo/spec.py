@@ -36,7 +36,8 @@ HPARAMS = {
     "label_smoothing": ("float", "in [0, 1)", lambda v: 0 <= v < 1),
     "epochs": ("int", "an integer >= 1", lambda v: v >= 1),
     "batch_size": ("int", "an integer >= 1", lambda v: v >= 1),
-    "optimizer": ("str", "'adamw' or 'sgd'", lambda v: v in ("adamw", "sgd")),
+    "optimizer": ("str", "'adamw' or 'sgd' ('sgd', 'adam' or 'rmsprop' for arch = 'smallcnn')",
+                  lambda v: v in ("adamw", "sgd", "adam", "rmsprop")),
     "momentum": ("float", "in [0, 1)", lambda v: 0 <= v < 1),
     "warmup_epochs": ("float", ">= 0", lambda v: v >= 0),
     "schedule": ("str", "'lim2024' (linear warm-up then linear decay to 0), 'cosine' or 'constant'",
@@ -130,8 +131,26 @@ def parse_dist(name: str, obj) -> Dist:
     return Dist(kind, obj)
 
 
-def _check_hparam(name: str, dist: Dist, allow_large: bool = False) -> None:
-    kind, allowed, ok = HPARAMS[name]
+def _arch_hparams(arch: str):
+    """(hyper-parameter -> (kind, allowed, check), defaults) of an architecture."""
+    if arch != "smallcnn":
+        return HPARAMS, HPARAM_DEFAULTS
+    from .smallcnn import HPARAMS as extra
+
+    return ({**HPARAMS, **{k: v[:3] for k, v in extra.items()}},
+            {**HPARAM_DEFAULTS, "optimizer": "sgd", "momentum": 0.0, **{k: v[3] for k, v in extra.items()}})
+
+
+def _check_optimizer(arch: str, dist: Dist) -> None:
+    allowed = ("sgd", "adam", "rmsprop") if arch == "smallcnn" else ("adamw", "sgd")
+    text = " or ".join((", ".join(f"'{o}'" for o in allowed[:-1]), f"'{allowed[-1]}'"))
+    for v in dist.support():
+        if v not in allowed:
+            raise SpecError("hparams.optimizer", v, f"{text} (allowed for arch = '{arch}')")
+
+
+def _check_hparam(name: str, dist: Dist, allow_large: bool = False, known: dict = HPARAMS) -> None:
+    kind, allowed, ok = known[name]
     for v in dist.support():
         if kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
             raise SpecError(f"hparams.{name}", v, f"must be a finite number {allowed}")
@@ -169,7 +188,8 @@ class ZooSpec:
     def sample_hparams(self, model_id: int) -> dict:
         """The hyper-parameters of model ``model_id`` (a pure function of seed and id)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, model_id, 1]))
-        return {name: self.hparams[name].sample(rng) for name in HPARAMS}
+        # HPARAMS first, then the architecture's own (smallcnn): ResNet draws are unchanged.
+        return {name: self.hparams[name].sample(rng) for name in self.hparams}
 
     @property
     def checkpoint_names(self) -> list[str]:
@@ -211,7 +231,7 @@ class ZooSpec:
         return ZooSpec(**{**self.__dict__, "models": int(n)})
 
 
-NET_KEYS = {"arch", "depth", "width", "norm", "activation", "figlu_scale", "asym_seed", "wasym"}
+NET_KEYS = {"arch", "depth", "width", "norm", "activation", "figlu_scale", "asym_seed", "wasym", "padding", "grayscale"}
 TOP_KEYS = {"name", "description", "models", "seed", "models_per_shard", "checkpoints", "split", "data", "net",
             "hparams", "allow_large"}
 #: net field -> (types, description) checked before any arithmetic on them
@@ -268,9 +288,13 @@ def spec_from_dict(d: dict) -> ZooSpec:
     if unknown:
         k = sorted(unknown)[0]
         raise SpecError(f"net.{k}", net_d[k], f"unknown field; known: {', '.join(sorted(NET_KEYS))}")
-    arch = net_d.pop("arch", "resnet")
-    if arch != "resnet":
-        raise SpecError("net.arch", arch, "allowed: resnet (depth 8 = ResNet8, 20 = ResNet20, ...)")
+    arch = net_d.get("arch", "resnet")
+    if arch not in ("resnet", "smallcnn"):
+        raise SpecError("net.arch", arch, "allowed: resnet (depth 8 = ResNet8, 20 = ResNet20, ...), "
+                                          "smallcnn (the Small CNN Zoo's CNN)")
+    for k in ("padding", "grayscale"):
+        if arch == "resnet" and k in net_d:
+            raise SpecError(f"net.{k}", net_d[k], "only for arch = 'smallcnn'")
     wasym = net_d.pop("wasym", None)
     if wasym is not None:
         if not isinstance(wasym, dict):
@@ -294,15 +318,18 @@ def spec_from_dict(d: dict) -> ZooSpec:
     hp_in = d.get("hparams", {})
     if not isinstance(hp_in, dict):
         raise SpecError("hparams", hp_in, "must be a table")
-    unknown = set(hp_in) - set(HPARAMS)
+    known, defaults = _arch_hparams(arch)
+    unknown = set(hp_in) - set(known)
     if unknown:
         k = sorted(unknown)[0]
-        raise SpecError(f"hparams.{k}", hp_in[k], f"unknown hyper-parameter; known: {', '.join(HPARAMS)}")
+        raise SpecError(f"hparams.{k}", hp_in[k], f"unknown hyper-parameter for arch = '{arch}'; "
+                                                    f"known: {', '.join(known)}")
     hparams = {}
-    for k in HPARAMS:
-        dist = parse_dist(k, hp_in.get(k, HPARAM_DEFAULTS[k]))
-        _check_hparam(k, dist, allow_large)
+    for k in known:
+        dist = parse_dist(k, hp_in.get(k, defaults[k]))
+        _check_hparam(k, dist, allow_large, known)
         hparams[k] = dist
+    _check_optimizer(arch, hparams["optimizer"])
     ckpts = d.get("checkpoints", ["final"])
     if not isinstance(ckpts, list) or not ckpts:
         raise SpecError("checkpoints", ckpts, "must be a non-empty list of epoch numbers and/or 'final'")
@@ -324,6 +351,14 @@ def validate_for_data(spec: ZooSpec, in_channels: int, num_classes: int) -> NetC
     cfg = NetConfig(**{**spec.net.__dict__, "in_channels": in_channels, "num_classes": num_classes})
     validate_net(cfg)
     return cfg
+
+
+def check_image_size(spec: ZooSpec, hw: tuple[int, int]) -> None:
+    """Architectures that shrink the image (smallcnn's unpadded stride-2 convs) need enough pixels."""
+    if spec.net.arch == "smallcnn":
+        from .smallcnn import check_input_size
+
+        check_input_size(spec.net, hw)
 
 
 # ---------------------------------------------------------------- presets

@@ -1,0 +1,177 @@
+"""arch = "smallcnn": the Small CNN Zoo's CNN, its hyper-parameters, trainer and presets."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import zoo
+from zoo import data as image_data
+from zoo.errors import SpecError
+from zoo.importers.smallcnnzoo import _torch_shape, read_layout
+from zoo.layout import Layout
+from zoo.nets import NetConfig, build_net
+from zoo.smallcnn import SmallCNNGroup, _opt_state, _step, build_smallcnn, train_smallcnn_group
+from zoo.spec import load_spec, presets, spec_from_dict
+from zoo.store import metric_column
+from zoo.train import Job
+
+CFG = NetConfig(arch="smallcnn", in_channels=1, num_classes=10, padding="same")
+
+
+def _upstream_layout(tmp_path) -> Layout:
+    """The layout an imported Small CNN Zoo gets, from a layout.csv in upstream's naming."""
+    rows, pos = [], 0
+    for name, shape in [("conv2d/kernel:0", (3, 3, 1, 16)), ("conv2d/bias:0", (16,)),
+                        ("conv2d_1/kernel:0", (3, 3, 16, 16)), ("conv2d_1/bias:0", (16,)),
+                        ("conv2d_2/kernel:0", (3, 3, 16, 16)), ("conv2d_2/bias:0", (16,)),
+                        ("dense/kernel:0", (16, 10)), ("dense/bias:0", (10,))]:
+        n = math.prod(shape)
+        rows.append({"varname": f"sequential/{name}", "start_idx": pos, "end_idx": pos + n, "shape": str(shape)})
+        pos += n
+    pd.DataFrame(rows).to_csv(tmp_path / "layout.csv", index=False)
+    tensors, _ = read_layout(tmp_path / "layout.csv")
+    return Layout.from_shapes([(n, _torch_shape(s), role) for n, s, _, _, role in tensors])
+
+
+def test_smallcnn_has_4970_parameters_and_the_imported_zoos_layout(tmp_path):
+    net = build_net(CFG, 0)
+    lay = Layout.from_module(net)
+    assert lay.num_params == 4970 == sum(p.numel() for p in net.parameters())
+    assert lay.same_tensors(_upstream_layout(tmp_path))
+    # valid padding (upstream) on 28x28: 28 -> 13 -> 6 -> 2 pixels, same parameters
+    valid = build_net(NetConfig(arch="smallcnn", in_channels=1, num_classes=10), 0)
+    assert valid(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # grayscale (CIFAR-10-GS / SVHN-GS): three input channels averaged, still 4,970 parameters
+    gray = build_net(NetConfig(arch="smallcnn", in_channels=3, num_classes=10, grayscale=True), 0)
+    assert Layout.from_module(gray).num_params == 4970
+
+
+@pytest.mark.parametrize("kind,expected_std", [("he_normal", math.sqrt(2 / 144)),
+                                                ("glorot_uniform", math.sqrt(2 / (144 + 144))),
+                                                ("random_normal", 0.3), ("truncated_normal", 0.3)])
+def test_initialisers_draw_keras_scales(kind, expected_std):
+    net = build_smallcnn(CFG, 7, {"w_init": kind, "init_std": 0.3})
+    w = net.conv2d_1.weight.detach()  # fan_in = fan_out = 16 * 9 = 144
+    assert abs(w.std().item() / expected_std - 1) < 0.1 if kind != "truncated_normal" else \
+        (w.abs().max() <= 0.6 + 1e-6 and 0.7 < w.std().item() / 0.3 < 0.95)  # cut at 2 std
+    assert torch.count_nonzero(net.conv2d_1.bias) == 0
+    orth = build_smallcnn(CFG, 7, {"w_init": "orthogonal"}).conv2d_1.weight.detach().reshape(16, -1)
+    torch.testing.assert_close(orth @ orth.T, torch.eye(16), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,reference", [
+    ("sgd", lambda p: torch.optim.SGD(p, lr=0.05)),
+    ("rmsprop", lambda p: torch.optim.RMSprop(p, lr=0.05, alpha=0.9, eps=1e-7)),
+])
+def test_grouped_optimizers_match_torch(kind, reference):
+    nets = [build_smallcnn(CFG, s) for s in (1, 2)]
+    group = SmallCNNGroup(CFG, nets, "cpu")
+    st = _opt_state(group, kind)
+    ref_net = build_smallcnn(CFG, 2)
+    opt = reference(list(ref_net.parameters()))
+    x = torch.randn(2, 4, 1, 8, 8)
+    for t in (1, 2, 3):
+        group.forward(x).sum().backward()
+        _step(group, st, kind, torch.tensor([0.01, 0.05]), torch.zeros(2), t)
+        opt.zero_grad()
+        ref_net(x[1]).sum().backward()
+        opt.step()
+    torch.testing.assert_close(group.params["conv2d_1.weight"][1], ref_net.conv2d_1.weight.detach(),
+                               atol=1e-6, rtol=1e-5)
+
+
+def _jobs(spec, ids, epochs=2):
+    return [Job(i, spec.model_seed(i), {**spec.sample_hparams(i), "epochs": epochs}) for i in ids]
+
+
+def test_a_model_trains_the_same_alone_or_in_a_group():
+    spec = load_spec("smallcnnzoo-digits")
+    data = image_data.load(spec.data)
+    cfg = NetConfig(**{**CFG.__dict__})
+    # three models that share the group keys (optimizer, batch, fraction, activation), with dropout
+    hps = {i: spec.sample_hparams(i) for i in range(200)}
+    key = lambda i: (hps[i]["optimizer"], hps[i]["train_fraction"], hps[i]["activation"])  # noqa: E731
+    k0 = next(key(i) for i in hps if hps[i]["train_fraction"] <= 0.25)
+    ids = [i for i in hps if key(i) == k0][:3]
+    assert len(ids) == 3 and any(hps[i]["dropout"] > 0.1 for i in ids)
+    group = train_smallcnn_group(_jobs(spec, ids), cfg, data, [0, 1, "final"])
+    for r in group:
+        alone = train_smallcnn_group(_jobs(spec, [r.model_id]), cfg, data, [0, 1, "final"])[0]
+        for ck in ("epoch_0", "epoch_1", "final"):
+            np.testing.assert_allclose(r.weights[ck], alone.weights[ck], rtol=1e-4, atol=1e-6)
+        col = metric_column("test_acc", "final")
+        assert r.metrics[col] == pytest.approx(alone.metrics[col], abs=1e-3)
+    assert not np.allclose(group[0].weights["epoch_0"], group[0].weights["final"])
+
+
+def test_generated_smallcnn_zoo_rebuilds_and_is_read_by_every_applicable_metanet(tmp_path):
+    from metanets import data, registry, train
+    from zoo.generate import generate
+
+    spec = spec_from_dict({**load_spec("smallcnnzoo-digits").to_dict(), "models": 8, "checkpoints": [0, 2, "final"],
+                           "hparams": {**load_spec("smallcnnzoo-digits").to_dict()["hparams"], "epochs": 2}})
+    out = generate(spec, tmp_path / "z", progress=False)
+    z = zoo.open(out)
+    assert z.layout.num_params == 4970 and z.checkpoints == ["epoch_0", "epoch_2", "final"]
+    assert {"optimizer", "dropout", "w_init", "init_std", "activation", "train_fraction"} <= set(z.table.columns)
+    d = image_data.load({"source": "digits"})
+    row = z.table.iloc[3]
+    net = z.rebuild(int(row["model_id"]))
+    assert net.activation == row["activation"]
+    with torch.no_grad():
+        acc = (net(d.normalize(d.x_test)).argmax(1) == d.y_test).double().mean().item()
+    assert acc == pytest.approx(row["test_acc"], abs=1e-6)
+    ws = data.load(out)
+    for name in registry.names():
+        assert registry.unsupported(name, ws.info) is None, name
+    for name in ("nfn-np", "nfn-hnp", "graph"):
+        res = train.fit(name, ws, lr=1e-3, epochs=1, batch_size=2)
+        assert len(res.predictions["test"]) == len(ws.ids("test")) and np.isfinite(res.predictions["test"]).all()
+
+
+def test_spec_errors_name_the_field():
+    base = load_spec("smallcnnzoo-digits").to_dict()
+    with pytest.raises(SpecError, match=r"hparams\.optimizer.*'adamw'.*'sgd', 'adam' or 'rmsprop' \(allowed for arch = 'smallcnn'\)"):
+        spec_from_dict({**base, "hparams": {**base["hparams"], "optimizer": "adamw"}})
+    resnet = load_spec("digits-resnet8").to_dict()
+    with pytest.raises(SpecError, match=r"hparams\.dropout.*unknown hyper-parameter for arch = 'resnet'"):
+        spec_from_dict({**resnet, "hparams": {**resnet["hparams"], "dropout": 0.1}})
+    with pytest.raises(SpecError, match=r"hparams\.optimizer.*'rmsprop'.*'adamw' or 'sgd' \(allowed for arch = 'resnet'\)"):
+        spec_from_dict({**resnet, "hparams": {**resnet["hparams"], "optimizer": "rmsprop"}})
+    with pytest.raises(SpecError, match=r"net\.padding.*only for arch = 'smallcnn'"):
+        spec_from_dict({**resnet, "net": {**resnet["net"], "padding": "same"}})
+    with pytest.raises(SpecError, match=r"net\.padding.*'full'.*allowed: valid, same"):
+        spec_from_dict({**base, "net": {**base["net"], "padding": "full"}})
+    with pytest.raises(SpecError, match=r"hparams\.dropout.*must be in \[0, 1\)"):
+        spec_from_dict({**base, "hparams": {**base["hparams"], "dropout": 1.0}})
+
+
+def test_valid_padding_on_8x8_digits_is_refused_before_training(tmp_path):
+    from zoo.generate import generate
+
+    base = load_spec("smallcnnzoo-digits").to_dict()
+    spec = spec_from_dict({**base, "models": 4, "net": {**base["net"], "padding": "valid"}})
+    with pytest.raises(SpecError, match=r"net\.padding.*8x8 images are too small.*padding = 'same'"):
+        generate(spec, tmp_path / "z", progress=False)
+    assert not (tmp_path / "z" / "manifest.json").exists()
+
+
+def test_presets_and_resnet_fingerprints():
+    names = [n for n in presets() if n.startswith("smallcnnzoo-")]
+    assert sorted(names) == ["smallcnnzoo-cifar10", "smallcnnzoo-digits", "smallcnnzoo-fashion_mnist",
+                             "smallcnnzoo-mnist", "smallcnnzoo-svhn"]
+    for n in names:
+        s = load_spec(n)
+        assert s.net.arch == "smallcnn" and len(s.checkpoints) >= 6
+        C = 1 if s.net.grayscale else image_data.SHAPES[s.data["source"]][0]
+        cfg = NetConfig(**{**s.net.__dict__, "in_channels": image_data.SHAPES[s.data["source"]][0]})
+        assert Layout.from_module(build_net(cfg, 0)).num_params == 4970 and C == 1
+        hp = s.sample_hparams(0)
+        assert hp["optimizer"] in ("sgd", "adam", "rmsprop") and hp["train_fraction"] in (0.1, 0.25, 0.5, 1.0)
+    up = load_spec("smallcnnzoo-cifar10")
+    assert up.checkpoints == (0, 1, 2, 3, 20, 40, 60, 80, "final") and up.sample_hparams(5)["epochs"] == 86
+    # ResNet specs serialise as before smallcnn existed (no arch-only keys in the net config)
+    assert set(load_spec("digits-resnet8").net.to_dict()) == {"depth", "width", "norm", "activation", "in_channels",
+                                                             "num_classes", "wasym", "figlu_scale", "asym_seed"}
