@@ -141,20 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_out_dir(out) -> Path:
     """Refuse an output folder that cannot be written, before any training starts."""
-    import os
-    import tempfile
+    from zoo.store import check_writable_dir
 
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise MetanetError(f"--out {p}: is a file, not a folder; pass a folder for the results")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise MetanetError(f"--out {p}: cannot write there ({e.strerror or e})") from None
-    return p
+    check_writable_dir(Path(out), what="--out")
+    return Path(out)
 
 
 def cmd_bench(args) -> int:

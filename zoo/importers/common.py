@@ -27,6 +27,7 @@ from ..store import (
     ShardContent,
     build_manifest,
     make_splits,
+    owned_by_metazoo,
     read_shard,
     sha256_file,
     shard_entry,
@@ -43,13 +44,13 @@ SHARD_SIZE = int(os.environ.get("METAZOO_IMPORT_SHARD_SIZE", "1000"))
 
 def claim_output(out, force: bool = False) -> Path:
     """Check that ``out`` may be written: new, empty, or, with ``force``, a metazoo zoo
-    (it has a manifest). A non-empty folder of anything else is never replaced."""
+    (:func:`zoo.store.owned_by_metazoo`). A non-empty folder of anything else is never replaced."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise ZooError(f"--out {out} is a non-empty folder that holds no metazoo zoo (no {MANIFEST}); "
+        if not owned_by_metazoo(out):
+            raise ZooError(f"--out {out} is a non-empty folder that holds no metazoo zoo (no metazoo {MANIFEST}); "
                            f"it is never replaced, even with --force: choose a new or empty folder")
         if not force:
             raise ZooError(f"--out {out} is already a zoo; choose a new folder or pass --force to replace it")
