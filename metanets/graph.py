@@ -19,13 +19,13 @@ is the same fixed matrix in every net of a zoo, so the graph does not encode it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch_geometric.nn import MessagePassing
 
 from zoo.layout import Layout
 
@@ -151,31 +151,39 @@ def _mlp(d_in, d, d_out=None):
     return nn.Sequential(nn.Linear(d_in, d), nn.ReLU(), nn.Linear(d, d_out or d))
 
 
-class EdgeNodeLayer(MessagePassing):
-    """Edges updated from their two end nodes; nodes from the mean message of their incoming
-    and of their outgoing edges (two directions: a parameter graph is directed).
+@functools.cache
+def _edge_node_layer():
+    """The message-passing layer class, defined on first use: importing torch-geometric costs
+    about a second, which every ``metanets`` command would otherwise pay at start-up."""
+    from torch_geometric.nn import MessagePassing
 
-    Messages are ``relu(A x_src + B e + C x_dst)``: the node terms are projected once per
-    node and gathered, so the per-edge work is one ``H x H`` product per use -- edges
-    outnumber nodes ~20:1 in a ResNet8, and this keeps the CPU demo affordable."""
+    class EdgeNodeLayer(MessagePassing):
+        """Edges updated from their two end nodes; nodes from the mean message of their incoming
+        and of their outgoing edges (two directions: a parameter graph is directed).
 
-    def __init__(self, d: int):
-        super().__init__(aggr="mean", flow="source_to_target")
-        self.e_src, self.e_dst, self.e_self = nn.Linear(d, d), nn.Linear(d, d, bias=False), nn.Linear(d, d)
-        self.in_src, self.in_e = nn.Linear(d, d), nn.Linear(d, d, bias=False)
-        self.out_dst, self.out_e = nn.Linear(d, d), nn.Linear(d, d, bias=False)
-        self.node = _mlp(3 * d, d)
-        self.norm_e, self.norm_v = nn.LayerNorm(d), nn.LayerNorm(d)
+        Messages are ``relu(A x_src + B e + C x_dst)``: the node terms are projected once per
+        node and gathered, so the per-edge work is one ``H x H`` product per use -- edges
+        outnumber nodes ~20:1 in a ResNet8, and this keeps the CPU demo affordable."""
 
-    def forward(self, x, edge_index, e):
-        src, dst = edge_index
-        e = self.norm_e(e + torch.relu(self.e_src(x)[src] + self.e_dst(x)[dst] + self.e_self(e)))
-        m_in = self.propagate(edge_index, h=self.in_src(x), he=self.in_e(e))
-        m_out = self.propagate(edge_index.flip(0), h=self.out_dst(x), he=self.out_e(e))
-        return self.norm_v(x + self.node(torch.cat([x, m_in, m_out], -1))), e
+        def __init__(self, d: int):
+            super().__init__(aggr="mean", flow="source_to_target")
+            self.e_src, self.e_dst, self.e_self = nn.Linear(d, d), nn.Linear(d, d, bias=False), nn.Linear(d, d)
+            self.in_src, self.in_e = nn.Linear(d, d), nn.Linear(d, d, bias=False)
+            self.out_dst, self.out_e = nn.Linear(d, d), nn.Linear(d, d, bias=False)
+            self.node = _mlp(3 * d, d)
+            self.norm_e, self.norm_v = nn.LayerNorm(d), nn.LayerNorm(d)
 
-    def message(self, h_j, he):
-        return torch.relu(h_j + he)
+        def forward(self, x, edge_index, e):
+            src, dst = edge_index
+            e = self.norm_e(e + torch.relu(self.e_src(x)[src] + self.e_dst(x)[dst] + self.e_self(e)))
+            m_in = self.propagate(edge_index, h=self.in_src(x), he=self.in_e(e))
+            m_out = self.propagate(edge_index.flip(0), h=self.out_dst(x), he=self.out_e(e))
+            return self.norm_v(x + self.node(torch.cat([x, m_in, m_out], -1))), e
+
+        def message(self, h_j, he):
+            return torch.relu(h_j + he)
+
+    return EdgeNodeLayer
 
 
 @register("graph")
@@ -210,7 +218,8 @@ class GraphMetanet(nn.Module):
         self.tensor_of = [t.slice for t in info.full_layout.tensors]
         self.embed_e = nn.Linear(self.K + EDGE_FLAGS + self.K, hidden)
         self.embed_v = _mlp(3 + NODE_FLAGS, hidden)
-        self.layers = nn.ModuleList(EdgeNodeLayer(hidden) for _ in range(depth))
+        layer = _edge_node_layer()
+        self.layers = nn.ModuleList(layer(hidden) for _ in range(depth))
         self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.LayerNorm(hidden),
                                   nn.Linear(hidden, 1))
         self._batched = {}
