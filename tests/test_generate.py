@@ -98,7 +98,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_zoo_without_retraining(tiny_
     proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec_file), "--out", str(out),
                              "--group-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    first_part = out / ".parts" / "shard-00000" / "group-00000.h5"
+    first_part = out / ".parts" / "shard-00000" / "part-00000.h5"
     deadline = time.monotonic() + 300
     while not first_part.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -111,13 +111,13 @@ def test_kill_9_then_resume_gives_the_uninterrupted_zoo_without_retraining(tiny_
         zoo.open(out)
 
     trained = []
-    real_train = GroupTrainer.train
+    real_stream = GroupTrainer.stream
 
-    def spy(self, jobs):
+    def spy(self, jobs, slots=None):
         trained.extend(j.model_id for j in jobs)
-        return real_train(self, jobs)
+        return real_stream(self, jobs, slots)
 
-    monkeypatch.setattr(GroupTrainer, "train", spy)
+    monkeypatch.setattr(GroupTrainer, "stream", spy)
     generate(spec_from_dict(tiny_dict), out, progress=False)
     assert finished and not finished & set(trained), "models finished before the kill are not retrained"
     assert sorted(set(trained) | finished) == list(range(8))

@@ -31,6 +31,11 @@ def register(sub) -> None:
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cpu; with --ray, a GPU per task when the cluster has GPUs)")
     p.add_argument("--group-size", type=int, help="models trained at once (default: chosen for the device)")
+    p.add_argument("--no-refill", dest="refill", action="store_false", default=None,
+                   help="train each shard in fixed groups of models sorted by epochs, which shrink as their "
+                        "members finish (the behaviour before slot refill; for comparison). Default: slot "
+                        "refill, each finished model's slot takes the next queued one, so the group keeps its "
+                        "shape for the whole shard. A resumed generation keeps what its plan says")
     p.add_argument("--shard", type=int, help="this job's index, with --num-shards (see 'zoo merge')")
     p.add_argument("--num-shards", type=int, help="number of parallel jobs sharing the output directory")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -98,12 +103,13 @@ def cmd_generate(args) -> int:
             with lock_dir(args.out, "zoo generate --force"):
                 _remove_zoo(args.out)
         generate_ray(args.spec, args.out, address=None if args.ray == "local" else args.ray, models=args.models,
-                     group_size=args.group_size, progress=not args.quiet, device=args.device)
+                     group_size=args.group_size, progress=not args.quiet, device=args.device, refill=args.refill)
     else:
         from .generate import generate
 
         generate(args.spec, args.out, models=args.models, device=args.device or "cpu", group_size=args.group_size,
                  shard=args.shard, num_shards=args.num_shards, progress=not args.quiet, force=args.force,
+                 refill=args.refill,
                  bf16=None if args.precision == "auto" else args.precision == "bf16",
                  channels_last=None if args.channels_last == "auto" else args.channels_last == "on")
     if (args.out / "manifest.json").exists():

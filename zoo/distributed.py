@@ -42,7 +42,8 @@ class InjectedFailure(RuntimeError):
 
 
 def generate_ray(spec, out, *, address: str | None = None, models: int | None = None,
-                 group_size: int | None = None, progress: bool = True, device: str | None = None) -> Path:
+                 group_size: int | None = None, progress: bool = True, device: str | None = None,
+                 refill: bool | None = None) -> Path:
     """Generate (or resume) the zoo of ``spec`` into ``out`` with one Ray task per missing shard.
 
     ``address`` names a running Ray cluster (``None``: ``ray.init()``'s default, which joins
@@ -53,7 +54,8 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
     The zoo equals, bit for bit, the one a single ``generate`` call makes on the same kind of
     machine: on CPUs every task computes with the thread count a plain run would use (this
     process's ``torch.get_num_threads()``, or the plan's when resuming) and reserves that many
-    CPUs, since CPU reductions round differently with the thread count."""
+    CPUs, since CPU reductions round differently with the thread count. ``refill``: as
+    :func:`zoo.generate.generate` (it goes into a new plan, which every shard task follows)."""
     try:
         import ray
     except ImportError as e:
@@ -92,7 +94,7 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
         spec_dict = spec.to_dict()
 
         plan_task = ray.remote(_plan_task).options(**resources, max_retries=MAX_RETRIES, retry_exceptions=False)
-        plan = _get(ray, plan_task.remote(spec_dict, str(out), device, group_size, threads))
+        plan = _get(ray, plan_task.remote(spec_dict, str(out), device, group_size, threads, refill))
         if plan.get("complete"):  # another run finished it meanwhile
             return out
         if not (out / PLAN).exists():
@@ -192,7 +194,8 @@ def _wait_all(ray, pending: dict, out: Path, spec, progress: bool) -> list:
 # Plain functions, wrapped by ray.remote in the driver, so that importing this module
 # needs no Ray.
 
-def _plan_task(spec_dict: dict, out: str, device: str, group_size: int | None, threads: int | None) -> dict:
+def _plan_task(spec_dict: dict, out: str, device: str, group_size: int | None, threads: int | None,
+               refill: bool | None = None) -> dict:
     from .generate import ensure_plan
     from .spec import spec_from_dict
     from .train import TrainOptions
@@ -206,7 +209,7 @@ def _plan_task(spec_dict: dict, out: str, device: str, group_size: int | None, t
     cuda = device == "cuda"
     # The same options generate() uses on this device: auto group size is measured with them.
     opts = TrainOptions(device=device, bf16=cuda, channels_last=cuda)
-    plan, _, _ = ensure_plan(spec_from_dict(spec_dict), Path(out), opts, group_size)
+    plan, _, _ = ensure_plan(spec_from_dict(spec_dict), Path(out), opts, group_size, refill=refill)
     return plan
 
 

@@ -1,17 +1,29 @@
 """``zoo generate``: turn a spec into a sharded weight dataset, resumably.
 
 The work is planned deterministically from the spec: shard ``s`` holds model ids
-``[s*models_per_shard, ...)``; inside a shard, models are grouped by the
-hyper-parameters that fix the step structure (batch size, data fraction,
-optimizer), sorted by epoch count (so group members finish together and the
-device is not left computing for a few stragglers), and cut into groups of the
-plan's group size. The plan (with its group size) is written to ``zoo-plan.json``
-first, so every process that works on the directory, now or after a crash, forms
-the same groups and so computes bit-for-bit the same models.
+``[s*models_per_shard, ...)``; inside a shard, models that can share a group share
+the hyper-parameters that fix the step structure (batch size, data fraction,
+optimizer). The plan (with its group size) is written to ``zoo-plan.json`` first,
+so every process that works on the directory, now or after a crash, trains the
+same way and so computes bit-for-bit the same models.
 
-Each finished group is written atomically as a part file; when all groups of a
-shard are done, the parts are assembled into the shard (atomically) and removed.
-A ``kill -9`` therefore loses at most the groups in flight.
+Slot refill (the default; ``refill`` in the plan): each such set of models is one
+queue, longest first, fed through ``group size`` slots: a finished model's slot
+takes the next queued one, so the group keeps its shape over the whole shard
+(GPU_PLAN Z5). Models finish one at a time; whenever a group's worth has
+finished they are written atomically as a part file (any set of ids). A resumed
+run keeps the valid parts and queues the models they lack: from two slots up a
+model's result does not depend on which models share its group
+(``TrainOptions.min_slots``), so the resumed zoo equals the uninterrupted one.
+
+Without refill (``--no-refill``, and plans written before refill existed, which
+have no ``refill`` field) each set is sorted by epoch count and cut into fixed
+groups, so members finish together and the group shrinks as they do; each
+finished group is one part.
+
+When all of a shard's models are in parts, the parts are assembled into the shard
+(atomically, in model-id order) and removed. A ``kill -9`` therefore loses at
+most the models in flight.
 """
 from __future__ import annotations
 
@@ -19,6 +31,7 @@ import json
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +57,31 @@ PARTS = ".parts"
 
 # ------------------------------------------------------------------ plan
 
-def plan_groups(spec: ZooSpec, shard: int, group_size: int) -> list[list[int]]:
-    """Deterministic groups of model ids for one shard."""
-    ids = list(spec.shard_ids(shard))
+def _by_group_key(spec: ZooSpec, ids) -> tuple[dict, list[list[int]]]:
+    """``(hparams by id, ids split by what a group must share)``, in a fixed order."""
     hps = {i: spec.sample_hparams(i) for i in ids}
     # a smallcnn group also shares its activation: no model computes both tanh and relu
     keys = GROUP_KEYS + (("activation",) if spec.net.arch == "smallcnn" else ())
     key = lambda i: tuple(str(hps[i][k]) for k in keys)  # noqa: E731
+    return hps, [[i for i in ids if key(i) == k] for k in sorted({key(i) for i in ids})]
+
+
+def plan_groups(spec: ZooSpec, shard: int, group_size: int) -> list[list[int]]:
+    """Deterministic groups of model ids for one shard (the path without refill)."""
+    hps, sets = _by_group_key(spec, list(spec.shard_ids(shard)))
     groups = []
-    for k in sorted({key(i) for i in ids}):
-        members = sorted((i for i in ids if key(i) == k), key=lambda i: (hps[i]["epochs"], i))
+    for ids in sets:
+        members = sorted(ids, key=lambda i: (hps[i]["epochs"], i))
         groups += [members[j:j + group_size] for j in range(0, len(members), group_size)]
     return groups
+
+
+def plan_queues(spec: ZooSpec, ids) -> list[list[int]]:
+    """Refill queues of model ids (a shard's, or those a resumed run still lacks): one per
+    set of models that can share a group, longest first, so that the shortest ones finish
+    the queue and the slots run out nearly together."""
+    hps, sets = _by_group_key(spec, list(ids))
+    return [sorted(q, key=lambda i: (-hps[i]["epochs"], i)) for q in sets]
 
 
 def auto_group_size(spec: ZooSpec, cfg, data, opts: TrainOptions) -> int:
@@ -131,21 +157,55 @@ def _record(path: Path) -> Path:
         else path.parent / PARTS / (path.name + ".sha256")
 
 
-def _part_problem(path: Path, expected_ids) -> str | None:
-    """Why a finished part cannot be used (None if it can): it must still have the sha256
-    recorded when it was written, and hold its group's models."""
+def _part_ids(path: Path) -> tuple[str | None, list[int]]:
+    """``(why a finished part cannot be used or None, the model ids it holds)``: it must still
+    have the sha256 recorded when it was written, and be readable."""
     sha = recorded_sha(_record(path))
     if sha is None:
-        return "no checksum was recorded for it (its writer was killed)"
+        return "no checksum was recorded for it (its writer was killed)", []
     if sha256_file(path) != sha:
-        return "it no longer matches the sha256 recorded when it was written (damaged since)"
+        return "it no longer matches the sha256 recorded when it was written (damaged since)", []
     try:
         with open_shard(path) as f:
-            if list(f["ids"][()]) != list(expected_ids):
-                return "it holds other models than its group"
+            return None, [int(i) for i in f["ids"][()]]
     except (ZooError, KeyError, OSError) as e:
-        return f"it is unreadable ({e})"
-    return None
+        return f"it is unreadable ({e})", []
+
+
+def _part_problem(path: Path, expected_ids) -> str | None:
+    """Why a finished part of a fixed group cannot be used (None if it can)."""
+    problem, ids = _part_ids(path)
+    if problem is None and ids != list(expected_ids):
+        return "it holds other models than its group"
+    return problem
+
+
+REFILL_PART = re.compile(r"part-(\d{5,})\.h5")
+
+
+def _refill_parts(parts_dir: Path, shard_ids, bar, progress: bool) -> tuple[list[Path], set]:
+    """The usable parts a refilled shard already has, and the model ids they hold. A part
+    that is damaged, unrecorded or holds models of another shard or of an earlier part is
+    removed (with its record): its models are queued again."""
+    allowed, done, parts = set(shard_ids), set(), []
+    if not parts_dir.exists():
+        return parts, done
+    for path in sorted(p for p in parts_dir.iterdir() if REFILL_PART.fullmatch(p.name)):
+        problem, ids = _part_ids(path)
+        if problem is None and not set(ids) <= allowed:
+            problem = "it holds models of another shard"
+        elif problem is None and (set(ids) & done or len(set(ids)) != len(ids)):
+            problem = "it holds models another part already has"
+        if problem is None:
+            parts.append(path)
+            done |= set(ids)
+            bar.update(len(ids))
+            continue
+        if progress:
+            bar.write(f"note: {path}: {problem}; training its models again")
+        path.unlink()
+        _record(path).unlink(missing_ok=True)
+    return parts, done
 
 
 def _expected_sha(out: Path, s: int) -> str | None:
@@ -211,9 +271,12 @@ def results_to_content(results, spec: ZooSpec, cfg, layout, template, attrs) -> 
 # ---------------------------------------------------------------- generate
 
 def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | None = None,
-                progress: bool = False):
+                progress: bool = False, refill: bool | None = None):
     """Check ``out`` and write its plan if it has none; return ``(plan, data, cfg)``, or
     ``({"complete": True}, None, None)`` when ``out`` already holds the finished zoo.
+
+    ``refill`` (default on) goes into a new plan; a resumed generation keeps its plan's (a
+    plan without the field was written before slot refill existed: no refill).
 
     A function of its own so that a Ray driver can have the plan written once, by one
     task, before any shard task starts (zoo/distributed.py)."""
@@ -227,7 +290,8 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
     if plan is None:
         gs = group_size or auto_group_size(spec, cfg, data, opts)
         mine = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
-                "group_size": gs, "num_shards": spec.num_shards, "data": data.describe(),
+                "group_size": gs, "refill": True if refill is None else bool(refill),
+                "num_shards": spec.num_shards, "data": data.describe(),
                 "cpu_threads": torch.get_num_threads()}
         # Shard jobs started together race to plan: the first plan on disk wins and every job
         # reads it back, so they all form the same groups.
@@ -236,16 +300,22 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
         except FileExistsError:
             pass
         plan = _check_out_dir(out, spec) or mine
-    elif group_size is not None and group_size != plan["group_size"] and progress:
-        print(f"note: resuming with the plan's group size {plan['group_size']} (not {group_size}), "
-              "so the zoo comes out exactly as it would have uninterrupted")
+    else:
+        if group_size is not None and group_size != plan["group_size"] and progress:
+            print(f"note: resuming with the plan's group size {plan['group_size']} (not {group_size}), "
+                  "so the zoo comes out exactly as it would have uninterrupted")
+        planned = bool(plan.get("refill", False))
+        if refill is not None and bool(refill) != planned and progress:
+            why = "" if "refill" in plan else " (planned by a metazoo without slot refill)"
+            print(f"note: resuming {'with' if planned else 'without'} slot refill as planned{why}, "
+                  "so the zoo comes out exactly as it would have uninterrupted")
     return plan, data, cfg
 
 
 def generate(spec, out, *, models: int | None = None, device: str = "cpu", group_size: int | None = None,
              shard: int | None = None, num_shards: int | None = None, progress: bool = True,
              bf16: bool | None = None, channels_last: bool | None = None, reference: bool = False,
-             force: bool = False) -> Path:
+             force: bool = False, refill: bool | None = None) -> Path:
     """Generate (or resume) the zoo of ``spec`` into ``out``; return ``out``.
 
     ``out`` is locked while this runs (zoo/lock.py). ``force`` first deletes the zoo or
@@ -255,6 +325,8 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
     shards ``s`` with ``s % num_shards == shard`` and writes the manifest only if, when
     it ends, every shard of the zoo is on disk (else ``zoo merge`` does it later).
     ``reference=True`` trains one model at a time with plain layers (for benchmarks).
+    ``refill`` (default on for a new plan; a resume follows its plan): feed each shard through
+    the group's slots as one queue (see the module docstring); off: fixed groups that shrink.
     ``bf16``/``channels_last`` default to on for CUDA (fastest in scripts/bench_generate.py)
     and off for the CPU, where fp32 is the exact reference."""
     if not isinstance(spec, ZooSpec):
@@ -282,7 +354,7 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
                       [s for s in range(spec.num_shards) if s % num_shards == shard])
         return _generate_locked(spec, out, device=device, group_size=group_size, shard=shard,
                                 num_shards=num_shards, progress=progress, bf16=bf16,
-                                channels_last=channels_last, reference=reference)
+                                channels_last=channels_last, reference=reference, refill=refill)
 
 
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -347,11 +419,11 @@ def estimate_bytes(spec: ZooSpec, layout: Layout, models: int) -> int:
 
 
 def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num_shards, progress, bf16,
-                     channels_last, reference) -> Path:
+                     channels_last, reference, refill) -> Path:
     cuda = device.startswith("cuda")
     opts = TrainOptions(device=device, bf16=cuda if bf16 is None else bf16,
                         channels_last=cuda if channels_last is None else channels_last)
-    plan, data, cfg = ensure_plan(spec, out, opts, group_size, progress)
+    plan, data, cfg = ensure_plan(spec, out, opts, group_size, progress, refill)
     if plan.get("complete"):
         _check_complete(out)
         if (out / PARTS).exists():  # left by a run killed right after sealing the manifest
@@ -382,39 +454,38 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
     total = sum(len(spec.shard_ids(s)) for s in todo)
     check_writable_dir(out, "--out", need_bytes=estimate_bytes(spec, layout, total))
     bar = _progress(total, progress, spec.name)
+    # smallcnn groups and one-at-a-time training keep fixed groups (see _train_shard_refill)
+    refill = bool(plan.get("refill", False)) and cfg.arch != "smallcnn" and not reference and gs > 1
+    if refill:
+        opts = replace(opts, min_slots=2)
     trainer = GroupTrainer(cfg, data, list(spec.checkpoints), opts)
+
+    def write_part(part: Path, results, t0: float):
+        content = results_to_content(results, spec, cfg, layout, template,
+                                     {**attrs, "train_seconds": time.perf_counter() - t0})
+        write_shard(part, content, record=_record(part))
+
     try:
         for s in todo:
             parts_dir = out / PARTS / f"shard-{s:05d}"
-            parts = []
-            for gi, group in enumerate(plan_groups(spec, s, gs)):
-                part = parts_dir / f"group-{gi:05d}.h5"
-                parts.append((part, group))
-                if part.exists():
-                    problem = _part_problem(part, group)
-                    if problem is None:
-                        bar.update(len(group))
-                        continue
-                    if progress:
-                        bar.write(f"note: {part}: {problem}; training its {len(group)} models again")
-                jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in group]
-                t0 = time.perf_counter()
-                if cfg.arch == "smallcnn":
-                    results = train_smallcnn_group(jobs, cfg, data, list(spec.checkpoints), device)
-                elif reference or gs == 1:  # one at a time: plain layers are never slower than a group of one
-                    results = [train_alone(j, cfg, data, list(spec.checkpoints), opts) for j in jobs]
-                else:
-                    results = trainer.train(jobs)
-                content = results_to_content(results, spec, cfg, layout, template,
-                                             {**attrs, "train_seconds": time.perf_counter() - t0})
-                write_shard(part, content, record=_record(part))
-                bar.update(len(group))
+            if refill:
+                parts = _train_shard_refill(spec, s, gs, trainer, parts_dir, write_part, bar, progress)
+            else:
+                parts = _train_shard_groups(spec, s, gs, cfg, data, opts, trainer, reference, parts_dir,
+                                            write_part, bar, progress)
             # Seal only parts that still are what was written (re-read: one may have been
             # damaged while this process trained the others).
+            held = []
             for part, group in parts:
-                problem = _part_problem(part, group)
+                problem, ids = _part_ids(part)
+                if problem is None and group is not None and ids != list(group):
+                    problem = "it holds other models than its group"
                 if problem is not None:
                     raise ZooError(f"{part}: {problem}; rerun to train its models again")
+                held += ids
+            if sorted(held) != list(spec.shard_ids(s)):  # a refill bug, never a user's doing
+                raise ZooError(f"{parts_dir}: the parts hold {len(held)} models, not shard {s}'s "
+                               f"{len(spec.shard_ids(s))}; rerun to train the missing ones")
             content = concat_contents([read_shard(p) for p, _ in parts])
             content.attrs = {**attrs, "shard_index": s}
             write_shard(out / shard_name(s), content, record=_record(out / shard_name(s)))
@@ -429,6 +500,65 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
         print(f"{out}: this job's shards are done; {len(left)} shard(s) of the zoo are still missing "
               "(other jobs); run `zoo merge` once they are all written")
     return out
+
+
+def _train_shard_groups(spec, s, gs, cfg, data, opts, trainer, reference, parts_dir, write_part, bar,
+                        progress) -> list[tuple[Path, list[int]]]:
+    """Without refill: the shard's fixed groups, one part each (a valid part is kept)."""
+    parts = []
+    for gi, group in enumerate(plan_groups(spec, s, gs)):
+        part = parts_dir / f"group-{gi:05d}.h5"
+        parts.append((part, group))
+        if part.exists():
+            problem = _part_problem(part, group)
+            if problem is None:
+                bar.update(len(group))
+                continue
+            if progress:
+                bar.write(f"note: {part}: {problem}; training its {len(group)} models again")
+        jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in group]
+        t0 = time.perf_counter()
+        if cfg.arch == "smallcnn":
+            results = train_smallcnn_group(jobs, cfg, data, list(spec.checkpoints), opts.device)
+        elif reference or gs == 1:  # one at a time: plain layers are never slower than a group of one
+            results = [train_alone(j, cfg, data, list(spec.checkpoints), opts) for j in jobs]
+        else:
+            results = trainer.train(jobs)
+        write_part(part, results, t0)
+        bar.update(len(group))
+    return parts
+
+
+def _train_shard_refill(spec, s, gs, trainer, parts_dir, write_part, bar,
+                        progress) -> list[tuple[Path, None]]:
+    """With refill: the models no valid part holds yet, queued per group key through ``gs``
+    slots; a part is written whenever ``gs`` models have finished, and at the end.
+
+    (smallcnn zoos keep fixed groups: their trainer, zoo/smallcnn.py, counts optimizer steps
+    per group, not per model, so a refilled slot would start Adam mid-count.)"""
+    ids = list(spec.shard_ids(s))
+    parts, done = _refill_parts(parts_dir, ids, bar, progress)
+    n = max((int(REFILL_PART.fullmatch(p.name).group(1)) + 1 for p in parts), default=0)
+    finished, t0 = [], time.perf_counter()
+
+    def flush():
+        nonlocal n, t0
+        part = parts_dir / f"part-{n:05d}.h5"
+        write_part(part, finished, t0)
+        parts.append(part)
+        finished.clear()
+        n, t0 = n + 1, time.perf_counter()
+
+    for queue in plan_queues(spec, [i for i in ids if i not in done]):
+        jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in queue]
+        for result in trainer.stream(jobs, slots=gs):
+            finished.append(result)
+            bar.update(1)
+            if len(finished) >= gs:
+                flush()
+    if finished:
+        flush()
+    return [(p, None) for p in parts]
 
 
 def write_manifest(out: Path) -> dict:
@@ -521,7 +651,8 @@ def progress_of(out: Path) -> dict:
     for s in range(plan["num_shards"]):
         if (out / shard_name(s)).exists():
             done += min(per, total - s * per)
-    parts = list((out / PARTS).glob("shard-*/group-*.h5")) if (out / PARTS).exists() else []
+    parts = [p for pattern in ("shard-*/group-*.h5", "shard-*/part-*.h5") for p in (out / PARTS).glob(pattern)] \
+        if (out / PARTS).exists() else []
     for p in parts:
         if not (out / shard_name(int(p.parent.name.split("-")[1]))).exists():
             try:

@@ -8,7 +8,8 @@ and differ only in how the arithmetic is batched: the reference uses plain
 model comes out the same either way.
 
 Entry points: :class:`GroupTrainer` ``.train(jobs, slots=None)`` (whole models, with slot
-refill when ``slots`` < len(jobs)) and ``.start(jobs)`` (a :class:`GroupRun` to step by hand,
+refill when ``slots`` < len(jobs)), ``.stream(jobs, slots)`` (the same, each result handed out
+as soon as its model has finished) and ``.start(jobs)`` (a :class:`GroupRun` to step by hand,
 as the benchmarks do); :func:`train_alone` and its stepper :class:`AloneRun`.
 :class:`TrainOptions` says how the arithmetic runs (bf16, channels-last, static shapes,
 torch.compile), never what is computed.
@@ -16,6 +17,7 @@ torch.compile), never what is computed.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -77,6 +79,12 @@ class TrainOptions:
     # so a step costs a few launches whatever the depth of the net (GPU_PLAN Z4, in part:
     # the optimizer update stays eager). No effect on the CPU.
     cuda_graphs: bool = False
+    # A group never shrinks below this many slots (finished models stay in them, masked). On
+    # the CPU a one-slot group runs oneDNN's plain convolution, which rounds differently from
+    # the grouped one; from two slots up a model's result does not depend on which models
+    # share its group or when (measured bit for bit), which is what lets `zoo generate` resume
+    # a refilled shard with whatever models are left and still write the uninterrupted zoo.
+    min_slots: int = 1
 
     def apply(self):
         if self.device.startswith("cuda"):
@@ -191,6 +199,7 @@ class GroupRun:
         self.hw = tuple(data.x_train.shape[2:])
         self.dtype = torch.bfloat16 if opts.bf16 else torch.get_default_dtype()
         self.g = GroupState.from_nets(build_net(cfg), [build_net(cfg, j.seed) for j in jobs], dev)
+        self.capacity = len(jobs)  # what evaluation chunks are sized for (GroupTrainer.stream)
         flat = self.g.flat.detach()
         self.state = {"m": torch.zeros_like(flat), "v": torch.zeros_like(flat)} if self.kind == "adamw" \
             else {"buf": torch.zeros_like(flat)}
@@ -351,10 +360,30 @@ class GroupTrainer:
         return GroupRun(self.cfg, self.data, jobs, self.opts)
 
     def train(self, jobs: list[Job], slots: int | None = None) -> list[Result]:
-        M = min(slots or len(jobs), len(jobs))
-        run = self.start(jobs[:M])
+        """Train ``jobs``; their results in the order of ``jobs``."""
+        results = {r.model_id: r for r in self.stream(jobs, slots)}
+        return [results[j.model_id] for j in jobs]
+
+    def stream(self, jobs: list[Job], slots: int | None = None) -> Iterator[Result]:
+        """Train ``jobs`` in ``slots`` slots (default: all at once), yielding each model's
+        result as soon as it has finished (its final checkpoint recorded), in finishing order:
+        a caller can store finished models while the others train (``zoo generate`` writes a
+        part file whenever a group's worth has finished)."""
+        slots = slots or len(jobs)
+        M = min(slots, len(jobs))
         queue = list(jobs[M:])
-        results = {j.model_id: Result(j.model_id, j.hp) for j in jobs}
+        # Fewer jobs than min_slots: stand-ins (copies of the first job under ids no job has,
+        # their results dropped) fill the group up to it.
+        ours = {j.model_id for j in jobs}
+        stand_ins = [Job(min(ours) - 1 - k, jobs[0].seed, jobs[0].hp)
+                     for k in range(min(self.opts.min_slots, slots) - M)]
+        run = self.start(jobs[:M] + stand_ins)
+        # Evaluation chunks are sized by the slots asked for, not by how many models a
+        # checkpoint records or how many jobs were left: a model's float64 loss then sums in
+        # the same order whoever finishes beside it.
+        run.capacity = slots
+        M = run.M
+        results = {j.model_id: Result(j.model_id, j.hp) for j in jobs + stand_ins}
         if 0 in self.ckpt_epochs:
             self._record(run, "epoch_0", results, range(M))
         while any(j is not None for j in run.jobs):
@@ -378,6 +407,7 @@ class GroupTrainer:
             if not finals:
                 continue
             self._record(run, "final", results, finals)
+            done = [results[run.jobs[k].model_id] for k in finals if run.jobs[k].model_id in ours]
             for k in finals:
                 run.release(k)
             placed = []
@@ -389,9 +419,13 @@ class GroupTrainer:
                 self._record(run, "epoch_0", results, placed)
             if not self.opts.static:
                 keep = [k for k, j in enumerate(run.jobs) if j is not None]
+                # at least min_slots slots: the first finished ones stay, masked
+                floor = min(self.opts.min_slots, run.M)
+                if keep and len(keep) < floor:
+                    keep = sorted(keep + [k for k in range(run.M) if k not in keep][:floor - len(keep)])
                 if keep and len(keep) < run.M:
                     run.keep(keep)
-        return [results[j.model_id] for j in jobs]
+            yield from done
 
     @torch.no_grad()
     def _record(self, run: GroupRun, ckpt: str, results: dict, sel):
@@ -407,8 +441,8 @@ class GroupTrainer:
         dev = g.flat.device
         tr_idx = torch.stack([run.subsets[k] for k in sel]).to(dev)
         te_idx = torch.arange(len(data.y_test), device=dev).expand(len(sel), -1)
-        tr = _evaluate(sub, data.x_train, data.y_train, tr_idx, data, self.opts)
-        te = _evaluate(sub, data.x_test, data.y_test, te_idx, data, self.opts)
+        tr = _evaluate(sub, data.x_train, data.y_train, tr_idx, data, self.opts, run.capacity)
+        te = _evaluate(sub, data.x_test, data.y_test, te_idx, data, self.opts, run.capacity)
         for r, k in enumerate(sel):
             res = results[run.jobs[k].model_id]
             res.weights[ckpt] = w[r]
@@ -418,10 +452,11 @@ class GroupTrainer:
             res.metrics.update({metric_column(m, ckpt): float(v) for m, v in vals.items()})
 
 
-def _evaluate(g: GroupState, X, Y, idx, data: ImageData, opts: TrainOptions):
-    """Mean loss (plain cross-entropy) and accuracy of each model on rows ``idx [M, n]`` of X."""
+def _evaluate(g: GroupState, X, Y, idx, data: ImageData, opts: TrainOptions, capacity: int):
+    """Mean loss (plain cross-entropy) and accuracy of each model on rows ``idx [M, n]`` of X,
+    in chunks sized for a group of ``capacity`` models."""
     M, n = idx.shape
-    per = max(1, opts.eval_batch * 64 // max(M, 1))
+    per = max(1, opts.eval_batch * 64 // max(capacity, 1))
     loss = torch.zeros(M, dtype=torch.float64, device=idx.device)
     correct = torch.zeros(M, dtype=torch.float64, device=idx.device)
     dtype = torch.bfloat16 if opts.bf16 else torch.get_default_dtype()
