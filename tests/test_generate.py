@@ -186,3 +186,184 @@ def test_digits_wasym_zoo_of_64_models_generates_verifies_and_summarises(tmp_pat
     mask = z.layout.fixed_mask
     W = z.weights()
     assert np.array_equal(W[:, mask], np.broadcast_to(z.fixed_values[mask], (64, mask.sum())))
+
+
+# ------------------------------------------------------------- slot refill
+
+def refill_dict():
+    """Seven models of epochs 2, 1, 2, 1, 3, 2, 2 in one shard, checkpoints at 0, 1 and the end."""
+    from conftest import TINY
+    import copy
+
+    d = copy.deepcopy(TINY)
+    d.update(name="refill-digits", models=7, models_per_shard=7, checkpoints=[0, 1, "final"])
+    d["hparams"]["epochs"] = {"dist": "randint", "low": 1, "high": 3}
+    return d
+
+
+def _plan(out: Path) -> dict:
+    import json
+
+    return json.loads((out / store.PLAN).read_text())
+
+
+@pytest.fixture(scope="module")
+def refill_zoos(tmp_path_factory):
+    """The zoo generated with slot refill and without, in groups of 3, and the group size M of
+    every training step of each."""
+    import zoo.train
+
+    base = tmp_path_factory.mktemp("refill")
+    spec = spec_from_dict(refill_dict())
+    sizes, real_step = [], zoo.train.GroupRun.step
+
+    def spy(run):
+        sizes.append(run.M)
+        return real_step(run)
+
+    zoo.train.GroupRun.step = spy
+    try:
+        generate(spec, base / "refill", group_size=3, progress=False)
+        refill_sizes = list(sizes)
+        sizes.clear()
+        generate(spec, base / "fixed", group_size=3, progress=False, refill=False)
+    finally:
+        zoo.train.GroupRun.step = real_step
+    return spec, base / "refill", base / "fixed", refill_sizes, list(sizes)
+
+
+def _results(z, ids):
+    """A zoo's models as zoo.train.Result-like records (weights and metric columns)."""
+    from types import SimpleNamespace
+
+    t = z.table.set_index("model_id")
+    return [SimpleNamespace(model_id=i, weights={ck: z.weights(checkpoint=ck)[i] for ck in z.checkpoints},
+                            metrics=t.loc[i].to_dict()) for i in ids]
+
+
+def test_a_refilled_zoo_holds_each_model_as_trained_alone(refill_zoos, digits):
+    from test_train import assert_same
+    from zoo.spec import validate_for_data
+    from zoo.train import Job, train_alone
+
+    spec, refill, fixed, _, _ = refill_zoos
+    assert _plan(refill)["refill"] is True and _plan(fixed)["refill"] is False
+    zr, zf = zoo.open(refill), zoo.open(fixed)
+    assert sorted(set(zr.table.epochs)) == [1, 2, 3] and list(zr.table.model_id) == list(range(7))
+    assert store.verify(refill) == []
+    cfg = validate_for_data(spec, digits.shape[0], digits.num_classes)
+    ids = range(7)
+    alone = [train_alone(Job(i, spec.model_seed(i), spec.sample_hparams(i)), cfg, digits, list(spec.checkpoints))
+             for i in ids]
+    assert_same(_results(zr, ids), alone)
+    assert_same(_results(zf, ids), alone)
+    hp = list(spec.hparams) + ["seed", "diverged", "diverged_epoch", "split"]
+    pd.testing.assert_frame_equal(zr.table[hp], zf.table[hp])
+
+
+def test_a_refilled_group_keeps_its_shape_while_models_are_queued(refill_zoos, digits):
+    """Queue 4 (3 epochs), 0, 2, 5, 6 (2), 1, 3 (1) through 3 slots: 0 and 2 finish after
+    epoch 2 (5 and 6 take their slots), 4 after epoch 3 (1 takes it), 5, 6 and 1 after epoch 4
+    (3 takes one slot; one more stays, masked, since a group never drops to one slot). Without
+    refill the groups [1 3 0] [2 5 6] [4] run 7 group-epochs, down to one model at a time."""
+    from zoo.train import steps_per_epoch
+
+    spec, _, _, refill_sizes, fixed_sizes = refill_zoos
+    spe = steps_per_epoch(len(digits.y_train), spec.sample_hparams(0))
+    assert refill_sizes == [3] * 4 * spe + [2] * spe
+    assert fixed_sizes == [3] * spe + [1] * spe + [3] * 2 * spe + [1] * 3 * spe
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("parts_before_kill", [1, 2])
+def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(refill_zoos, tmp_path, monkeypatch,
+                                                                                parts_before_kill):
+    """Killed once 3 (or 6) of the 7 models are in parts: the rerun trains only the other 4
+    (or the last one, beside a stand-in), in groups unlike the first run's, and writes the
+    same zoo, bit for bit."""
+    import zoo.generate as gen
+
+    spec, refill, _, _, _ = refill_zoos
+    out = tmp_path / "z"
+    written, real_write = [], gen.write_shard
+
+    def write_then_die(path, content, record=None):
+        sha = real_write(path, content, record=record)
+        if path.name.startswith("part-"):
+            written.append(path)
+            if len(written) == parts_before_kill:
+                raise Killed
+        return sha
+
+    monkeypatch.setattr(gen, "write_shard", write_then_die)
+    with pytest.raises(Killed):
+        generate(spec, out, group_size=3, progress=False)
+    monkeypatch.setattr(gen, "write_shard", real_write)
+    finished = set()
+    for p in written:
+        with store.open_shard(p) as f:
+            finished |= set(f["ids"][()].tolist())
+    assert len(finished) == 3 * parts_before_kill
+
+    trained, real_stream = [], GroupTrainer.stream
+
+    def spy(self, jobs, slots=None):
+        trained.extend(j.model_id for j in jobs)
+        return real_stream(self, jobs, slots)
+
+    monkeypatch.setattr(GroupTrainer, "stream", spy)
+    generate(spec, out, progress=False)
+    assert sorted(trained) == sorted(set(range(7)) - finished)
+    assert not (out / ".parts").exists()
+    assert_same_zoo(refill, out)
+    assert store.read_manifest(out)["shards"][0]["sha256"] == store.read_manifest(refill)["shards"][0]["sha256"]
+
+
+def test_a_generation_planned_before_refill_resumes_in_its_fixed_groups(refill_zoos, tmp_path, monkeypatch,
+                                                                        capsys):
+    """A plan without the 'refill' field (written by an older metazoo) keeps its fixed groups:
+    the finished group's part is kept, the rest are trained in the planned groups, and the zoo
+    equals the uninterrupted fixed-group zoo, even when refill is asked for."""
+    import json
+
+    import zoo.generate as gen
+
+    spec, _, fixed, _, _ = refill_zoos
+    out = tmp_path / "old"
+    real_write = gen.write_shard
+
+    def die_after_first_group(path, content, record=None):
+        sha = real_write(path, content, record=record)
+        if path.name == "group-00000.h5":
+            raise Killed
+        return sha
+
+    monkeypatch.setattr(gen, "write_shard", die_after_first_group)
+    with pytest.raises(Killed):
+        generate(spec, out, group_size=3, progress=False, refill=False)
+    monkeypatch.setattr(gen, "write_shard", real_write)
+    plan = _plan(out)
+    del plan["refill"]
+    (out / store.PLAN).write_text(json.dumps(plan))
+
+    trained, real_train = [], GroupTrainer.train
+    monkeypatch.setattr(GroupTrainer, "train",
+                        lambda self, jobs, slots=None: trained.append([j.model_id for j in jobs])
+                        or real_train(self, jobs, slots))
+    generate(spec, out, refill=True, progress=True)
+    assert "resuming without slot refill as planned (planned by a metazoo without slot refill)" in \
+        capsys.readouterr().out
+    assert trained == [[2, 5, 6], [4]], "the planned groups after [1 3 0], which was kept"
+    assert_same_zoo(fixed, out)
+
+
+def test_zoo_generate_help_documents_no_refill(capsys):
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-refill" in text and "slot refill" in text
