@@ -17,7 +17,8 @@ listed as skipped:
   d  the static-shape group step eager vs torch.compile(dynamic=False), M=128 and M=32
   e  a 20-step profile of M=128 bf16+cl with kernel categories and copy/transpose counts
   f  fp32 group-vs-alone exactness on CUDA with TF32 off (plain; slot refill + static + compile)
-  g  end to end: `zoo generate` of a CIFAR-shaped shard (init, evaluation, HDF5 writes), models/h
+  g  end to end: `zoo generate` of a 1,000-model CIFAR-shaped shard at the paper's epoch mix (init,
+     evaluation, HDF5 writes), models/h with slot refill and with fixed groups (scripts/bench_shard.py)
   h  metanet epoch times on a synthetic ResNet8 zoo, and a 2-epoch DMC profile
 
 The GPU machine has no internet: CIFAR-shaped random uint8 data stands in for CIFAR-10 (speed
@@ -104,7 +105,14 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
     out.append(("f", "fp32 exactness with slot refill and static shapes" + ("" if dry else " + compile"),
                 [PY, "scripts/check_group_exactness.py", "--device", dev, "--models", "3" if dry else "6",
                  "--epochs", "2", "--slots", "2" if dry else "3", "--static"] + ([] if dry else ["--compile"]), 120))
-    out.append(("g", "end to end: zoo generate of a CIFAR-shaped shard", None, 150))
+    # A 1,000-model shard at the paper's epoch mix (10-40) with and without slot refill, on 1,024
+    # CIFAR-shaped training images (2 steps per epoch; the full 50,000 would take hours per run)
+    # and the full 10,000-image test set: about 6 minutes on an H100 (est.).
+    shard = (["--preset", "digits-wasym-resnet8", "--models", "6", "--group-size", "2", "--epochs", "1,2"] if dry
+             else ["--device", "cuda", "--preset", "lim2024-resnet8", "--models", "1000", "--group-size", "128",
+                   "--train-images", "1024", "--test-images", "10000"])
+    out.append(("g", "end to end: zoo generate of a 1,000-model shard, slot refill vs fixed groups",
+                [PY, "scripts/bench_shard.py", *shard, "--windows", "1"], 420))
     out.append(("h", "metanet epoch times", [PY, "scripts/bench_metanets.py", "--device", dev, "--models",
                                             "64" if dry else "2000", "--width", "0.25" if dry else "1.0",
                                             "--in-channels", "1" if dry else "3", "--epochs", "1" if dry else "2",
@@ -115,42 +123,6 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
     out = [out[i] for i in (0, 1, 3, 4, 6, 2, 8, 5, 9, 7, 10)]
     # a loaded 2-core CPU is far slower than the GPU these limits are sized for
     return [(k, t, c, limit * 3 if dry else limit) for k, t, c, limit in out]
-
-
-def _shard_end_to_end(dry: bool, work: Path, limit: float) -> list[str]:
-    """`zoo generate` of one shard on CIFAR-shaped data, with the lim2024 recipe's epochs scaled
-    down to fit the session: models/h measured, and the 1,000-model shard projected from the
-    measured model-epochs/s at the paper's mean of 24 epochs."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    n_tr, n_te = (1000, 200) if dry else (50_000, 10_000)
-    np.savez(work / "cifar_shaped.npz", x_train=rng.integers(0, 256, (n_tr, 32, 32, 3), dtype=np.uint8),
-             y_train=rng.integers(0, 10, n_tr), x_test=rng.integers(0, 256, (n_te, 32, 32, 3), dtype=np.uint8),
-             y_test=rng.integers(0, 10, n_te))
-    models, lo, hi = (4, 1, 2) if dry else (128, 1, 3)
-    text = (ROOT / "zoo/presets/lim2024-resnet8.toml").read_text()
-    text = (text.replace('source = "cifar10"', f'source = "npz:{work}/cifar_shaped.npz"')
-            .replace("models = 10000", f"models = {models}").replace("models_per_shard = 1000",
-                                                                      f"models_per_shard = {models}")
-            .replace("low = 10, high = 40", f"low = {lo}, high = {hi}").replace("warmup_epochs = 5",
-                                                                                 "warmup_epochs = 1"))
-    (work / "spec.toml").write_text(text)
-    cmd = [PY, "-m", "zoo.cli", "generate", str(work / "spec.toml"), "--out", str(work / "zoo"),
-           "--device", "cpu" if dry else "cuda", "--group-size", "2" if dry else "128"]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-    wall = time.perf_counter() - t0
-    lines = [f"$ {shlex.join(cmd)}", (r.stdout + r.stderr)[-1500:]]
-    if r.returncode == 0:
-        import zoo
-
-        ep = float(zoo.open(work / "zoo").table["epochs"].sum())
-        lines.append(f"{models} models, {ep:.0f} model-epochs in {wall:.1f} s wall (process start, data load, init, "
-                     f"training, evaluation, HDF5 writes): {3600 * models / wall:,.0f} models/h at this epoch mix, "
-                     f"{ep / wall:.2f} model-epochs/s end to end; a 1,000-model shard at the paper's mean "
-                     f"24 epochs: {1000 * 24 / (ep / wall) / 3600:.2f} h")
-    return lines
 
 
 def main(argv=None) -> int:
@@ -174,38 +146,35 @@ def main(argv=None) -> int:
 
     md += ["```", device_info(dev), "```"]
     failed = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for key, title, cmd, limit in sections(args.dry_run):
-            if args.only and key not in args.only:
-                continue
-            left = args.minutes * 60 - (time.perf_counter() - start)
-            if left < 10:
-                md += [f"#### {key}. {title}: skipped (the {args.minutes:g}-minute budget is spent)", ""]
-                continue
-            print(f"\n=== {key}. {title}", flush=True)
-            t0 = time.perf_counter()
-            try:
-                if cmd is not None:
-                    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=min(limit, left))
-                    body = [f"$ {shlex.join(cmd[1:])}", _tail(r.stdout, r.stderr)]
-                    if r.returncode:
-                        failed.append(key)
-                        body.append(f"(exit status {r.returncode})")
-                elif key == "a":
-                    body = [_gn_channels_last(dev)]
-                elif key == "g":
-                    body = _shard_end_to_end(args.dry_run, Path(tmp), min(limit, left))
-                else:
-                    body = [_dmc_profile(dev, 64 if args.dry_run else 2000)]
-            except subprocess.TimeoutExpired as e:
-                failed.append(key)
-                body = [f"$ {shlex.join(cmd[1:])}", _tail(e.stdout, e.stderr), f"(stopped after {e.timeout:.0f} s)"]
-            except Exception as e:  # one section's failure must not cost the rest of a rare GPU session
-                failed.append(key)
-                body = [f"(failed: {type(e).__name__}: {e})"]
-            text = "\n".join(body)
-            print(text, flush=True)
-            md += [f"#### {key}. {title} ({time.perf_counter() - t0:.0f} s)", "```", text, "```", ""]
+    for key, title, cmd, limit in sections(args.dry_run):
+        if args.only and key not in args.only:
+            continue
+        left = args.minutes * 60 - (time.perf_counter() - start)
+        if left < 10:
+            md += [f"#### {key}. {title}: skipped (the {args.minutes:g}-minute budget is spent)", ""]
+            continue
+        print(f"\n=== {key}. {title}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            if cmd is not None:
+                r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=min(limit, left))
+                body = [f"$ {shlex.join(cmd[1:])}", _tail(r.stdout, r.stderr)]
+                if r.returncode:
+                    failed.append(key)
+                    body.append(f"(exit status {r.returncode})")
+            elif key == "a":
+                body = [_gn_channels_last(dev)]
+            else:
+                body = [_dmc_profile(dev, 64 if args.dry_run else 2000)]
+        except subprocess.TimeoutExpired as e:
+            failed.append(key)
+            body = [f"$ {shlex.join(cmd[1:])}", _tail(e.stdout, e.stderr), f"(stopped after {e.timeout:.0f} s)"]
+        except Exception as e:  # one section's failure must not cost the rest of a rare GPU session
+            failed.append(key)
+            body = [f"(failed: {type(e).__name__}: {e})"]
+        text = "\n".join(body)
+        print(text, flush=True)
+        md += [f"#### {key}. {title} ({time.perf_counter() - t0:.0f} s)", "```", text, "```", ""]
     args.out.write_text("\n".join(md) + "\n")
     print(f"\nmarkdown for docs/BENCHMARKS.md written to {args.out}"
           + (f"; sections with problems: {', '.join(failed)}" if failed else ""))

@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts import bench_generate, gpu_check  # noqa: E402
+from scripts import bench_generate, bench_shard, gpu_check  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate  # noqa: E402
 
 
@@ -53,6 +53,12 @@ def test_every_command_of_the_gpu_session_is_accepted_by_its_script(dry):
             args = bench_generate.parse_args(cmd[2:])
             for v in args.variants.split(","):
                 assert v.split(":")[0] in ("r0", "r1", "r2", "group"), v
+        if cmd[1].endswith("bench_shard.py"):
+            args = bench_shard.parse_args(cmd[2:])
+            assert args.group_size >= 2 and args.windows >= 1
+            if not dry:
+                assert args.models == 1000 and args.preset == "lim2024-resnet8" and args.epochs is None, \
+                    "a 1,000-model shard at the paper's epoch mix"
 
 
 def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
@@ -71,4 +77,5 @@ def test_the_gpu_session_script_runs_end_to_end_in_its_cpu_dry_run(tmp_path, one
     assert gpu_check.main(["--dry-run", "--only", "abg", "--minutes", "30", "--out", str(out)]) == 0
     md = out.read_text()
     assert "output channels-last" in md and "model-epochs/s" in md and "models/h" in md
+    assert "refill / fixed" in md
     assert "group:4:bf16+cl" in md and "r0" in md

@@ -324,13 +324,13 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def killed_after_first_part(out: Path, tmp_path: Path) -> Path:
-    """`kill -9` a `zoo generate` once its first finished group appears under .parts/ (as
+    """`kill -9` a `zoo generate` once its first part (finished models) appears under .parts/ (as
     the issue did; one thread, like the reference zoo, so the models come out identical)."""
     spec = write_toml(tmp_path / "spec.toml", TINY)
     proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec), "--out", str(out),
                              "--group-size", "2", "--quiet"], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    part = out / ".parts" / "shard-00000" / "group-00000.h5"
+    part = out / ".parts" / "shard-00000" / "part-00000.h5"
     deadline = time.monotonic() + 300
     while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

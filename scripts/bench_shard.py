@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""End to end: `zoo generate` of one shard with slot refill against without, in models/hour.
+
+Each window generates the same shard into a fresh folder: data load, initialisation,
+training, evaluation, the HDF5 part files, the shard and its checksum (everything but the
+Python start-up). The two variants ('refill' and 'fixed', i.e. --no-refill) first generate
+one small shard each, untimed (libraries, cuDNN autotuning, the allocator), then alternate
+(refill fixed refill fixed ...). Printed: models/h as median [min, max] n per variant, and
+the per-window ratio refill / fixed.
+
+  python scripts/bench_shard.py                         # digits-wasym-resnet8, 48 models, CPU
+  python scripts/bench_shard.py --device cuda --preset lim2024-resnet8 --models 1000 \\
+      --group-size 128 --train-images 1024 --windows 2  # the paper's epoch mix, 2 steps/epoch
+
+The shard keeps the preset's hyper-parameter distributions (for lim2024: epochs 10-40, the
+paper's mix) unless --epochs says otherwise. CIFAR-shaped presets train on random uint8
+images (--train-images x 3 x 32 x 32, --test-images for evaluation), written to an .npz: no
+download, and speed does not depend on pixel values. A smaller training set scales the
+training part of the time down (epochs are of --train-images images) but not the per-model
+evaluation on the test set, nor initialisation and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zoo.benchtools import Spread, Variant, alternate, device_info  # noqa: E402
+from zoo.generate import generate  # noqa: E402
+from zoo.spec import load_spec, spec_from_dict  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="digits-wasym-resnet8")
+    ap.add_argument("--models", type=int, default=48, help="models in the shard (default 48)")
+    ap.add_argument("--group-size", type=int, default=8, help="slots of a group (default 8, the CPU's for batch 64)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
+    ap.add_argument("--epochs", default=None, metavar="LOW,HIGH",
+                    help="epochs drawn uniformly from LOW..HIGH (default: the preset's distribution)")
+    ap.add_argument("--train-images", type=int, default=50_000, help="CIFAR-shaped presets: training images")
+    ap.add_argument("--test-images", type=int, default=10_000, help="CIFAR-shaped presets: test images")
+    ap.add_argument("--windows", type=int, default=5, help="generations timed per variant (default 5)")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    if args.models < 1 or args.group_size < 2:
+        ap.error("--models must be >= 1 and --group-size >= 2 (a group of one never refills)")
+    if args.epochs is not None:
+        try:
+            lo, hi = (int(x) for x in args.epochs.split(","))
+        except ValueError:
+            ap.error(f"--epochs {args.epochs!r}: expected LOW,HIGH, e.g. 10,40")
+        if not 1 <= lo <= hi:
+            ap.error(f"--epochs {args.epochs!r}: need 1 <= LOW <= HIGH")
+        args.epochs = (lo, hi)
+    return args
+
+
+def shard_spec(args, work: Path, models: int):
+    """The preset as a one-shard spec of ``models`` models (CIFAR-shaped data for non-digits)."""
+    d = load_spec(args.preset).to_dict()
+    d.update(models=models, models_per_shard=models)
+    if args.epochs:
+        d["hparams"]["epochs"] = {"dist": "randint", "low": args.epochs[0], "high": args.epochs[1]}
+    if d["data"]["source"] != "digits":
+        path = work / "cifar_shaped.npz"
+        if not path.exists():
+            rng = np.random.default_rng(0)
+            n, m = args.train_images, args.test_images
+            np.savez(path, x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                     y_train=rng.integers(0, 10, n), x_test=rng.integers(0, 256, (m, 32, 32, 3), dtype=np.uint8),
+                     y_test=rng.integers(0, 10, m))
+        d["data"] = {"source": f"npz:{path}"}
+    return spec_from_dict(d)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python " + shlex.join(["scripts/bench_shard.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"# {command}\n{device_info(args.device)}", flush=True)
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        work = Path(tmp)
+        spec = shard_spec(args, work, args.models)
+        small = shard_spec(args, work, min(args.models, 2 * args.group_size))
+        runs = [0]
+
+        def gen(s, refill: bool) -> None:
+            out = work / f"zoo-{runs[0]}"
+            runs[0] += 1
+            generate(s, out, device=args.device, group_size=args.group_size, progress=False, refill=refill)
+            shutil.rmtree(out)
+
+        def window(refill):
+            def run(n):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    gen(spec, refill)
+                return time.perf_counter() - t0
+            return run
+
+        variants = [Variant(name, window(refill), work=3600.0 * args.models,
+                            warmup=lambda refill=refill: gen(small, refill))
+                    for name, refill in (("refill", True), ("fixed", False))]
+        alternate(variants, args.windows)
+    epochs = [spec.sample_hparams(i)["epochs"] for i in range(args.models)]
+    print(f"\n{args.models}-model shard of {args.preset} on {args.device}, group size {args.group_size}, "
+          f"epochs {min(epochs)}-{max(epochs)} (mean {np.mean(epochs):.1f}), "
+          + ("" if spec.data["source"] == "digits" else f"{args.train_images:,} training images, ")
+          + f"end to end (data load, init, training, evaluation, HDF5 writes):")
+    for v in variants:
+        print(f"  {v.name:7s} {Spread(v.rates).fmt(0)} models/h   (warm-up {v.warmup_s:.1f} s)")
+    ratio = Spread([a / b for a, b in zip(variants[0].rates, variants[1].rates)])
+    print(f"  refill / fixed, per window pair: {ratio.fmt(3)}\ncommand: {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
