@@ -360,10 +360,18 @@ def test_a_generation_planned_before_refill_resumes_in_its_fixed_groups(refill_z
     assert_same_zoo(fixed, out)
 
 
-def test_zoo_generate_help_documents_no_refill(capsys):
+def test_zoo_generate_no_refill_is_documented_and_recorded_in_the_plan(tiny_dict, tmp_path, capsys):
     from zoo.cli import main
 
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-refill" in text and "slot refill" in text
+    spec = write_toml(tmp_path / "spec.toml", tiny_dict)
+    threads = torch.get_num_threads()
+    for flags, refill in (([], True), (["--no-refill"], False)):
+        out = tmp_path / f"z{refill}"
+        assert main(["generate", str(spec), "--out", str(out), "--models", "2", "--group-size", "2", "--quiet",
+                     *flags]) == 0
+        torch.set_num_threads(threads)
+        assert _plan(out)["refill"] is refill

@@ -21,7 +21,8 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train every model of a zoo spec and write the sharded HDF5 weight dataset.\n\n"
                     "Rerunning the same command after an interruption (even kill -9) resumes: finished\n"
-                    "groups of models are kept and the result equals an uninterrupted run.",
+                    "models (written a group's worth at a time) are kept and the result equals an\n"
+                    "uninterrupted run.",
         epilog="examples:\n  zoo generate digits-wasym-resnet8 --out runs/digits-wasym\n"
                "  zoo generate lim2024-resnet8 --out runs/lim-std --device cuda --models 2000\n"
                "  zoo generate my_spec.toml --out runs/mine --shard 0 --num-shards 4   # one of 4 jobs")
