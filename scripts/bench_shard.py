@@ -6,7 +6,9 @@ training, evaluation, the HDF5 part files, the shard and its checksum (everythin
 Python start-up). The two variants ('refill' and 'fixed', i.e. --no-refill) first generate
 one small shard each, untimed (libraries, cuDNN autotuning, the allocator), then alternate
 (refill fixed refill fixed ...). Printed: models/h as median [min, max] n per variant, and
-the per-window ratio refill / fixed.
+the per-window ratio refill / fixed; on the CPU also models per CPU-hour (user + sys time of
+this process), which a machine shared with other work still measures faithfully (with one
+thread on a quiet machine the two agree).
 
   python scripts/bench_shard.py                         # digits-wasym-resnet8, 48 models, CPU
   python scripts/bench_shard.py --device cuda --preset lim2024-resnet8 --models 1000 \\
@@ -22,6 +24,7 @@ evaluation on the test set, nor initialisation and writes.
 from __future__ import annotations
 
 import argparse
+import resource
 import shlex
 import shutil
 import sys
@@ -66,6 +69,11 @@ def parse_args(argv=None):
     return args
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def shard_spec(args, work: Path, models: int):
     """The preset as a one-shard spec of ``models`` models (CIFAR-shaped data for non-digits)."""
     d = load_spec(args.preset).to_dict()
@@ -102,12 +110,16 @@ def main(argv=None) -> int:
             generate(s, out, device=args.device, group_size=args.group_size, progress=False, refill=refill)
             shutil.rmtree(out)
 
+        cpu_rates = {True: [], False: []}  # models per CPU-hour, per window
+
         def window(refill):
             def run(n):
-                t0 = time.perf_counter()
+                c0, t0 = cpu_seconds(), time.perf_counter()
                 for _ in range(n):
                     gen(spec, refill)
-                return time.perf_counter() - t0
+                wall = time.perf_counter() - t0
+                cpu_rates[refill].append(3600.0 * args.models * n / (cpu_seconds() - c0))
+                return wall
             return run
 
         variants = [Variant(name, window(refill), work=3600.0 * args.models,
@@ -119,10 +131,16 @@ def main(argv=None) -> int:
           f"epochs {min(epochs)}-{max(epochs)} (mean {np.mean(epochs):.1f}), "
           + ("" if spec.data["source"] == "digits" else f"{args.train_images:,} training images, ")
           + f"end to end (data load, init, training, evaluation, HDF5 writes):")
-    for v in variants:
-        print(f"  {v.name:7s} {Spread(v.rates).fmt(0)} models/h   (warm-up {v.warmup_s:.1f} s)")
+    cuda = args.device.startswith("cuda")
+    for v, refill in zip(variants, (True, False)):
+        cpu = "" if cuda else f"; {Spread(cpu_rates[refill]).fmt(0)} models per CPU-hour"
+        print(f"  {v.name:7s} {Spread(v.rates).fmt(0)} models/h{cpu}   (warm-up {v.warmup_s:.1f} s)")
     ratio = Spread([a / b for a, b in zip(variants[0].rates, variants[1].rates)])
-    print(f"  refill / fixed, per window pair: {ratio.fmt(3)}\ncommand: {command}")
+    print(f"  refill / fixed, per window pair: {ratio.fmt(3)} (wall)")
+    if not cuda:
+        cpu_ratio = Spread([a / b for a, b in zip(cpu_rates[True], cpu_rates[False])])
+        print(f"  refill / fixed, per window pair: {cpu_ratio.fmt(3)} (CPU time)")
+    print(f"command: {command}")
     return 0
 
 
