@@ -93,6 +93,9 @@ def test_reproduce_nfn_on_a_local_small_cnn_zoo(tmp_path, capsys):
         line = next(line for line in out.splitlines() if line.startswith(f"| {m} |") and "published" not in line
                     and published in line)
         assert "n/a" not in line
+    # the preset's ranges checked against the runs' hyper-parameters (fixture rates reach 0.1 > 5e-2)
+    assert "preset smallcnnzoo-cifar10 against the downloaded runs' hyper-parameters: the preset differs" in out
+    assert next(line for line in out.splitlines() if line.startswith("lr ")).rstrip().endswith("OUTSIDE")
     assert (tmp_path / "out" / "bench" / "results.json").is_file()
     assert np.isfinite([r["test_tau"] for r in __import__("json").loads(
         (tmp_path / "out" / "bench" / "results.json").read_text())["runs"]]).any()
