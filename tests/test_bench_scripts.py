@@ -72,3 +72,19 @@ def test_the_gpu_session_script_runs_end_to_end_in_its_cpu_dry_run(tmp_path, one
     md = out.read_text()
     assert "output channels-last" in md and "model-epochs/s" in md and "models/h" in md
     assert "group:4:bf16+cl" in md and "r0" in md
+
+
+def test_the_metanet_table_script_times_one_real_bench_of_two_zoos(tmp_path, capsys):
+    from scripts import bench_metanet_table
+
+    rc = bench_metanet_table.main(["--dry-run", "--work", str(tmp_path), "--metanets", "mlp,statnn"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for kind in ("std", "wasym"):
+        assert (tmp_path / f"synthetic-{kind}-64" / "manifest.json").is_file()
+    assert "metanets.cli bench" in out and (tmp_path / "bench" / "results.json").is_file()
+    line = next(line for line in out.splitlines() if line.startswith("table: "))
+    assert "2 metanets x 2 zoos x 64 nets" in line and "wall" in line and "dry run" in line
+    # a second run reuses the zoos it wrote
+    assert bench_metanet_table.main(["--dry-run", "--work", str(tmp_path), "--metanets", "mlp"]) == 0
+    assert "wrote " not in capsys.readouterr().out.split("$ ")[0]
