@@ -307,6 +307,7 @@ def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(r
         with store.open_shard(p) as f:
             finished |= set(f["ids"][()].tolist())
     assert len(finished) == 3 * parts_before_kill
+    assert gen.progress_of(out)["done"] == len(finished), "`zoo info` counts the models in parts"
 
     trained, real_stream = [], GroupTrainer.stream
 
