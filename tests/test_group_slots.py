@@ -200,3 +200,19 @@ def test_from_two_slots_up_a_model_comes_out_bit_for_bit_whoever_shares_its_grou
         assert f.metrics == r.metrics, r.model_id
         for ck in f.weights:
             assert np.array_equal(f.weights[ck], r.weights[ck]), (r.model_id, ck)
+
+
+def test_static_refill_keeps_the_asked_slots_even_for_a_short_queue(digits, one_thread, monkeypatch):
+    """Static shapes: two jobs in four slots still run as a group of four (stand-ins fill it),
+    so a shard's short last queue is no second shape to compile; their results are as in the
+    dynamic run, and only the real jobs come out."""
+    import zoo.train
+
+    js = six_jobs(optimizer="sgd", momentum=0.9)[:2]
+    sizes, real_step = [], zoo.train.GroupRun.step
+    monkeypatch.setattr(zoo.train.GroupRun, "step", lambda run: sizes.append(run.M) or real_step(run))
+    static = GroupTrainer(WASYM, digits, ["final"], TrainOptions(static_shapes=True)).train(js, slots=4)
+    assert set(sizes) == {4}
+    dynamic = GroupTrainer(WASYM, digits, ["final"]).train(js, slots=4)
+    assert [r.model_id for r in static] == [j.model_id for j in js]
+    assert_same(static, dynamic)

@@ -372,11 +372,12 @@ class GroupTrainer:
         slots = slots or len(jobs)
         M = min(slots, len(jobs))
         queue = list(jobs[M:])
-        # Fewer jobs than min_slots: stand-ins (copies of the first job under ids no job has,
-        # their results dropped) fill the group up to it.
+        # Fewer jobs than min_slots (static shapes: than slots, so that a short queue is not a
+        # second shape to compile): stand-ins, copies of the first job under ids no job has,
+        # their results dropped, fill the group up to it.
         ours = {j.model_id for j in jobs}
-        stand_ins = [Job(min(ours) - 1 - k, jobs[0].seed, jobs[0].hp)
-                     for k in range(min(self.opts.min_slots, slots) - M)]
+        target = slots if self.opts.static else min(self.opts.min_slots, slots)
+        stand_ins = [Job(min(ours) - 1 - k, jobs[0].seed, jobs[0].hp) for k in range(target - M)]
         run = self.start(jobs[:M] + stand_ins)
         # Evaluation chunks are sized by the slots asked for, not by how many models a
         # checkpoint records or how many jobs were left: a model's float64 loss then sums in
