@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zoo import train as ztrain  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate, device_info  # noqa: E402
 from zoo.generate import generate  # noqa: E402
 from zoo.spec import load_spec, spec_from_dict  # noqa: E402
@@ -103,11 +104,26 @@ def main(argv=None) -> int:
         spec = shard_spec(args, work, args.models)
         small = shard_spec(args, work, min(args.models, 2 * args.group_size))
         runs = [0]
+        # Group steps and model-steps (slots, masked ones included) of a variant's last
+        # generation: what refill changes is how many group steps carry the same models.
+        steps = {True: [0, 0], False: [0, 0]}
+        real_step = ztrain.GroupRun.step
 
         def gen(s, refill: bool) -> None:
             out = work / f"zoo-{runs[0]}"
             runs[0] += 1
-            generate(s, out, device=args.device, group_size=args.group_size, progress=False, refill=refill)
+            steps[refill] = count = [0, 0]
+
+            def counted(run):
+                count[0] += 1
+                count[1] += run.M
+                return real_step(run)
+
+            ztrain.GroupRun.step = counted
+            try:
+                generate(s, out, device=args.device, group_size=args.group_size, progress=False, refill=refill)
+            finally:
+                ztrain.GroupRun.step = real_step
             shutil.rmtree(out)
 
         cpu_rates = {True: [], False: []}  # models per CPU-hour, per window
@@ -134,7 +150,8 @@ def main(argv=None) -> int:
     cuda = args.device.startswith("cuda")
     for v, refill in zip(variants, (True, False)):
         cpu = "" if cuda else f"; {Spread(cpu_rates[refill]).fmt(0)} models per CPU-hour"
-        print(f"  {v.name:7s} {Spread(v.rates).fmt(0)} models/h{cpu}   (warm-up {v.warmup_s:.1f} s)")
+        print(f"  {v.name:7s} {Spread(v.rates).fmt(0)} models/h{cpu}   (warm-up {v.warmup_s:.1f} s; "
+              f"{steps[refill][0]:,} group steps, {steps[refill][1]:,} model-steps)")
     ratio = Spread([a / b for a, b in zip(variants[0].rates, variants[1].rates)])
     print(f"  refill / fixed, per window pair: {ratio.fmt(3)} (wall)")
     if not cuda:
