@@ -347,8 +347,9 @@ class GroupTrainer:
     Models may have different epoch counts. With ``slots`` below the number of jobs, the
     first ``slots`` jobs start and each later one takes the slot of a model that finished
     (slot refill): the group keeps its shape for the whole queue. A model that finishes with
-    no job waiting leaves the group at the end of its epoch (or, with static shapes, stays
-    in its slot, masked). Either way each model's result equals it trained alone."""
+    no job waiting leaves the group at the end of its epoch (or, with static shapes or below
+    ``TrainOptions.min_slots``, stays in its slot, masked). Either way each model's result
+    equals it trained alone."""
 
     def __init__(self, cfg: NetConfig, data: ImageData, checkpoints: list, opts: TrainOptions = TrainOptions()):
         self.cfg, self.data, self.opts = cfg, data, opts
