@@ -1,4 +1,5 @@
 """arch = "smallcnn": the Small CNN Zoo's CNN, its hyper-parameters, trainer and presets."""
+import json
 import math
 
 import numpy as np
@@ -115,6 +116,8 @@ def test_generated_smallcnn_zoo_rebuilds_and_is_read_by_every_applicable_metanet
     out = generate(spec, tmp_path / "z", progress=False)
     z = zoo.open(out)
     assert z.layout.num_params == 4970 and z.checkpoints == ["epoch_0", "epoch_2", "final"]
+    plan = json.loads((out / "zoo-plan.json").read_text())
+    assert plan["refill"] is False, "smallcnn zoos train in fixed groups (zoo/smallcnn.py has no slot refill)"
     assert {"optimizer", "dropout", "w_init", "init_std", "activation", "train_fraction"} <= set(z.table.columns)
     d = image_data.load({"source": "digits"})
     row = z.table.iloc[3]

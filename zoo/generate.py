@@ -290,7 +290,8 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
     if plan is None:
         gs = group_size or auto_group_size(spec, cfg, data, opts)
         mine = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
-                "group_size": gs, "refill": True if refill is None else bool(refill),
+                # what the generation does: smallcnn zoos and groups of one keep fixed groups
+                "group_size": gs, "refill": refill is not False and cfg.arch != "smallcnn" and gs > 1,
                 "num_shards": spec.num_shards, "data": data.describe(),
                 "cpu_threads": torch.get_num_threads()}
         # Shard jobs started together race to plan: the first plan on disk wins and every job
@@ -454,8 +455,8 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
     total = sum(len(spec.shard_ids(s)) for s in todo)
     check_writable_dir(out, "--out", need_bytes=estimate_bytes(spec, layout, total))
     bar = _progress(total, progress, spec.name)
-    # smallcnn groups and one-at-a-time training keep fixed groups (see _train_shard_refill)
-    refill = bool(plan.get("refill", False)) and cfg.arch != "smallcnn" and not reference and gs > 1
+    # as the plan says (see ensure_plan); one-at-a-time training (a benchmark's) has no slots
+    refill = bool(plan.get("refill", False)) and not reference and cfg.arch != "smallcnn" and gs > 1
     if refill:
         opts = replace(opts, min_slots=2)
     trainer = GroupTrainer(cfg, data, list(spec.checkpoints), opts)
