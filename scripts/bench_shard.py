@@ -4,7 +4,7 @@
 Each window generates the same shard into a fresh folder: data load, initialisation,
 training, evaluation, the HDF5 part files, the shard and its checksum (everything but the
 Python start-up). The two variants ('refill' and 'fixed', i.e. --no-refill) first generate
-one small shard each, untimed (libraries, cuDNN autotuning, the allocator), then alternate
+a shard of one group's worth of models each, untimed (libraries, cuDNN autotuning, the allocator), then alternate
 (refill fixed refill fixed ...). Printed: models/h as median [min, max] n per variant, and
 the per-window ratio refill / fixed; on the CPU also models per CPU-hour (user + sys time of
 this process), which a machine shared with other work still measures faithfully (with one
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         spec = shard_spec(args, work, args.models)
-        small = shard_spec(args, work, min(args.models, 2 * args.group_size))
+        small = shard_spec(args, work, min(args.models, args.group_size))  # one full group: its shapes
         runs = [0]
         # Group steps and model-steps (slots, masked ones included) of a variant's last
         # generation: what refill changes is how many group steps carry the same models.
