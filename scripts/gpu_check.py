@@ -108,7 +108,7 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
     # A 1,000-model shard at the paper's epoch mix (10-40) with and without slot refill, on 1,024
     # CIFAR-shaped training images (2 steps per epoch; the full 50,000 would take hours per run)
     # and the full 10,000-image test set: about 6 minutes on an H100 (est.: 2 x ~150 s plus two
-    # one-group warm-ups), so it runs only with a budget above the default (--minutes 14, --only g).
+    # one-group warm-ups): give it the budget (--minutes 14, or --only g on its own).
     shard = (["--preset", "digits-wasym-resnet8", "--models", "6", "--group-size", "2", "--epochs", "1,2"] if dry
              else ["--device", "cuda", "--preset", "lim2024-resnet8", "--models", "1000", "--group-size", "128",
                    "--train-images", "1024", "--test-images", "10000"])
