@@ -284,7 +284,7 @@ class Killed(Exception):
 
 @pytest.mark.parametrize("parts_before_kill", [1, 2])
 def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(refill_zoos, tmp_path, monkeypatch,
-                                                                                parts_before_kill):
+                                                                                capsys, parts_before_kill):
     """Killed once 3 (or 6) of the 7 models are in parts: the rerun trains only the other 4
     (or the last one, beside a stand-in), in groups unlike the first run's, and writes the
     same zoo, bit for bit."""
@@ -312,6 +312,11 @@ def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(r
             finished |= set(f["ids"][()].tolist())
     assert len(finished) == 3 * parts_before_kill
     assert gen.progress_of(out)["done"] == len(finished), "`zoo info` counts the models in parts"
+    from zoo.cli import main
+
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert f"models done {len(finished)} / 7" in info and "group size 3, slot refill" in info
 
     trained, real_stream = [], GroupTrainer.stream
 

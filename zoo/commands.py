@@ -201,7 +201,7 @@ def cmd_info(args) -> int:
         p = progress_of(path)
         print(f"zoo {p['name']!r} at {path}: generation in progress or interrupted")
         print(f"  models done {p['done']} / {p['models']}   shards {p['shards_done']} / {p['shards_total']}   "
-              f"group size {p['group_size']}")
+              f"group size {p['group_size']}" + (", slot refill" if p["refill"] else ", fixed groups"))
         print(f"  on disk     {_human(_size(path))}")
         return 0
     print_info(path, verify=not args.no_verify)

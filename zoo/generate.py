@@ -664,5 +664,6 @@ def progress_of(out: Path) -> dict:
             except ZooError:
                 pass
     return {"name": plan["spec"]["name"], "models": total, "done": done, "group_size": plan["group_size"],
+            "refill": bool(plan.get("refill", False)),
             "shards_total": plan["num_shards"],
             "shards_done": sum((out / shard_name(s)).exists() for s in range(plan["num_shards"]))}
