@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bootstrap", type=int, default=1000,
                    help="seeded resamples of the test nets per 95%% CI (default 1000)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    b.add_argument("--no-stack", action="store_true",
+                   help="train every run on its own; by default the lr sweep's runs of mlp, statnn, "
+                        "statnn-std, deepsets and dmc (same init and batches), then their seeds, train as one "
+                        "stacked model with per-run lr, best epoch and divergence: the same results up to "
+                        "float rounding, faster (other metanets always train run by run)")
     b.add_argument("--stream", action="store_true",
                    help="read weights from HDF5 per batch instead of loading each zoo into memory "
                         "(automatic when a zoo exceeds half the machine's memory)")
@@ -156,7 +161,7 @@ def cmd_bench(args) -> int:
                             lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
                             device=args.device, params=args.params, target=args.target,
                             in_memory=False if args.stream else None, match_accuracy=args.match_accuracy,
-                            bootstrap=args.bootstrap, protocol=args.protocol).check()
+                            bootstrap=args.bootstrap, protocol=args.protocol, stack=not args.no_stack).check()
     check_out_dir(args.out)
     result = bench.run(args.zoos, cfg, progress=not args.no_progress)
     files = report.write(result, args.out)
