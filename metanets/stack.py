@@ -38,36 +38,46 @@ from .statnn import StatNN, StatNNStd
 
 
 class StackedAdamW:
-    """``torch.optim.AdamW`` (single-tensor formula, no amsgrad) over stacked ``[R, ...]``
-    parameters with one lr per replica; ``step(grads, mask)`` updates only the replicas in
-    ``mask`` (parameters and moments), so a diverged replica's nan gradients never land."""
+    """``torch.optim.AdamW`` (its single-tensor formula, no amsgrad) over stacked ``[R, ...]``
+    parameters with one lr per replica. ``step(grads, mask)`` moves only the replicas in
+    ``mask`` (a device tensor: no host sync); a frozen replica gets weight decay 1 and step
+    size 0, which leave its parameters exactly as they are, and its gradient (nan after a
+    divergence) is zeroed so that its moments stay finite."""
 
     def __init__(self, params, lrs, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params = list(params)
-        self.lr = torch.as_tensor(lrs, dtype=torch.float64)  # Python floats, as torch computes with them
-        self.wd, (self.beta1, self.beta2), self.eps = weight_decay, betas, eps
+        self.beta1, self.beta2, self.eps = *betas, eps
+        self.lrs = torch.tensor(lrs, dtype=torch.float64)  # Python floats, as torch computes with them
+        self.like = self.params[0]
+        self.decay = (1 - self.lrs * weight_decay).to(self.like)
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.t = 0  # every live replica has taken every step, so one count serves them all
+        self.step_sizes = self.like.new_zeros(0, len(lrs))
+
+    def _step_size(self) -> torch.Tensor:
+        """``lr / (1 - beta1^t)`` per replica, from a table made on the host in float64 (as torch
+        does in Python) and copied to the device once per 1,024 steps, not every step."""
+        if self.t > len(self.step_sizes):
+            t = torch.arange(1, len(self.step_sizes) + 1025, dtype=torch.float64)[:, None]
+            self.step_sizes = (self.lrs / (1 - self.beta1 ** t)).to(self.like)
+        return self.step_sizes[self.t - 1]
 
     @torch.no_grad()
     def step(self, grads, mask: torch.Tensor) -> None:
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         bc2_sqrt = (1 - b2 ** self.t) ** 0.5
+        step_size = torch.where(mask, self._step_size(), 0)
+        decay = torch.where(mask, self.decay, 1)
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
             shape = (-1,) + (1,) * (p.dim() - 1)
-            keep = mask.view(shape)
-            decay = (1 - self.lr * self.wd).to(p).view(shape)
-            step_size = (self.lr / (1 - b1 ** self.t)).to(p).view(shape)
-            g = torch.where(keep, g, 0)
-            m_new = m.lerp(g, 1 - b1)
-            v_new = v.mul(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v_new.sqrt() / bc2_sqrt).add_(self.eps)
-            p_new = p.mul(decay).add_(m_new / denom * -step_size)
-            p.copy_(torch.where(keep, p_new, p))
-            m.copy_(torch.where(keep, m_new, m))
-            v.copy_(torch.where(keep, v_new, v))
+            g = torch.where(mask.view(shape), g, 0)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = v.sqrt().div_(bc2_sqrt).add_(self.eps)
+            p.mul_(decay.view(shape))
+            p.add_(m.div(denom).mul_(-step_size.view(shape)))
 
 
 def _linear(x, w, b, shared: bool):
@@ -180,11 +190,12 @@ class _StackedPooledReLU(torch.autograd.Function):
         for a in range(0, xr.shape[2], ctx.chunk):
             xc, rc = xr[:, :, a:a + ctx.chunk, None], r[:, :, a:a + ctx.chunk, None]
             dz = ((xc * u + rc * v + w) > 0) * grad[:, :, None, :]  # [R, b, c, h]
-            g_xr[:, :, a:a + ctx.chunk] = torch.einsum("rbch,rh->rbc", dz, mix[:, 0])
-            g_r[:, :, a:a + ctx.chunk] = torch.einsum("rbch,rh->rbc", dz, mix[:, 1])
-            g_mix[:, 0] += torch.einsum("rbch,rbc->rh", dz, xc[..., 0])
-            g_mix[:, 1] += torch.einsum("rbch,rbc->rh", dz, rc[..., 0])
-            g_mix[:, 2] += dz.sum((1, 2))
+            flat = dz.flatten(1, 2)  # [R, b*c, h]: batched matrix-vector products, no transposed copy
+            g_xr[:, :, a:a + ctx.chunk] = (flat @ mix[:, 0, :, None]).view(xc.shape[:3])
+            g_r[:, :, a:a + ctx.chunk] = (flat @ mix[:, 1, :, None]).view(xc.shape[:3])
+            g_mix[:, 0] += (xc.flatten(1, 2).transpose(1, 2) @ flat)[:, 0]
+            g_mix[:, 1] += (rc.flatten(1, 2).transpose(1, 2) @ flat)[:, 0]
+            g_mix[:, 2] += flat.sum(1)
         return g_xr, g_r, g_mix, None
 
 
