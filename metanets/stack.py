@@ -3,7 +3,8 @@
 The lr sweep's runs share their initialisation and every batch (both derive from seed,
 name and tag, not from lr), so R of them train as one model whose parameters are stacked
 ``[R, *shape]``: the input batch is read once and every layer runs as one R-wide kernel
-(a Linear's weights concatenated, a Conv1d with ``groups=R``). Runs with different seeds
+(a Linear's weights concatenated, a Conv1d with ``groups=R``; DeepSets' compute-bound pooled
+sum goes replica by replica through its own kernel). Runs with different seeds
 stack too, each replica reading its own batches (``[R, B, ...]``).
 
 Each replica keeps what ``train.fit`` keeps for one run: its own lr in a per-replica AdamW
@@ -29,7 +30,7 @@ from torch import nn
 
 from . import registry, train
 from .data import as_view
-from .deepsets import DeepSets
+from .deepsets import DeepSets, _PooledReLU
 from .dmc import DMC, _convs_fast
 from .errors import MetanetError
 from .metrics import r2
@@ -167,38 +168,6 @@ class StackedStatNN(Stack):
         return self._sequential(self.base.net, "net", x, shared).squeeze(-1)
 
 
-class _StackedPooledReLU(torch.autograd.Function):
-    """:class:`metanets.deepsets._PooledReLU` with a leading replica dimension:
-    ``xr, r`` ``[R, b, d]``, ``mix`` ``[R, 3, h]`` -> ``[R, b, h]``, in chunks of d."""
-
-    @staticmethod
-    def forward(ctx, xr, r, mix, chunk: int):
-        ctx.save_for_backward(xr, r, mix)
-        ctx.chunk = chunk
-        u, v, w = (mix[:, i, None, None, :] for i in range(3))  # [R, 1, 1, h]
-        out = xr.new_zeros(*xr.shape[:2], mix.shape[2])
-        for a in range(0, xr.shape[2], chunk):
-            z = xr[:, :, a:a + chunk, None] * u + r[:, :, a:a + chunk, None] * v + w
-            out += z.relu_().sum(2)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        xr, r, mix = ctx.saved_tensors
-        u, v, w = (mix[:, i, None, None, :] for i in range(3))
-        g_xr, g_r, g_mix = torch.empty_like(xr), torch.empty_like(r), torch.zeros_like(mix)
-        for a in range(0, xr.shape[2], ctx.chunk):
-            xc, rc = xr[:, :, a:a + ctx.chunk, None], r[:, :, a:a + ctx.chunk, None]
-            dz = ((xc * u + rc * v + w) > 0) * grad[:, :, None, :]  # [R, b, c, h]
-            flat = dz.flatten(1, 2)  # [R, b*c, h]: batched matrix-vector products, no transposed copy
-            g_xr[:, :, a:a + ctx.chunk] = (flat @ mix[:, 0, :, None]).view(xc.shape[:3])
-            g_r[:, :, a:a + ctx.chunk] = (flat @ mix[:, 1, :, None]).view(xc.shape[:3])
-            g_mix[:, 0] += (xc.flatten(1, 2).transpose(1, 2) @ flat)[:, 0]
-            g_mix[:, 1] += (rc.flatten(1, 2).transpose(1, 2) @ flat)[:, 0]
-            g_mix[:, 2] += flat.sum(1)
-        return g_xr, g_r, g_mix, None
-
-
 class StackedDeepSets(Stack):
     def __call__(self, x, shared, alive=None):
         """DeepSets.forward per replica: the closed-form phi of ``DeepSets._pool_sum``."""
@@ -212,8 +181,11 @@ class StackedDeepSets(Stack):
         r = torch.rsqrt(var + self.base.phi[1].eps)
         mix = torch.stack([g * A, g * B, beta], 1)  # [R, 3, h]
         budget = self.base.max_elements or (1 << 22 if x.device.type == "cpu" else 1 << 28)
-        chunk = max(1, budget // (self.R * r.shape[1] * a.shape[1]))
-        pooled = _StackedPooledReLU.apply(x * r, r, mix, chunk)
+        chunk = max(1, budget // (r.shape[1] * a.shape[1]))
+        xr = x * r
+        # replica by replica: the pooled sum is compute-bound, [b, chunk, h] blocks are as large
+        # as any one kernel needs, and one replica's block at a time keeps memory at one run's
+        pooled = torch.stack([_PooledReLU.apply(xr[i], r[i], mix[i], chunk) for i in range(self.R)])
         return self._sequential(self.base.rho, "rho", pooled / d, False).squeeze(-1)
 
 

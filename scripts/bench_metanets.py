@@ -146,7 +146,7 @@ def stack_times(ws, names, device: str, batch_size: int, epochs: int, seeds: int
           f"{total / 60:.1f} min")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", type=Path, default=None, help="an existing zoo (default: write a synthetic one)")
     ap.add_argument("--models", type=int, default=512, help="nets in the synthetic zoo (default 512)")
@@ -165,7 +165,11 @@ def main(argv=None) -> int:
                     help="only the stacked-against-run-by-run part (with --no-read: no HDF5 part either)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds in the projected table (default 5)")
     ap.add_argument("--zoos", type=int, default=2, help="zoos in the projected table (default 2)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     names = registry.parse_names(args.metanets)
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print(device_info(args.device))
