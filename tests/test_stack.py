@@ -147,3 +147,46 @@ def test_bench_gives_the_same_tables_stacked_or_not(zoo_path):
                 else:
                     assert a[k] == b[k], (key, a["metanet"], k)
     assert on["config"]["stack"] is True and off["config"]["stack"] is False
+
+
+def test_a_streamed_zoo_trains_stacked_exactly_like_the_in_memory_one(tmp_path):
+    path = make_zoo(tmp_path / "z", models=24, seed=2, mode="shift", shard_size=8)
+    mem, streamed = data.load(path), data.load(path, in_memory=False)
+    assert isinstance(streamed.x["train"], data.StreamedRows)
+    for runs in ([(1e-3, 0), (1e-2, 0)], [(1e-3, 0), (1e-3, 1)]):  # shared batches, then own batches
+        a = stack.fit_stacked("mlp", mem, runs, epochs=2, batch_size=4)
+        b = stack.fit_stacked("mlp", streamed, runs, epochs=2, batch_size=4)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.predictions["test"], y.predictions["test"])
+
+
+def test_bench_metanets_times_stacked_beside_run_by_run(capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scripts import bench_metanets
+
+    assert bench_metanets.main(["--models", "24", "--width", "0.25", "--in-channels", "1", "--no-read",
+                                "--stack-only", "--metanets", "statnn,statnn-gbm", "--epochs", "1", "--seeds", "2",
+                                "--windows", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| statnn |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["sweep (6)", "seeds (2)"]
+    assert all(r.split("|")[5].strip().endswith("x") for r in rows)  # the speed-up column
+    assert "statnn-gbm" not in "".join(rows)  # nothing to stack: not timed here
+
+
+def test_metanets_bench_no_stack_is_recorded_and_documented(zoo_path, tmp_path, capsys):
+    import json
+
+    from metanets import cli
+
+    assert cli.main(["bench", str(zoo_path), "--metanets", "statnn", "--seeds", "2", "--epochs", "1", "--lr", "1e-3",
+                     "--bootstrap", "10", "--no-progress", "--no-stack", "--out", str(tmp_path / "o")]) == 0
+    result = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert result["config"]["stack"] is False and len(result["runs"]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    assert "--no-stack" in capsys.readouterr().out
