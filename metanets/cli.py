@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="file to save the trained metanet to (e.g. mlp.pt)")
     t.add_argument("--lr", default="1e-3", help="learning rate (default 1e-3) or auto (sweep, pick by val R²)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-stack", action="store_true",
+                   help="with --lr auto: train the sweep's runs one by one instead of as one stacked model "
+                        "(same results up to float rounding, slower)")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -204,7 +207,7 @@ def cmd_train(args) -> int:
         raise MetanetError("--lr paper: train takes one rate or auto; `metanets bench --lr paper` picks the "
                            "paper's rate per zoo")
     elif lr == "auto":
-        lr, results = sweep_lr(name, ws, LR_GRID, seed=args.seed, **kw)
+        lr, results = sweep_lr(name, ws, LR_GRID, seed=args.seed, stack=not args.no_stack, **kw)
         if lr is None:
             raise MetanetError(f"{name} on {args.zoo}: every rate of {list(LR_GRID)} diverged or gave "
                                f"non-finite predictions")

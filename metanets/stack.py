@@ -235,6 +235,10 @@ class StackedDMC(Stack):
         return self._sequential(self.base.head, "head", h, False).squeeze(-1)
 
 
+#: Runs per stacked model at most (``train.fit_runs`` stacks more in groups): memory grows with
+#: R (DMC's activations, DeepSets' ``[R, b, d]`` terms); the sweep (6) and 5 seeds fit in one.
+MAX_REPLICAS = 8
+
 #: Metanet class -> its stacked form. Exact classes: a subclass may change the forward.
 STACKED = {MLP: StackedMLP, StatNN: StackedStatNN, StatNNStd: StackedStatNN, DeepSets: StackedDeepSets,
            DMC: StackedDMC}

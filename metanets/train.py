@@ -221,9 +221,11 @@ def fit_runs(name: str, ws: WeightSet, runs, *, stack: bool = True, on_result=No
     runs = [(lr, seed) for lr, seed in runs]
     if stack and len(runs) > 1 and stacking.supports(name):
         kw.pop("progress", None)  # a per-epoch callback follows one run
-        results = stacking.fit_stacked(name, ws, runs, **kw)
-        for res in results if on_result else ():
-            on_result(res)
+        results = []
+        for a in range(0, len(runs), stacking.MAX_REPLICAS):
+            results += stacking.fit_stacked(name, ws, runs[a:a + stacking.MAX_REPLICAS], **kw)
+            for res in results[a:] if on_result else ():
+                on_result(res)
         return results
     results = []
     for lr, seed in runs:

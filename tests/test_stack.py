@@ -115,6 +115,20 @@ def test_fit_runs_stacks_what_it_can_and_trains_the_rest_run_by_run(zoo_path, mo
     assert calls == ["statnn"]
 
 
+def test_more_runs_than_one_stack_holds_train_in_groups_in_order(zoo_path, float64, monkeypatch):
+    ws = _ws64(zoo_path)
+    sizes = []
+    real = stack.fit_stacked
+    monkeypatch.setattr(stack, "MAX_REPLICAS", 2)
+    monkeypatch.setattr(stack, "fit_stacked", lambda n, w, runs, **k: sizes.append(len(runs)) or real(n, w, runs, **k))
+    runs = [(1e-3, 0), (1e-2, 0), (3e-3, 1)]
+    seen = []
+    res = train.fit_runs("statnn", ws, runs, epochs=2, batch_size=8, on_result=seen.append)
+    assert sizes == [2, 1] and [(r.lr, r.seed) for r in res] == runs and seen == res
+    for r in res:
+        assert_same_run(r, train.fit("statnn", ws, lr=r.lr, seed=r.seed, epochs=2, batch_size=8), f"lr {r.lr}")
+
+
 def test_a_plugin_subclassing_a_builtin_is_never_stacked(zoo_path, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin leaves with the test
 
