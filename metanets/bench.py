@@ -266,7 +266,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                     elif lr == "auto":
                         # the sweep's runs have their own seed stream: the final seeds are fresh runs
                         results = fit_runs(m, ws, [(r, 0) for r in cfg.lr_grid], tag="sweep", **kw,
-                                           on_result=lambda r: record(label, r, sweeps))
+                                           on_result=lambda r, label=label: record(label, r, sweeps))
                         lr = best_lr(results)
                         if lr is None:
                             not_applicable(label, m, f"every rate of the lr sweep {list(cfg.lr_grid)} diverged "
@@ -275,7 +275,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                     else:
                         lr = float(lr)
                     for res in fit_runs(m, ws, [(lr, seed) for seed in range(cfg.seeds_for(m))], **kw,
-                                        on_result=lambda r: record(label, r, runs)):
+                                        on_result=lambda r, label=label: record(label, r, runs)):
                         if res.status == "ok":
                             preds.append({"zoo": label, "metanet": m, "seed": res.seed, "model_id": ws.ids("test"),
                                           "target": ws.selection.y["test"], "prediction": res.predictions["test"]})

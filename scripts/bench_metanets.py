@@ -122,9 +122,9 @@ def stack_times(ws, names, device: str, batch_size: int, epochs: int, seeds: int
         # the unit is an epoch of every run of the group: epoch-runs per second
         for label, which in (("sweep", sweep), ("seeds", finals)):
             for stacked in (False, True):
-                v = Variant(f"{name} {label} {'stacked' if stacked else 'run by run'}", runs(which, stacked),
-                            len(which), lambda w=runs(which, stacked): w(1), units=epochs)
-                variants.append(v)
+                window = runs(which, stacked)
+                variants.append(Variant(f"{name} {label} {'stacked' if stacked else 'run by run'}", window,
+                                        len(which), lambda w=window: w(1), units=epochs))
     alternate(variants, windows)
     print(f"\n## Stacked against run by run ({len(train.LR_GRID)}-rate sweep: one init, shared batches; "
           f"{seeds} seeds: own init and batches; device {device}, batch {batch_size})")
