@@ -253,7 +253,10 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         for info, ws in zip(zoos, sets):
             label = info["zoo"]
             for m in cfg.metanets:
-                kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device, stack=cfg.stack)
+                # stacked runs finish together, so the bar also shows the epoch they are at
+                kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device, stack=cfg.stack,
+                          progress=lambda e, _, m=m, label=label: bar.set_postfix_str(
+                              f"{m} on {label}: epoch {e}/{cfg.epochs_for(m)}"))
                 lr = cfg.lr_for(m, info["wasym"])
                 check = getattr(registry.get(m), "unsupported", None)  # a metanet that reads only some nets
                 reason = check(ws.info) if check else None

@@ -250,13 +250,15 @@ def supports(name: str) -> bool:
 
 
 def fit_stacked(name: str, ws, runs, *, epochs: int = train.EPOCHS, batch_size: int = train.BATCH_SIZE,
-                weight_decay: float = train.WEIGHT_DECAY, device="cpu", tag: str = "") -> list[train.FitResult]:
+                weight_decay: float = train.WEIGHT_DECAY, device="cpu", tag: str = "",
+                progress=None) -> list[train.FitResult]:
     """Train the ``runs`` ((lr, seed) pairs) of metanet ``name`` as one stacked model; one
     :class:`train.FitResult` per run, in order, each as ``train.fit`` would return it.
 
     Runs that all have one seed share the batches (the input is read once); otherwise each
     replica reads its own. ``train_time_s`` and ``cpu_time_s`` of each result are an equal
-    share of the stacked training's."""
+    share of the stacked training's. ``progress``: an optional callable ``(epoch, val_r2)``
+    after every epoch, ``val_r2`` the list of the replicas still training."""
     if not supports(name):
         raise MetanetError(f"metanet {name!r} does not train stacked; these do: "
                            f"{', '.join(sorted(c.registry_name for c in STACKED))}")
@@ -300,8 +302,10 @@ def fit_stacked(name: str, ws, runs, *, epochs: int = train.EPOCHS, batch_size: 
             opt.step(grads, alive)
         preds = stk.predict(feats["val"], view, info.layout)
         now_alive = alive.cpu().tolist()
-        for r in sorted(running):
-            score = r2(yv, preds[r])
+        scores = {r: r2(yv, preds[r]) for r in sorted(running)}
+        if progress:
+            progress(epoch, list(scores.values()))
+        for r, score in scores.items():
             history[r].append(score)
             if np.isfinite(score) and score > best_score[r]:
                 best_score[r], best_epoch[r] = score, epoch

@@ -215,12 +215,13 @@ def fit_runs(name: str, ws: WeightSet, runs, *, stack: bool = True, on_result=No
     metanet that supports it (:mod:`metanets.stack`) train as one stacked model, which gives
     the same results faster; other metanets train run by run.
 
-    ``on_result``: optional callable receiving each result as it is ready."""
+    ``on_result``: optional callable receiving each result as it is ready; ``progress``: an
+    optional callable ``(epoch, val_r2)`` after every epoch of a run, ``val_r2`` a list (one
+    per run still training) when the runs train stacked."""
     from . import stack as stacking
 
     runs = [(lr, seed) for lr, seed in runs]
     if stack and len(runs) > 1 and stacking.supports(name):
-        kw.pop("progress", None)  # a per-epoch callback follows one run
         results = []
         for a in range(0, len(runs), stacking.MAX_REPLICAS):
             results += stacking.fit_stacked(name, ws, runs[a:a + stacking.MAX_REPLICAS], **kw)

@@ -122,9 +122,11 @@ def test_more_runs_than_one_stack_holds_train_in_groups_in_order(zoo_path, float
     monkeypatch.setattr(stack, "MAX_REPLICAS", 2)
     monkeypatch.setattr(stack, "fit_stacked", lambda n, w, runs, **k: sizes.append(len(runs)) or real(n, w, runs, **k))
     runs = [(1e-3, 0), (1e-2, 0), (3e-3, 1)]
-    seen = []
-    res = train.fit_runs("statnn", ws, runs, epochs=2, batch_size=8, on_result=seen.append)
+    seen, ticks = [], []
+    res = train.fit_runs("statnn", ws, runs, epochs=2, batch_size=8, on_result=seen.append,
+                         progress=lambda e, scores: ticks.append((e, len(scores))))
     assert sizes == [2, 1] and [(r.lr, r.seed) for r in res] == runs and seen == res
+    assert ticks == [(1, 2), (2, 2), (1, 1), (2, 1)]  # every epoch of every group, one score per run
     for r in res:
         assert_same_run(r, train.fit("statnn", ws, lr=r.lr, seed=r.seed, epochs=2, batch_size=8), f"lr {r.lr}")
 
