@@ -292,8 +292,9 @@ def fit_stacked(name: str, ws, runs, *, epochs: int = train.EPOCHS, batch_size: 
                 continue
             if shared:
                 xb, yb = as_view(feats["train"][idx[0]], view, info.layout), y["train"][idx[0]].expand(R, -1)
-            else:
-                xb = torch.stack([as_view(feats["train"][i], view, info.layout) for i in idx])
+            else:  # one gather of [R, B] rows from memory; a streamed zoo reads replica by replica
+                rows = feats["train"]
+                xb = rows[idx] if isinstance(rows, torch.Tensor) else torch.stack([rows[i] for i in idx])
                 yb = y["train"][idx]
             pred = stk(xb, shared, alive)
             losses = F.mse_loss(pred.float(), yb, reduction="none").mean(1)
