@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts import bench_generate, bench_shard, gpu_check  # noqa: E402
+from scripts import bench_generate, bench_metanets, bench_shard, gpu_check  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate  # noqa: E402
 
 
@@ -60,6 +60,8 @@ def test_every_command_of_the_gpu_session_is_accepted_by_its_script(dry):
             if not dry:
                 assert args.models == 1000 and args.preset == "lim2024-resnet8" and args.epochs is None, \
                     "a 1,000-model shard at the paper's epoch mix"
+        if cmd[1].endswith("bench_metanets.py"):
+            bench_metanets.parse_args(cmd[2:])  # an unknown option exits
 
 
 def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
