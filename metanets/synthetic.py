@@ -27,21 +27,28 @@ def synthetic_target(log_scale: np.ndarray) -> np.ndarray:
 
 def net_vector(net, layout: Layout) -> np.ndarray:
     """A net's effective parameters (fixed entries as the net uses them) in layout order."""
-    return layout.flatten(net.effective_state())
+    state = net.effective_state() if hasattr(net, "effective_state") else net.state_dict()
+    return layout.flatten(state)
 
 
 def make_zoo(root, *, models: int = 64, wasym: bool = False, width: float = 0.25, in_channels: int = 1,
              seed: int = 0, n_diverged: int = 0, shard_size: int = 64, noise: float = 0.01,
-             name: str | None = None, mode: str = "scale") -> Path:
-    """Write a synthetic zoo of ``models`` ResNet8s to ``root`` and return the path.
+             name: str | None = None, mode: str = "scale", arch: str = "resnet") -> Path:
+    """Write a synthetic zoo of ``models`` ResNet8s (``arch="smallcnn"``: Small-CNN-Zoo CNNs,
+    4,970 parameters on one channel; ``width``, ``wasym`` then unused) to ``root``; return the path.
 
     ``mode="scale"``: weights multiplied by ``s`` (a hidden-unit permutation-invariant,
     nonlinear cue); ``mode="shift"``: ``log s`` added to every weight (a linear cue even an
     MLP reads). ``n_diverged`` of them are marked diverged (non-finite weights and metrics)."""
     if mode not in ("scale", "shift"):
         raise ValueError(f"mode={mode!r}; allowed: scale, shift")
-    cfg = NetConfig(depth=8, width=width, in_channels=in_channels, num_classes=10,
-                    wasym=WAsym(n_fix=2, n_fix_linear=2) if wasym else None, asym_seed=seed)
+    if arch == "smallcnn":
+        cfg = NetConfig(arch="smallcnn", width=1.0, in_channels=in_channels, num_classes=10, padding="same")
+    elif arch == "resnet":
+        cfg = NetConfig(depth=8, width=width, in_channels=in_channels, num_classes=10,
+                        wasym=WAsym(n_fix=2, n_fix_linear=2) if wasym else None, asym_seed=seed)
+    else:
+        raise ValueError(f"arch={arch!r}; allowed: resnet, smallcnn")
     net0 = build_net(cfg, seed=0)
     layout = Layout.from_module(net0)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))

@@ -67,6 +67,7 @@ def main(argv=None) -> int:
                                 lr=bench.parse_lr(args.lr), device=args.device).check()
         zoo_dir = args.out / card.name
         download(card, zoo_dir, progress=not args.no_progress)
+        print(preset_check(zoo_dir, args.dataset))
         t0 = time.perf_counter()
         result = bench.run([zoo_dir], cfg, progress=not args.no_progress)
         files = report.write(result, args.out / "bench")
@@ -77,6 +78,20 @@ def main(argv=None) -> int:
         print(f"reproduce_nfn: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def preset_check(zoo_dir: Path, dataset: str) -> str:
+    """The smallcnnzoo-<dataset> preset's distributions against the hyper-parameters the
+    downloaded runs used (what `zoo hparams` prints): checks the preset's ranges on the data."""
+    import zoo
+    from zoo.hpcheck import SMALLCNNZOO_CONFIG, SMALLCNNZOO_NAMES, compare, format_rows, smallcnnzoo_preset
+    from zoo.spec import load_spec
+
+    preset = smallcnnzoo_preset(dataset)
+    rows = compare(zoo.open(zoo_dir).table, load_spec(preset), SMALLCNNZOO_NAMES, SMALLCNNZOO_CONFIG)
+    verdict = "every range matches" if all(r.verdict == "ok" for r in rows) else \
+        "the preset differs from the data: see the rows not 'ok' (and report it, please)"
+    return f"preset {preset} against the downloaded runs' hyper-parameters: {verdict}\n{format_rows(rows)}\n"
 
 
 def anchor_table(result: dict, dataset: str) -> str:

@@ -3,6 +3,7 @@ commands are valid (a rare GPU session must not be lost to a typo)."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +73,45 @@ def test_the_gpu_session_script_runs_end_to_end_in_its_cpu_dry_run(tmp_path, one
     md = out.read_text()
     assert "output channels-last" in md and "model-epochs/s" in md and "models/h" in md
     assert "group:4:bf16+cl" in md and "r0" in md
+
+
+def test_the_metanet_table_script_times_one_real_bench_of_two_zoos(tmp_path, capsys):
+    from scripts import bench_metanet_table
+
+    rc = bench_metanet_table.main(["--dry-run", "--work", str(tmp_path), "--metanets", "mlp,statnn"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for kind in ("std", "wasym"):
+        assert (tmp_path / f"synthetic-{kind}-64" / "manifest.json").is_file()
+    assert "metanets.cli bench" in out and (tmp_path / "bench" / "results.json").is_file()
+    line = next(line for line in out.splitlines() if line.startswith("table: "))
+    assert "2 metanets x 2 zoos x 64 nets" in line and "wall" in line and "dry run" in line
+    # a second run reuses the zoos it wrote
+    assert bench_metanet_table.main(["--dry-run", "--work", str(tmp_path), "--metanets", "mlp"]) == 0
+    assert "wrote " not in capsys.readouterr().out.split("$ ")[0]
+
+
+def test_the_bf16_accuracy_check_trains_both_precisions_and_compares_them(tmp_path, capsys):
+    from scripts import check_bf16_accuracy
+
+    assert check_bf16_accuracy.main(["--dry-run", "--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "--precision fp32" in out and "--precision bf16" in out
+    assert "per model:    mean |Δacc|" in out and "distribution: mean fp32" in out
+    a, b = (zoo_weights(tmp_path / p) for p in ("fp32", "bf16"))
+    assert a.shape == b.shape and not np.array_equal(a, b)  # bf16 really ran (a group of 4, seeds equal)
+
+
+def test_digits32_is_cifar_shaped_uint8_with_all_ten_classes(tmp_path):
+    from scripts.check_bf16_accuracy import digits32
+
+    with np.load(digits32(tmp_path / "d.npz", 300, 100)) as z:
+        assert z["x_train"].shape == (300, 32, 32, 3) and z["x_train"].dtype == np.uint8
+        assert z["x_test"].shape == (100, 32, 32, 3) and set(np.unique(z["y_train"])) <= set(range(10))
+        assert len(np.unique(z["y_train"])) == 10
+
+
+def zoo_weights(path):
+    import zoo
+
+    return zoo.open(path).weights()

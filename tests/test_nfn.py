@@ -93,6 +93,9 @@ def test_reproduce_nfn_on_a_local_small_cnn_zoo(tmp_path, capsys):
         line = next(line for line in out.splitlines() if line.startswith(f"| {m} |") and "published" not in line
                     and published in line)
         assert "n/a" not in line
+    # the preset's ranges checked against the runs' hyper-parameters (fixture rates reach 0.1 > 5e-2)
+    assert "preset smallcnnzoo-cifar10 against the downloaded runs' hyper-parameters: the preset differs" in out
+    assert next(line for line in out.splitlines() if line.startswith("lr ")).rstrip().endswith("OUTSIDE")
     assert (tmp_path / "out" / "bench" / "results.json").is_file()
     assert np.isfinite([r["test_tau"] for r in __import__("json").loads(
         (tmp_path / "out" / "bench" / "results.json").read_text())["runs"]]).any()
@@ -104,3 +107,15 @@ def test_reproduce_nfn_reports_an_unreachable_mirror(tmp_path, capsys):
     with http_server(tmp_path) as base:  # serves nothing
         rc = main(["--base-url", base, "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
     assert rc == 2 and "reproduce_nfn: error:" in capsys.readouterr().err
+
+
+def test_a_synthetic_smallcnn_zoo_has_the_small_cnn_zoo_layout_for_speed_benchmarks(tmp_path):
+    import zoo
+    from metanets.synthetic import make_zoo
+
+    z = zoo.open(make_zoo(tmp_path / "syn", models=12, arch="smallcnn", shard_size=6))
+    assert len(z) == 12 and z.layout.num_params == 4970 and z.net_config.arch == "smallcnn"
+    w = z.weights()
+    assert np.isfinite(w).all() and len({tuple(np.round(r[:8], 6)) for r in w}) == 12  # 12 different nets
+    with pytest.raises(ValueError, match="allowed: resnet, smallcnn"):
+        make_zoo(tmp_path / "bad", models=2, arch="vgg")

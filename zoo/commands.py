@@ -61,6 +61,26 @@ def register(sub) -> None:
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "hparams", help="compare a zoo's hyper-parameters with a spec's distributions",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For every hyper-parameter a spec samples: the spec's range, the range (or values) the\n"
+                    "zoo's runs actually used, how much of the range they cover, and a verdict:\n"
+                    "  ok        inside the spec's support and covering it\n"
+                    "  narrower  inside, but part of the spec's support was never used by the zoo\n"
+                    "  OUTSIDE   the zoo holds values the spec cannot draw\n"
+                    "  missing   the zoo's table has no such column\n"
+                    "Exit status 1 when any verdict is not ok. An imported Small CNN Zoo is compared with\n"
+                    "its smallcnnzoo-<dataset> preset by default: the check of a preset's ranges against\n"
+                    "the hyper-parameters upstream actually sampled.",
+        epilog="examples:\n  zoo hparams runs/smallcnnzoo-cifar10            # imported: vs preset smallcnnzoo-cifar10\n"
+               "  zoo hparams runs/mine --against my_spec.toml")
+    p.add_argument("path", type=Path)
+    p.add_argument("--against", metavar="PRESET_OR_FILE",
+                   help="the spec to compare with (default: the zoo's own spec; for an imported Small CNN Zoo, "
+                        "the smallcnnzoo-<dataset> preset)")
+    p.set_defaults(func=cmd_hparams)
+
     p = sub.add_parser("merge", help="write the manifest once shard jobs have finished",
                        description="After 'zoo generate ... --shard I --num-shards N' jobs wrote all shards into "
                                    "one directory, check them and write manifest.json.")
@@ -179,6 +199,30 @@ def cmd_info(args) -> int:
         return 0
     print_info(path, verify=not args.no_verify)
     return 0
+
+
+def cmd_hparams(args) -> int:
+    import zoo
+
+    from .hpcheck import SMALLCNNZOO_CONFIG, SMALLCNNZOO_NAMES, compare, format_rows, smallcnnzoo_preset
+    from .spec import load_spec, spec_from_dict
+
+    z = zoo.open(args.path)
+    source = z.manifest.get("source") or {}
+    imported = source.get("format") == "smallcnnzoo"
+    if args.against:
+        spec, what = load_spec(args.against), args.against
+    elif z.spec:
+        spec, what = spec_from_dict(z.spec), "its own spec"
+    elif imported and smallcnnzoo_preset((z.manifest.get("data") or {}).get("name")):
+        what = smallcnnzoo_preset(z.manifest["data"]["name"])
+        spec = load_spec(what)
+    else:
+        raise ZooError(f"{args.path}: the zoo carries no spec to compare with; name one with --against PRESET_OR_FILE")
+    rows = compare(z.table, spec, *((SMALLCNNZOO_NAMES, SMALLCNNZOO_CONFIG) if imported else ()))
+    print(f"{args.path} ({len(z)} models) against {what} ({spec.name}):")
+    print(format_rows(rows))
+    return 0 if all(r.verdict == "ok" for r in rows) else 1
 
 
 def cmd_verify(args) -> int:

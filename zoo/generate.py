@@ -401,7 +401,9 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
                 t0 = time.perf_counter()
                 if cfg.arch == "smallcnn":
                     results = train_smallcnn_group(jobs, cfg, data, list(spec.checkpoints), device)
-                elif reference or gs == 1:  # one at a time: plain layers are never slower than a group of one
+                elif reference or (gs == 1 and not (opts.bf16 or opts.channels_last)):
+                    # one at a time: plain layers are never slower than a group of one (the plain
+                    # path computes in fp32 only: a bf16 or channels-last group of one stays grouped)
                     results = [train_alone(j, cfg, data, list(spec.checkpoints), opts) for j in jobs]
                 else:
                     results = trainer.train(jobs)
