@@ -7,6 +7,11 @@ seeds ``0..N-1`` are trained afresh at that rate and scored on the test split, a
 paper's ``paper_scripts/*.sh`` then ``final_*.sh`` do. Scores get bootstrap CIs and
 paired zoo comparisons (:mod:`metanets.uncertainty`). All zoos of one table must
 predict the same target.
+
+The sweep's runs (one init, one batch order) and then the final seeds train as one stacked
+model where the metanet supports it (:mod:`metanets.stack`; ``stack=False`` or ``--no-stack``
+trains run by run): the same results up to float rounding, and each run's ``train_time_s``
+is then an equal share of the stacked training's.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from tqdm.auto import tqdm
 from . import data, registry, uncertainty
 from .errors import MetanetError
 from .hparams import NotApplicable
-from .train import BATCH_SIZE, EPOCHS, LR_GRID, WEIGHT_DECAY, FitResult, best_lr, fit
+from .train import BATCH_SIZE, EPOCHS, LR_GRID, WEIGHT_DECAY, FitResult, best_lr, fit_runs
 
 
 #: The paper's final learning rates (cptq/asymmetric-networks ``metanet/paper_scripts/final_*.sh``):
@@ -52,6 +57,7 @@ class BenchConfig:
     bootstrap: int = 1000  # resamples of the test nets per CI
     bootstrap_seed: int = 0
     protocol: str = "custom"
+    stack: bool = True  # train a metanet's sweep runs, then its seeds, as one stacked model where it can
 
     def check(self) -> "BenchConfig":
         for n in self.metanets:
@@ -247,7 +253,10 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         for info, ws in zip(zoos, sets):
             label = info["zoo"]
             for m in cfg.metanets:
-                kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device)
+                # stacked runs finish together, so the bar also shows the epoch they are at
+                kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device, stack=cfg.stack,
+                          progress=lambda e, _, m=m, label=label: bar.set_postfix_str(
+                              f"{m} on {label}: epoch {e}/{cfg.epochs_for(m)}"))
                 lr = cfg.lr_for(m, info["wasym"])
                 check = getattr(registry.get(m), "unsupported", None)  # a metanet that reads only some nets
                 reason = check(ws.info) if check else None
@@ -259,9 +268,8 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                         lr = None
                     elif lr == "auto":
                         # the sweep's runs have their own seed stream: the final seeds are fresh runs
-                        results = [fit(m, ws, lr=r, seed=0, tag="sweep", **kw) for r in cfg.lr_grid]
-                        for r in results:
-                            record(label, r, sweeps)
+                        results = fit_runs(m, ws, [(r, 0) for r in cfg.lr_grid], tag="sweep", **kw,
+                                           on_result=lambda r, label=label: record(label, r, sweeps))
                         lr = best_lr(results)
                         if lr is None:
                             not_applicable(label, m, f"every rate of the lr sweep {list(cfg.lr_grid)} diverged "
@@ -269,11 +277,10 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
                             continue
                     else:
                         lr = float(lr)
-                    for seed in range(cfg.seeds_for(m)):
-                        res = fit(m, ws, lr=lr, seed=seed, **kw)
-                        record(label, res, runs)
+                    for res in fit_runs(m, ws, [(lr, seed) for seed in range(cfg.seeds_for(m))], **kw,
+                                        on_result=lambda r, label=label: record(label, r, runs)):
                         if res.status == "ok":
-                            preds.append({"zoo": label, "metanet": m, "seed": seed, "model_id": ws.ids("test"),
+                            preds.append({"zoo": label, "metanet": m, "seed": res.seed, "model_id": ws.ids("test"),
                                           "target": ws.selection.y["test"], "prediction": res.predictions["test"]})
                 except NotApplicable as e:
                     not_applicable(label, m, str(e), n_runs(m, info["wasym"]))

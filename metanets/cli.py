@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bootstrap", type=int, default=1000,
                    help="seeded resamples of the test nets per 95%% CI (default 1000)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    b.add_argument("--no-stack", action="store_true",
+                   help="train every run on its own; by default the lr sweep's runs of mlp, statnn, "
+                        "statnn-std, deepsets and dmc (same init and batches), then their seeds, train as one "
+                        "stacked model with per-run lr, best epoch and divergence: the same results up to "
+                        "float rounding, faster (other metanets always train run by run)")
     b.add_argument("--stream", action="store_true",
                    help="read weights from HDF5 per batch instead of loading each zoo into memory "
                         "(automatic when a zoo exceeds half the machine's memory)")
@@ -103,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="file to save the trained metanet to (e.g. mlp.pt)")
     t.add_argument("--lr", default="1e-3", help="learning rate (default 1e-3) or auto (sweep, pick by val R²)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-stack", action="store_true",
+                   help="with --lr auto: train the sweep's runs one by one instead of as one stacked model "
+                        "(same results up to float rounding, slower)")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -156,7 +164,7 @@ def cmd_bench(args) -> int:
                             lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
                             device=args.device, params=args.params, target=args.target,
                             in_memory=False if args.stream else None, match_accuracy=args.match_accuracy,
-                            bootstrap=args.bootstrap, protocol=args.protocol).check()
+                            bootstrap=args.bootstrap, protocol=args.protocol, stack=not args.no_stack).check()
     check_out_dir(args.out)
     result = bench.run(args.zoos, cfg, progress=not args.no_progress)
     files = report.write(result, args.out)
@@ -199,7 +207,7 @@ def cmd_train(args) -> int:
         raise MetanetError("--lr paper: train takes one rate or auto; `metanets bench --lr paper` picks the "
                            "paper's rate per zoo")
     elif lr == "auto":
-        lr, results = sweep_lr(name, ws, LR_GRID, seed=args.seed, **kw)
+        lr, results = sweep_lr(name, ws, LR_GRID, seed=args.seed, stack=not args.no_stack, **kw)
         if lr is None:
             raise MetanetError(f"{name} on {args.zoo}: every rate of {list(LR_GRID)} diverged or gave "
                                f"non-finite predictions")

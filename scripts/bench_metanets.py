@@ -5,6 +5,10 @@
    same array.
 2. Time per training epoch (train + validation pass, the paper's protocol) of each
    metanet on a zoo of the given size, and the projected time of a full benchmark table.
+3. Stacked against run by run (:mod:`metanets.stack`): the lr sweep's runs (one init, one
+   batch order: the input read once) and the final seeds (own batches) as one stacked model,
+   beside the same runs trained one after the other, in epoch-runs/s; and the projected
+   table with the stacked rates.
 
 Uses an existing zoo (``--zoo``) or writes a synthetic ResNet8 zoo of ``--models`` nets
 (``--width``, ``--in-channels``: 1.0 and 3 are the paper's CIFAR-10 ResNet8, 78,042
@@ -12,6 +16,8 @@ parameters). Prints the exact command that produced the figures.
 
     python scripts/bench_metanets.py --models 512 --width 0.5 --in-channels 1
     python scripts/bench_metanets.py --models 10000 --device cuda      # paper scale, H100
+    python scripts/bench_metanets.py --models 256 --width 0.25 --in-channels 1 --no-read --stack-only \
+        --metanets mlp,statnn,deepsets,dmc --epochs 1 --seeds 3       # stacked vs run by run, CPU
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from metanets import data, registry, train
+from metanets import data, registry, stack, train
 from metanets.synthetic import make_zoo
 from zoo.benchtools import Spread, Variant, alternate, device_info, timed
 
@@ -56,7 +62,7 @@ def read_throughput(path: Path, rows: int) -> None:
 
 
 def epoch_times(path: Path, names, device: str, batch_size: int, epochs: int, seeds: int, n_zoos: int,
-                sweep: int, windows: int) -> None:
+                sweep: int, windows: int):
     t0 = time.perf_counter()
     ws = data.load(path, device=device)
     t_load = time.perf_counter() - t0
@@ -81,21 +87,66 @@ def epoch_times(path: Path, names, device: str, batch_size: int, epochs: int, se
     print(f"Each window is one fit() of {epochs} epochs (model set-up and final predictions included), "
           f"after a 1-epoch warm-up; metanets alternate; median [min, max] n.")
     print("| metanet | s/epoch | projected table cell (s) |\n| --- | --- | --- |")
-    total = 0.0
+    total, cells = 0.0, {}
     for v in variants:
         neural = registry.get(v.name).kind == "torch"
         per = Spread([1 / r for r in v.rates])
-        # a table cell = lr sweep (seed 0, one run per rate) + the other seeds, at full length
-        cell = per.median * train.EPOCHS * (sweep + seeds - 1) if neural else per.median * seeds
+        # a table cell = the lr sweep (one run per rate) + the seeds' fresh runs, at full length
+        cells[v.name] = cell = per.median * train.EPOCHS * (sweep + seeds) if neural else per.median * seeds
         total += cell * n_zoos
         print(f"| {v.name} | {per.fmt(3)}{'' if neural else ' (whole fit)'} | {cell:,.0f} |")
     for name, reason in skipped:
         print(f"| {name} | n/a ({reason}) | |")
-    print(f"\nProjected full table ({len(names)} metanets x {n_zoos} zoos x {seeds} seeds, "
+    print(f"\nProjected full table, run by run ({len(names)} metanets x {n_zoos} zoos x {seeds} seeds, "
           f"{train.EPOCHS} epochs, {sweep}-rate sweep): {total / 60:.1f} min")
+    return ws, cells
 
 
-def main(argv=None) -> int:
+def stack_times(ws, names, device: str, batch_size: int, epochs: int, seeds: int, n_zoos: int, windows: int,
+                cells: dict) -> None:
+    """Stacked sweep and stacked seeds against the same runs one after the other."""
+    names = [n for n in names if stack.supports(n) and not registry.unsupported(n, ws.info)]
+    if not names:
+        return
+    variants = []
+    for name in names:
+        kw = dict(batch_size=batch_size, device=device)
+        sweep = [(lr, 0) for lr in train.LR_GRID]
+        finals = [(1e-3, s) for s in range(seeds)]
+
+        def runs(which, stacked, name=name, kw=kw):
+            def window(k):
+                return timed(device, lambda: train.fit_runs(name, ws, which, epochs=k, stack=stacked, **kw))
+            return window
+
+        # the unit is an epoch of every run of the group: epoch-runs per second
+        for label, which in (("sweep", sweep), ("seeds", finals)):
+            for stacked in (False, True):
+                window = runs(which, stacked)
+                variants.append(Variant(f"{name} {label} {'stacked' if stacked else 'run by run'}", window,
+                                        len(which), lambda w=window: w(1), units=epochs))
+    alternate(variants, windows)
+    print(f"\n## Stacked against run by run ({len(train.LR_GRID)}-rate sweep: one init, shared batches; "
+          f"{seeds} seeds: own init and batches; device {device}, batch {batch_size})")
+    print(f"Each window is one train.fit_runs() of {epochs} epochs per run (set-up and final predictions "
+          f"included), after a 1-epoch warm-up; variants alternate; median [min, max] n.")
+    print("| metanet | runs | run by run (epoch-runs/s) | stacked (epoch-runs/s) | speed-up | "
+          "projected cell stacked (s) |\n| --- | --- | --- | --- | --- | --- |")
+    total = sum(c for n, c in cells.items() if n not in names) * n_zoos
+    by = {v.name: Spread(v.rates) for v in variants}
+    for name in names:
+        cell = 0.0
+        for label, r in (("sweep", len(train.LR_GRID)), ("seeds", seeds)):
+            seq, stk = by[f"{name} {label} run by run"], by[f"{name} {label} stacked"]
+            cell += train.EPOCHS * r / stk.median
+            print(f"| {name} | {label} ({r}) | {seq.fmt(2)} | {stk.fmt(2)} | {stk.median / seq.median:.2f}x | "
+                  + (f"{cell:,.0f} |" if label == "seeds" else "|"))
+        total += cell * n_zoos
+    print(f"\nProjected full table with stacking ({', '.join(names)} stacked; the others as above): "
+          f"{total / 60:.1f} min")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", type=Path, default=None, help="an existing zoo (default: write a synthetic one)")
     ap.add_argument("--models", type=int, default=512, help="nets in the synthetic zoo (default 512)")
@@ -109,9 +160,16 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=5, help="timed windows per metanet (default 5)")
     ap.add_argument("--rows", type=int, default=2000, help="nets read row by row in the HDF5 test")
     ap.add_argument("--no-read", action="store_true", help="skip the HDF5 read-throughput part")
+    ap.add_argument("--no-stack", action="store_true", help="skip the stacked-against-run-by-run part")
+    ap.add_argument("--stack-only", action="store_true",
+                    help="only the stacked-against-run-by-run part (with --no-read: no HDF5 part either)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds in the projected table (default 5)")
     ap.add_argument("--zoos", type=int, default=2, help="zoos in the projected table (default 2)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     names = registry.parse_names(args.metanets)
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print(device_info(args.device))
@@ -125,8 +183,14 @@ def main(argv=None) -> int:
                   f"{', W-Asym' if args.wasym else ''}) written in {time.perf_counter() - t0:.1f}s")
         if not args.no_read:
             read_throughput(path, args.rows)
-        epoch_times(path, names, args.device, args.batch_size, args.epochs, args.seeds, args.zoos,
-                    len(train.LR_GRID), args.windows)
+        if not args.stack_only:
+            ws, cells = epoch_times(path, names, args.device, args.batch_size, args.epochs, args.seeds, args.zoos,
+                                    len(train.LR_GRID), args.windows)
+        else:
+            ws, cells = data.load(path, device=args.device), {}
+        if not args.no_stack:
+            stack_times(ws, names, args.device, args.batch_size, args.epochs, args.seeds, args.zoos, args.windows,
+                        cells)
     return 0
 
 

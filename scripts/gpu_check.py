@@ -2,7 +2,7 @@
 """One prepared GPU session: GPU_PLAN section 7 plus every figure issue 12 still waits for,
 each printed with its command, then one markdown block ready to paste into
 docs/BENCHMARKS.md (also written to --out). The default --minutes 8 covers the sections most
-needed (about a to f; compile times on the GPU are the unknown); --minutes 14 runs them all.
+needed (about a to f, then i; compile times on the GPU are the unknown); --minutes 16 runs them all.
 
   python scripts/gpu_check.py --out gpu_check.md              # on the GPU machine
   python scripts/gpu_check.py --dry-run --out /tmp/dry.md      # CPU, tiny sizes: checks the script runs
@@ -19,6 +19,7 @@ listed as skipped:
   f  fp32 group-vs-alone exactness on CUDA with TF32 off (plain; slot refill + static + compile)
   g  end to end: `zoo generate` of a CIFAR-shaped shard (init, evaluation, HDF5 writes), models/h
   h  metanet epoch times on a synthetic ResNet8 zoo, and a 2-epoch DMC profile
+  i  the metanets' lr sweep and seeds trained stacked (metanets.stack) against run by run
 
 The GPU machine has no internet: CIFAR-shaped random uint8 data stands in for CIFAR-10 (speed
 does not depend on pixel values), written to an .npz for the `zoo generate` section.
@@ -108,11 +109,18 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
     out.append(("h", "metanet epoch times", [PY, "scripts/bench_metanets.py", "--device", dev, "--models",
                                             "64" if dry else "2000", "--width", "0.25" if dry else "1.0",
                                             "--in-channels", "1" if dry else "3", "--epochs", "1" if dry else "2",
-                                            "--windows", "2" if dry else "3", "--rows", "50"], 120))
+                                            "--windows", "2" if dry else "3", "--rows", "50", "--no-stack"], 120))
     out.append(("h", "DMC profile, 2 epochs", None, 90))
+    # about 100 s on an H100 (estimated from the epoch times of section h: 4 metanets x 6 windows
+    # of 6 + 5 runs of one epoch, each stacked and run by run, on a 2,000-net zoo)
+    out.append(("i", "metanet sweep and seeds stacked against run by run", [
+        PY, "scripts/bench_metanets.py", "--device", dev, "--no-read", "--stack-only", "--models",
+        "64" if dry else "2000", "--width", "0.25" if dry else "1.0", "--in-channels", "1" if dry else "3",
+        "--metanets", "mlp,statnn" if dry else "mlp,statnn,deepsets,dmc", "--epochs", "1", "--seeds",
+        "2" if dry else "5", "--windows", "2" if dry else "5"], 150))
     # Most needed first: when the budget runs out, what is left is what matters least. The
-    # order: a, b (resnet8), c, d, f (plain), b (wasym), g, e, h (metanets), f (refill), h (DMC).
-    out = [out[i] for i in (0, 1, 3, 4, 6, 2, 8, 5, 9, 7, 10)]
+    # order: a, b (resnet8), c, d, f (plain), i, b (wasym), g, e, h (metanets), f (refill), h (DMC).
+    out = [out[i] for i in (0, 1, 3, 4, 6, 11, 2, 8, 5, 9, 7, 10)]
     # a loaded 2-core CPU is far slower than the GPU these limits are sized for
     return [(k, t, c, limit * 3 if dry else limit) for k, t, c, limit in out]
 

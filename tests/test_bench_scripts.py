@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts import bench_generate, gpu_check  # noqa: E402
+from scripts import bench_generate, bench_metanets, gpu_check  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate  # noqa: E402
 
 
@@ -54,6 +54,8 @@ def test_every_command_of_the_gpu_session_is_accepted_by_its_script(dry):
             args = bench_generate.parse_args(cmd[2:])
             for v in args.variants.split(","):
                 assert v.split(":")[0] in ("r0", "r1", "r2", "group"), v
+        if cmd[1].endswith("bench_metanets.py"):
+            bench_metanets.parse_args(cmd[2:])  # an unknown option exits
 
 
 def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
