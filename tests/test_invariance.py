@@ -1,12 +1,13 @@
 """Permuting hidden channels of a net (function-preserving) leaves NFN's and the graph
-metanet's predictions unchanged and changes the plain MLP's."""
+metanet's predictions unchanged and changes the plain MLP's; on a W-Asym net only NFN
+stays invariant."""
 import pytest
 import torch
 
 from metanets import train
 from metanets.data import InputInfo
 from zoo.layout import Layout
-from zoo.nets import NetConfig, build_net
+from zoo.nets import NetConfig, WAsym, build_net
 
 EQUIVARIANT = ("nfn-np", "nfn-hnp", "graph")
 
@@ -104,3 +105,52 @@ def test_channel_permutation_preserves_function_and_equivariant_predictions(case
             torch.testing.assert_close(out[1], out[0], atol=1e-5, rtol=0)
             checked.append(name)
     assert checked == (list(EQUIVARIANT) if cfg.arch == "smallcnn" else ["graph"])
+
+
+def test_on_a_wasym_smallcnn_nfn_reads_the_net_it_computes_and_only_the_graph_sees_the_fixed_entries():
+    """A W-Asym net's hidden permutations are no symmetries of its zoo (they move the fixed
+    constants), but they still preserve its function: NFN, reading the ``full`` view, stays
+    invariant to them; the graph metanet, which flags the fixed entries, does not."""
+    cfg = NetConfig(arch="smallcnn", in_channels=1, num_classes=10, padding="same", activation="tanh",
+                    wasym=WAsym(n_fix=2, n_fix_linear=2, kappa=0.5))
+    net = build_net(cfg, 0, {"w_init": "glorot_uniform"})
+    lay = Layout.from_module(net)
+    mask = torch.from_numpy(lay.fixed_mask)
+    fixed = torch.zeros(lay.num_params)
+    for name, mod in net.named_modules():
+        if getattr(mod, "fixed_mask", None) is not None:
+            fixed[lay[f"{name}.weight"].slice] = mod.fixed_values.reshape(-1)
+    _, raw = _flat(net)
+    raw[lay["conv2d.bias"].slice] = torch.randn(16, generator=torch.Generator().manual_seed(1))
+    full = torch.where(mask, fixed, raw)  # what the net computes with: the stored vector
+    x = torch.randn(5, 1, 8, 8)
+    plain = NetConfig(**{**cfg.__dict__, "wasym": None})
+    with torch.no_grad():
+        y0 = _load(net, lay, raw)(x)
+        torch.testing.assert_close(_load(build_net(plain, 0), lay, full)(x), y0, atol=1e-6, rtol=1e-6)
+
+    # the full view is one vector whatever --params says: trainable entries + the zoo's constants
+    infos = [InputInfo(lay.trainable_layout(), "trainable", lay, fixed.numpy()),
+             InputInfo(Layout(lay.tensors), "all", lay, fixed.numpy())]
+    assert torch.equal(infos[0].to_full(full[None, ~mask]), full[None])
+    assert torch.equal(infos[1].to_full(full[None]), full[None])
+
+    _, _, _, _, axes, sizes, _ = _smallcnn_case()
+    perm = _permute(full, lay, axes, sizes, seed=3)
+    assert not torch.equal(perm[mask], full[mask])  # no longer a net of this W-Asym zoo ...
+    with torch.no_grad():  # ... but the same function
+        torch.testing.assert_close(_load(build_net(plain, 0), lay, perm)(x), y0, atol=1e-5, rtol=1e-5)
+    batch = torch.stack([full, perm])
+    train_like = full + 0.05 * torch.randn(8, len(full), generator=torch.Generator().manual_seed(4))
+    for name in EQUIVARIANT + ("mlp",):
+        info = infos[0]
+        model = train.build(name, info if name != "mlp" else infos[1], seed=0)
+        if hasattr(model, "prepare"):
+            model.prepare(train_like)
+        with torch.no_grad():
+            out = model.eval()(batch)
+        assert out[0].abs() > 0
+        if name.startswith("nfn"):
+            torch.testing.assert_close(out[1], out[0], atol=1e-5, rtol=0)
+        else:
+            assert (out[0] - out[1]).abs() > 1e-4, f"{name} tells the permuted net apart"

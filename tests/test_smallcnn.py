@@ -12,7 +12,7 @@ from zoo import data as image_data
 from zoo.errors import SpecError
 from zoo.importers.smallcnnzoo import _torch_shape, read_layout
 from zoo.layout import Layout
-from zoo.nets import NetConfig, build_net
+from zoo.nets import NetConfig, WAsym, build_net
 from zoo.smallcnn import SmallCNNGroup, _opt_state, _step, build_smallcnn, train_smallcnn_group
 from zoo.spec import load_spec, presets, spec_from_dict
 from zoo.store import metric_column
@@ -163,8 +163,8 @@ def test_valid_padding_on_8x8_digits_is_refused_before_training(tmp_path):
 
 def test_presets_and_resnet_fingerprints():
     names = [n for n in presets() if n.startswith("smallcnnzoo-")]
-    assert sorted(names) == ["smallcnnzoo-cifar10", "smallcnnzoo-digits", "smallcnnzoo-fashion_mnist",
-                             "smallcnnzoo-mnist", "smallcnnzoo-svhn"]
+    assert sorted(names) == ["smallcnnzoo-cifar10", "smallcnnzoo-digits", "smallcnnzoo-digits-wasym",
+                             "smallcnnzoo-fashion_mnist", "smallcnnzoo-mnist", "smallcnnzoo-svhn"]
     for n in names:
         s = load_spec(n)
         assert s.net.arch == "smallcnn" and len(s.checkpoints) >= 6
@@ -178,3 +178,125 @@ def test_presets_and_resnet_fingerprints():
     # ResNet specs serialise as before smallcnn existed (no arch-only keys in the net config)
     assert set(load_spec("digits-resnet8").net.to_dict()) == {"depth", "width", "norm", "activation", "in_channels",
                                                              "num_classes", "wasym", "figlu_scale", "asym_seed"}
+
+
+# ------------------------------------------------------------------ W-Asym smallcnn
+
+WCFG = NetConfig(arch="smallcnn", in_channels=1, num_classes=10, padding="same",
+                 wasym=WAsym(n_fix=2, n_fix_linear=2, kappa=0.5, mode="filters"))
+
+
+def _wasym_spec(models, epochs=2, checkpoints=(0, 2, "final")):
+    base = load_spec("smallcnnzoo-digits-wasym").to_dict()
+    return spec_from_dict({**base, "models": models, "checkpoints": list(checkpoints),
+                           "hparams": {**base["hparams"], "epochs": epochs}})
+
+
+def test_wasym_preset_is_smallcnnzoo_digits_with_the_digits_resnets_wasym():
+    std, wa = load_spec("smallcnnzoo-digits").to_dict(), load_spec("smallcnnzoo-digits-wasym").to_dict()
+    assert wa["net"].pop("wasym") == load_spec("digits-wasym-resnet8").to_dict()["net"]["wasym"]
+    assert {k: v for k, v in wa.items() if k not in ("name", "description")} == \
+        {k: v for k, v in std.items() if k not in ("name", "description")}
+    s = load_spec("smallcnnzoo-digits-wasym")
+    assert [s.sample_hparams(i) for i in range(20)] == [load_spec("smallcnnzoo-digits").sample_hparams(i)
+                                                        for i in range(20)]
+
+
+def test_wasym_smallcnn_layout_flags_fixed_entries_per_unit_and_keeps_the_imported_tensors(tmp_path):
+    lay = Layout.from_module(build_net(WCFG, 0))
+    assert lay.same_tensors(_upstream_layout(tmp_path)) and lay.num_params == 4970
+    assert Layout.from_module(build_net(CFG, 0)).fixed_mask is None  # a standard smallcnn is unchanged
+    m = lay.unflatten(torch.from_numpy(lay.fixed_mask))
+    assert bool(m["conv2d.weight"].all())  # one input channel, n_fix = 2: the first conv is fully fixed
+    per_filter = m["conv2d_1.weight"].flatten(2)
+    assert bool((per_filter.all(2) | ~per_filter.any(2)).all())  # whole 3x3 filters
+    for name in ("conv2d_1.weight", "conv2d_2.weight"):
+        assert m[name].flatten(2).all(2).sum(1).tolist() == [2] * 16
+    assert m["dense.weight"].sum(1).tolist() == [2] * 10
+    assert not any(bool(m[n].any()) for n in m if n.endswith(".bias"))
+    assert lay.num_fixed == 144 + 2 * 16 * 2 * 9 + 2 * 10
+    # the same constants for every seed (from asym_seed), other constants for another asym_seed
+    a, b = build_net(WCFG, 0).conv2d_1, build_net(WCFG, 5).conv2d_1
+    assert torch.equal(a.fixed_values, b.fixed_values) and torch.equal(a.fixed_mask, b.fixed_mask)
+    c = build_net(NetConfig(**{**WCFG.__dict__, "asym_seed": 1}), 0).conv2d_1
+    assert not torch.equal(a.fixed_mask, c.fixed_mask)
+
+
+def test_wasym_fixed_entries_do_not_move_in_grouped_training_for_any_optimizer():
+    spec = _wasym_spec(40)
+    data = image_data.load(spec.data)
+    cfg = NetConfig(**{**spec.net.__dict__, "in_channels": 1})
+    template = build_net(cfg)
+    lay = Layout.from_module(template)
+    mask = torch.from_numpy(lay.fixed_mask)
+    values = torch.zeros(lay.num_params)
+    for name, mod in template.named_modules():
+        if getattr(mod, "fixed_mask", None) is not None:
+            values[lay[f"{name}.weight"].slice] = mod.fixed_values.reshape(-1)
+    hps = {i: spec.sample_hparams(i) for i in range(40)}
+    for opt in ("sgd", "adam", "rmsprop"):
+        first = next(i for i in hps if hps[i]["optimizer"] == opt)
+        same = [i for i in hps if all(hps[i][k] == hps[first][k] for k in ("optimizer", "train_fraction",
+                                                                             "activation"))][:2]
+        for r in train_smallcnn_group(_jobs(spec, same), cfg, data, [0, 2, "final"]):
+            for ck in ("epoch_0", "epoch_2", "final"):
+                w = torch.from_numpy(r.weights[ck])
+                assert torch.equal(w[mask], values[mask]), (opt, ck)
+            moved = torch.from_numpy(r.weights["final"] - r.weights["epoch_0"])
+            assert moved[~mask].abs().max() > 1e-3 and bool((moved[mask] == 0).all())
+
+
+def test_wasym_smallcnn_group_computes_what_the_single_net_computes():
+    nets = [build_smallcnn(WCFG, s, {"w_init": "glorot_uniform"}) for s in (1, 2)]
+    group = SmallCNNGroup(WCFG, nets, "cpu")
+    x = torch.randn(2, 4, 1, 8, 8)
+    with torch.no_grad():
+        out = group.forward(x)
+        for k, net in enumerate(nets):
+            torch.testing.assert_close(out[k], net.eval()(x[k]), atol=1e-5, rtol=1e-5)
+    # rows are what the net uses: the fixed constants, not the (unused) trained parameters
+    lay = Layout.from_module(nets[0])
+    rows = group.rows()
+    assert torch.equal(rows[1, lay["conv2d.weight"].slice], nets[0].conv2d.fixed_values.reshape(-1))
+
+
+def test_wasym_smallcnn_spec_errors_name_the_field():
+    base = load_spec("smallcnnzoo-digits-wasym").to_dict()
+    with pytest.raises(SpecError, match=r"net\.wasym\.n_fix.*16.*fan-in 16 of layer 'conv2d_1'.*1\.\.15"):
+        spec_from_dict({**base, "net": {**base["net"], "wasym": {**base["net"]["wasym"], "n_fix": 16}}})
+    with pytest.raises(SpecError, match=r"net\.wasym\.n_fix_linear.*fan-in 16 of layer 'dense'"):
+        spec_from_dict({**base, "net": {**base["net"], "wasym": {**base["net"]["wasym"], "n_fix_linear": 20}}})
+    with pytest.raises(SpecError, match=r"net\.wasym\.kappa.*must be > 0"):
+        spec_from_dict({**base, "net": {**base["net"], "wasym": {**base["net"]["wasym"], "kappa": 0.0}}})
+
+
+def test_generated_wasym_smallcnn_zoo_stores_flags_and_is_benchmarked_by_every_metanet(tmp_path):
+    from metanets import bench, data
+    from metanets.graph import EDGE_FLAGS, graph_for
+    from zoo.generate import generate
+
+    out = generate(_wasym_spec(16), tmp_path / "z", progress=False)
+    z = zoo.open(out)
+    assert z.layout.num_fixed == 740 and z.layout.num_trainable == 4230
+    mask = z.layout.fixed_mask
+    for ck in z.checkpoints:  # stored as the nets use them: the constants at the fixed entries
+        w = z.weights(checkpoint=ck)
+        assert np.array_equal(w[:, mask], np.broadcast_to(z.fixed_values[mask], w[:, mask].shape))
+    d = image_data.load({"source": "digits"})
+    row = z.table.iloc[5]
+    net = z.rebuild(int(row["model_id"]))
+    with torch.no_grad():
+        acc = (net(d.normalize(d.x_test)).argmax(1) == d.y_test).double().mean().item()
+    assert acc == pytest.approx(row["test_acc"], abs=1e-6)
+    ws = data.load(out)
+    assert ws.info.num_inputs == 4230  # the default trainable view drops the fixed entries
+    assert torch.equal(ws.features("train", "full")[:, torch.from_numpy(mask)],
+                       torch.from_numpy(z.fixed_values[mask]).expand(len(ws.ids("train")), -1))
+    g = graph_for(ws.info.full_layout)
+    assert int(g.edge_static[:, EDGE_FLAGS:].sum()) == 740
+    names = ("mlp", "statnn", "nfn-np", "nfn-hnp", "graph")
+    cfg = bench.BenchConfig(metanets=names, seeds=1, epochs=2, lr=1e-3, batch_size=4)
+    result = bench.run([out], cfg, progress=False, log=lambda s: None)
+    assert result["skipped"] == []
+    assert sorted(r["metanet"] for r in result["runs"]) == sorted(names)
+    assert all(r["status"] == "ok" and np.isfinite(r["test_r2"]) for r in result["runs"])

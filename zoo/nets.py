@@ -164,6 +164,21 @@ def fixed_entries(shape, n_fix: int, mode: str, kappa: float, seed: int):
     return mask, torch.where(mask, values, torch.zeros(()))
 
 
+def fixed_buffers(cfg: "NetConfig", name: str, shape) -> dict:
+    """The ``fixed_mask`` / ``fixed_values`` keyword arguments of an :class:`AsymConv2d` or
+    :class:`AsymLinear` named ``name`` (none for a standard net).
+
+    A conv fixes ``n_fix`` per output channel, a linear layer ``n_fix_linear`` per row; the
+    seed derives from ``cfg.asym_seed`` and the layer name, so every net of a zoo (ResNet or
+    smallcnn) holds the same constants."""
+    w = cfg.wasym
+    if w is None:
+        return {}
+    n_fix = w.n_fix if len(shape) == 4 else w.n_fix_linear
+    mask, values = fixed_entries(shape, n_fix, w.mode, w.kappa, derived_seed(cfg.asym_seed, "wasym", name))
+    return {"fixed_mask": mask, "fixed_values": values}
+
+
 # ---------------------------------------------------------------- the net
 
 class BasicBlock(nn.Module):
@@ -187,21 +202,12 @@ class _Maker:
     def __init__(self, cfg: NetConfig):
         self.cfg = cfg
 
-    def _fixed(self, name, shape, n_fix):
-        w = self.cfg.wasym
-        if w is None:
-            return {}
-        mask, values = fixed_entries(shape, n_fix, w.mode, w.kappa, derived_seed(self.cfg.asym_seed, "wasym", name))
-        return {"fixed_mask": mask, "fixed_values": values}
-
     def conv(self, name, c_in, c_out, k, stride):
-        n_fix = self.cfg.wasym.n_fix if self.cfg.wasym else 0
         return AsymConv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False,
-                          **self._fixed(name, (c_out, c_in, k, k), n_fix))
+                          **fixed_buffers(self.cfg, name, (c_out, c_in, k, k)))
 
     def linear(self, name, c_in, c_out):
-        n_fix = self.cfg.wasym.n_fix_linear if self.cfg.wasym else 0
-        return AsymLinear(c_in, c_out, **self._fixed(name, (c_out, c_in), n_fix))
+        return AsymLinear(c_in, c_out, **fixed_buffers(self.cfg, name, (c_out, c_in)))
 
     def norm(self, c):
         return nn.GroupNorm(1, c) if self.cfg.norm == "groupnorm" else nn.BatchNorm2d(c)
@@ -295,15 +301,18 @@ def build_net(cfg: NetConfig, seed: int | None = None, hp: dict | None = None) -
         return ResNet(cfg)
 
 
-def weight_layers(cfg: NetConfig):
-    """(name, fan_in, is_input_layer) of every conv/linear weight, for validation."""
-    net = ResNet(NetConfig(**{**asdict(cfg), "wasym": None, "activation": "relu"}))
+def weight_layers(cfg: NetConfig, net: nn.Module | None = None, input_layer: str = "conv1"):
+    """(name, fan_in, is_input_layer, is_linear) of every conv/linear weight of ``net``
+    (default: the ResNet of ``cfg``), for validation."""
+    if net is None:
+        net = ResNet(NetConfig(**{**asdict(cfg), "wasym": None, "activation": "relu"}))
     out = []
     for name, mod in net.named_modules():
         if isinstance(mod, nn.Conv2d):
-            out.append((name, mod.in_channels if _mode(cfg) == "filters" else mod.weight[0].numel(), name == "conv1"))
+            fan_in = mod.in_channels if _mode(cfg) == "filters" else mod.weight[0].numel()
+            out.append((name, fan_in, name == input_layer, False))
         elif isinstance(mod, nn.Linear):
-            out.append((name, mod.in_features, False))
+            out.append((name, mod.in_features, False, True))
     return out
 
 
@@ -329,9 +338,13 @@ def validate_net(cfg: NetConfig, prefix: str = "net") -> None:
         raise SpecError(f"{prefix}.activation", cfg.activation, f"allowed: {', '.join(ACTIVATIONS)}")
     if not (cfg.figlu_scale > 0):
         raise SpecError(f"{prefix}.figlu_scale", cfg.figlu_scale, "must be > 0")
+    if cfg.wasym is not None:
+        validate_wasym(cfg, weight_layers(cfg), prefix)
+
+
+def validate_wasym(cfg: NetConfig, layers, prefix: str = "net") -> None:
+    """Check ``cfg.wasym`` against the net's weight ``layers``: (name, fan_in, is_input, is_linear)."""
     w = cfg.wasym
-    if w is None:
-        return
     if w.mode not in WASYM_MODES:
         raise SpecError(f"{prefix}.wasym.mode", w.mode, f"allowed: {', '.join(WASYM_MODES)}")
     if not (w.kappa > 0):
@@ -341,9 +354,9 @@ def validate_net(cfg: NetConfig, prefix: str = "net") -> None:
             raise SpecError(f"{prefix}.wasym.{field_name}", n, "must be >= 1")
     # The input layer may be fully fixed (the paper's 3-channel stem with n_fix=8);
     # any other layer must keep at least one trainable entry per output unit.
-    for name, fan_in, is_input in weight_layers(cfg):
-        n = w.n_fix_linear if name == "fc" else w.n_fix
+    for name, fan_in, is_input, is_linear in layers:
+        n = w.n_fix_linear if is_linear else w.n_fix
         if not is_input and n >= fan_in:
-            fld = "n_fix_linear" if name == "fc" else "n_fix"
+            fld = "n_fix_linear" if is_linear else "n_fix"
             raise SpecError(f"{prefix}.wasym.{fld}", n,
                             f"must be < the fan-in {fan_in} of layer '{name}' (allowed 1..{fan_in - 1})")

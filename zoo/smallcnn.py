@@ -25,7 +25,7 @@ from torch import nn
 
 from .errors import SpecError
 from .layout import Layout
-from .nets import NetConfig, derived_seed
+from .nets import AsymConv2d, AsymLinear, NetConfig, derived_seed, fixed_buffers, validate_wasym, weight_layers
 
 #: Per-model hyper-parameters a smallcnn spec adds to :data:`zoo.spec.HPARAMS`:
 #: name -> (kind, allowed text, check, default).
@@ -58,11 +58,12 @@ def validate_smallcnn(cfg: NetConfig, prefix: str = "net") -> None:
         raise SpecError(f"{prefix}.padding", cfg.padding, f"allowed: {', '.join(PADDINGS)}")
     if not (cfg.width > 0):
         raise SpecError(f"{prefix}.width", cfg.width, "must be > 0 (16 * width filters per conv)")
-    if cfg.wasym is not None:
-        raise SpecError(f"{prefix}.wasym", "set", "W-Asymmetry is implemented for arch = 'resnet' only")
     if cfg.activation not in ("relu", "tanh"):
         raise SpecError(f"{prefix}.activation", cfg.activation,
                         "allowed for smallcnn: relu, tanh (the per-model hparams.activation overrides it)")
+    if cfg.wasym is not None:
+        net = SmallCNN(NetConfig(**{**cfg.__dict__, "wasym": None}))
+        validate_wasym(cfg, weight_layers(cfg, net, input_layer=LAYERS[0]), prefix)
 
 
 def output_size(size: int, padding: str) -> int:
@@ -87,16 +88,21 @@ def _pad(cfg):
 
 
 class SmallCNN(nn.Module):
-    """conv(3x3, stride 2) -> act -> dropout, three times; global average pool; dense."""
+    """conv(3x3, stride 2) -> act -> dropout, three times; global average pool; dense.
+
+    With ``cfg.wasym`` it is W-Asymmetric exactly as the ResNets are (:func:`zoo.nets.fixed_buffers`):
+    each conv fixes ``n_fix`` input filters (or entries) per output channel, the dense layer
+    ``n_fix_linear`` entries per row, to seeded constants shared by the whole zoo."""
 
     def __init__(self, cfg: NetConfig, activation: str = "relu", dropout: float = 0.0):
         super().__init__()
         c, c_in = channels(cfg), 1 if cfg.grayscale else cfg.in_channels
         self.grayscale = cfg.grayscale
         for name in LAYERS:
-            setattr(self, name, nn.Conv2d(c_in, c, 3, stride=2, padding=_pad(cfg)))
+            setattr(self, name, AsymConv2d(c_in, c, 3, stride=2, padding=_pad(cfg),
+                                           **fixed_buffers(cfg, name, (c, c_in, 3, 3))))
             c_in = c
-        self.dense = nn.Linear(c, cfg.num_classes)
+        self.dense = AsymLinear(c, cfg.num_classes, **fixed_buffers(cfg, "dense", (cfg.num_classes, c)))
         self.activation, self.p = activation, float(dropout)
 
     def forward(self, x):
@@ -144,15 +150,29 @@ def build_smallcnn(cfg: NetConfig, seed: int | None = None, hp: dict | None = No
 # ------------------------------------------------------------------ training
 
 class SmallCNNGroup:
-    """M smallcnns as one grouped net: parameters ``name -> [M, *shape]``; conv with ``groups=M``."""
+    """M smallcnns as one grouped net: parameters ``name -> [M, *shape]``; conv with ``groups=M``.
+
+    A W-Asym net's fixed entries enter every use of a weight through :meth:`weight`
+    (``torch.where``, as :class:`zoo.nets.AsymConv2d`): exactly the constants, zero gradient."""
 
     def __init__(self, cfg: NetConfig, nets: list[SmallCNN], device):
         self.cfg, self.M = cfg, len(nets)
         self.layout = Layout.from_module(nets[0])
         self.params = {t.name: torch.stack([dict(n.named_parameters())[t.name].detach() for n in nets])
                        .to(device).requires_grad_(True) for t in self.layout.tensors}
+        # the same constants in every net of the zoo: one copy, broadcast over the M models
+        self.fixed = {f"{name}.weight": (mod.fixed_mask.to(device), mod.fixed_values.to(device))
+                      for name, mod in nets[0].named_modules() if getattr(mod, "fixed_mask", None) is not None}
         self.tanh = torch.tensor([n.activation == "tanh" for n in nets], device=device)
         self.p = [n.p for n in nets]
+
+    def weight(self, name: str) -> torch.Tensor:
+        """``[M, *shape]`` parameters ``name`` as the nets use them (fixed entries put in)."""
+        w = self.params[name]
+        if name in self.fixed:
+            mask, values = self.fixed[name]
+            w = torch.where(mask, values.to(w.dtype), w)
+        return w
 
     def subset(self, keep: list[int], states: dict) -> dict:
         """Keep models ``keep`` (in place); optimizer ``states`` (name -> tensors) follow."""
@@ -173,7 +193,7 @@ class SmallCNNGroup:
         pad = _pad(self.cfg)
         tanh_ch = None
         for name in LAYERS:
-            w, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
+            w, b = self.weight(f"{name}.weight"), self.params[f"{name}.bias"]
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=2, padding=pad, groups=M)
             if tanh_ch is None:
                 tanh_ch = self.tanh.repeat_interleave(w.shape[1])[None, :, None, None]
@@ -186,7 +206,7 @@ class SmallCNNGroup:
             if drop_gens is not None and any(p > 0 for p in self.p):
                 h = h * self._drop_mask(h, drop_gens)
         h = h.mean(dim=(2, 3)).view(B, M, -1)
-        return torch.einsum("bmc,mkc->mbk", h, self.params["dense.weight"]) + self.params["dense.bias"][:, None]
+        return torch.einsum("bmc,mkc->mbk", h, self.weight("dense.weight")) + self.params["dense.bias"][:, None]
 
     def _drop_mask(self, h, gens):
         B, MC, H, W = h.shape
@@ -201,11 +221,13 @@ class SmallCNNGroup:
         return torch.cat(parts, dim=1).to(h.device)
 
     def l2(self) -> torch.Tensor:
-        """``[M]`` sums of squared kernels (what Keras' l2 regulariser scales)."""
-        return sum(v.pow(2).flatten(1).sum(1) for n, v in self.params.items() if n.endswith(".weight"))
+        """``[M]`` sums of squared kernels as the nets use them (what Keras' l2 regulariser
+        scales; a W-Asym net's fixed entries add a constant, no gradient)."""
+        return sum(self.weight(n).pow(2).flatten(1).sum(1) for n in self.params if n.endswith(".weight"))
 
     def rows(self) -> torch.Tensor:
-        return torch.cat([self.params[t.name].detach().reshape(self.M, -1) for t in self.layout.tensors], 1)
+        """``[M, P]`` in layout order, as the nets use them (fixed entries put in), as stored."""
+        return torch.cat([self.weight(t.name).detach().reshape(self.M, -1) for t in self.layout.tensors], 1)
 
 
 def _opt_state(group: SmallCNNGroup, kind: str) -> dict:
@@ -335,5 +357,6 @@ def _single(group: SmallCNNGroup, r: int) -> SmallCNNGroup:
     one = SmallCNNGroup.__new__(SmallCNNGroup)
     one.cfg, one.M, one.layout = group.cfg, 1, group.layout
     one.params = {n: v.detach()[r:r + 1] for n, v in group.params.items()}
+    one.fixed = group.fixed
     one.tanh, one.p = group.tanh[r:r + 1], [0.0]
     return one
