@@ -409,7 +409,8 @@ class GroupTrainer:
             if not finals:
                 continue
             self._record(run, "final", results, finals)
-            done = [results[run.jobs[k].model_id] for k in finals if run.jobs[k].model_id in ours]
+            # handed out and forgotten: the stream keeps only the weights of models in flight
+            done = [r for r in (results.pop(run.jobs[k].model_id) for k in finals) if r.model_id in ours]
             for k in finals:
                 run.release(k)
             placed = []
