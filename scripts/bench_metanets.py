@@ -153,6 +153,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--width", type=float, default=1.0, help="ResNet8 width of the synthetic zoo (default 1.0)")
     ap.add_argument("--in-channels", type=int, default=3, help="input channels of the synthetic nets (default 3)")
     ap.add_argument("--wasym", action="store_true", help="W-Asymmetric synthetic nets")
+    ap.add_argument("--arch", choices=("resnet", "smallcnn"), default="resnet",
+                    help="synthetic nets: ResNet8 (default) or the Small CNN Zoo's CNN (4,970 parameters on "
+                         "--in-channels; for NFN, which reads plain CNNs only)")
     ap.add_argument("--metanets", default="mlp,dmc,deepsets,statnn,statnn-gbm")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=train.BATCH_SIZE)
@@ -178,9 +181,11 @@ def main(argv=None) -> int:
         if path is None:
             t0 = time.perf_counter()
             path = make_zoo(Path(tmp) / "synthetic", models=args.models, width=args.width,
-                            in_channels=args.in_channels, wasym=args.wasym, shard_size=1024)
-            print(f"synthetic zoo: {args.models} ResNet8 (width {args.width}, {args.in_channels} input channels"
-                  f"{', W-Asym' if args.wasym else ''}) written in {time.perf_counter() - t0:.1f}s")
+                            in_channels=args.in_channels, wasym=args.wasym, shard_size=1024, arch=args.arch)
+            what = "ResNet8 (width {args.width}, " if args.arch == "resnet" else "smallcnn ("
+            print(f"synthetic zoo: {args.models} {what.format(args=args)}{args.in_channels} input channels"
+                  f"{', W-Asym' if args.wasym and args.arch == 'resnet' else ''}) written in "
+                  f"{time.perf_counter() - t0:.1f}s")
         if not args.no_read:
             read_throughput(path, args.rows)
         if not args.stack_only:

@@ -92,7 +92,7 @@ def compare(fp32: np.ndarray, bf16: np.ndarray, seed: int = 0) -> dict:
             "quantiles_bf16": np.percentile(bf16 * 100, [10, 50, 90]).tolist()}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--models", type=int, default=64)
@@ -103,7 +103,11 @@ def main(argv=None) -> int:
                     help="epoch range instead of the recipe's 10,40 (e.g. 5,20 to halve the time)")
     ap.add_argument("--work", type=Path, default=None, help="folder for data and zoos (default: a temp dir)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, 4 models, 1-2 epochs, small data")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     epochs = tuple(int(e) for e in args.epochs.split(",")) if args.epochs else None
     if args.dry_run:
         args.device, args.models, args.train_images, epochs = "cpu", 4, 256, (1, 2)

@@ -2,7 +2,7 @@
 """One prepared GPU session: GPU_PLAN section 7 plus every figure issue 12 still waits for,
 each printed with its command, then one markdown block ready to paste into
 docs/BENCHMARKS.md (also written to --out). The default --minutes 8 covers the sections most
-needed (about a to f, then i; compile times on the GPU are the unknown); --minutes 16 runs them all.
+needed (about a to f, then i and k; compile times on the GPU are the unknown); --minutes 22 runs them all.
 
   python scripts/gpu_check.py --out gpu_check.md              # on the GPU machine
   python scripts/gpu_check.py --dry-run --out /tmp/dry.md      # CPU, tiny sizes: checks the script runs
@@ -21,6 +21,11 @@ listed as skipped:
      evaluation, HDF5 writes), models/h with slot refill and with fixed groups (scripts/bench_shard.py)
   h  metanet epoch times on a synthetic ResNet8 zoo, and a 2-epoch DMC profile
   i  the metanets' lr sweep and seeds trained stacked (metanets.stack) against run by run
+  k  bf16 against fp32 on 64 models: per-model and distribution |Δacc| (scripts/check_bf16_accuracy.py)
+  j  NFN-NP/HNP and graph metanet epoch times on synthetic smallcnns (issue 11)
+
+Not in this session (it alone takes about 10 minutes): the paper-scale metanet table, really
+run on two 10,000-net zoos -- `python scripts/bench_metanet_table.py --device cuda`.
 
 The GPU machine has no internet: CIFAR-shaped random uint8 data stands in for CIFAR-10 (speed
 does not depend on pixel values), written to an .npz for the `zoo generate` section.
@@ -127,9 +132,18 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
         "64" if dry else "2000", "--width", "0.25" if dry else "1.0", "--in-channels", "1" if dry else "3",
         "--metanets", "mlp,statnn" if dry else "mlp,statnn,deepsets,dmc", "--epochs", "1", "--seeds",
         "2" if dry else "5", "--windows", "2" if dry else "5"], 150))
-    # Most needed first: when the budget runs out, what is left is what matters least. The
-    # order: a, b (resnet8), c, d, f (plain), i, b (wasym), g, e, h (metanets), f (refill), h (DMC).
-    out = [out[i] for i in (0, 1, 3, 4, 6, 11, 2, 8, 5, 9, 7, 10)]
+    # 64 models trained in fp32 and in bf16 (lim2024 recipe, digits32 data: 10,000 CIFAR-shaped
+    # training images), each model's test accuracy compared: about 4 minutes on an H100 (est.)
+    out.append(("k", "bf16 keeps the fp32 accuracy distribution? (64 models)",
+                [PY, "scripts/check_bf16_accuracy.py"] + (["--dry-run"] if dry else ["--device", "cuda"]), 360))
+    # issue 11's GPU epoch times: NFN and the graph metanet read plain CNNs (synthetic smallcnns)
+    out.append(("j", "NFN and graph metanet epoch times on smallcnns", [
+        PY, "scripts/bench_metanets.py", "--device", dev, "--arch", "smallcnn", "--in-channels", "1",
+        "--models", "64" if dry else "2000", "--metanets", "mlp,nfn-np,nfn-hnp,graph", "--epochs", "1",
+        "--windows", "2" if dry else "3", "--no-read", "--no-stack"], 120))
+    # Most needed first: when the budget runs out, what is left is what matters least. The order:
+    # a, b (resnet8), c, d, f (plain), i, k, b (wasym), g, e, h (metanets), f (refill), h (DMC), j.
+    out = [out[i] for i in (0, 1, 3, 4, 6, 11, 12, 2, 8, 5, 9, 7, 10, 13)]
     # a loaded 2-core CPU is far slower than the GPU these limits are sized for
     return [(k, t, c, limit * 3 if dry else limit) for k, t, c, limit in out]
 

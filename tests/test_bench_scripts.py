@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts import bench_generate, bench_metanets, bench_shard, gpu_check  # noqa: E402
+from scripts import bench_generate, bench_metanets, bench_shard, check_bf16_accuracy, gpu_check  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate  # noqa: E402
 
 
@@ -62,6 +62,10 @@ def test_every_command_of_the_gpu_session_is_accepted_by_its_script(dry):
                     "a 1,000-model shard at the paper's epoch mix"
         if cmd[1].endswith("bench_metanets.py"):
             bench_metanets.parse_args(cmd[2:])  # an unknown option exits
+        if cmd[1].endswith("check_bf16_accuracy.py"):
+            args = check_bf16_accuracy.parse_args(cmd[2:])
+            assert args.dry_run if dry else (args.models == 64 and args.device == "cuda")
+    assert {k for k, *_ in gpu_check.sections(dry)} >= set("abcdefghijk")
 
 
 def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
