@@ -199,6 +199,8 @@ def cmd_train(args) -> int:
     lr = bench.parse_lr(args.lr)
     if isinstance(lr, dict):
         raise MetanetError(f"--lr {args.lr!r}: train takes one rate or auto, not NAME=RATE pairs")
+    if args.no_stack and lr != "auto":
+        raise MetanetError(f"--no-stack applies to --lr auto (the sweep's runs); --lr {args.lr} trains one run")
     ws = data.load(args.zoo, params=args.params, target=args.target, device=args.device)
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, device=args.device)
     if registry.get(name).kind == "sklearn":

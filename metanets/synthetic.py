@@ -43,6 +43,8 @@ def make_zoo(root, *, models: int = 64, wasym: bool = False, width: float = 0.25
     if mode not in ("scale", "shift"):
         raise ValueError(f"mode={mode!r}; allowed: scale, shift")
     if arch == "smallcnn":
+        if wasym:
+            raise ValueError("wasym=True: synthetic W-Asym zoos are ResNets only (arch='resnet')")
         cfg = NetConfig(arch="smallcnn", width=1.0, in_channels=in_channels, num_classes=10, padding="same")
     elif arch == "resnet":
         cfg = NetConfig(depth=8, width=width, in_channels=in_channels, num_classes=10,

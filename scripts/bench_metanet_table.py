@@ -57,6 +57,15 @@ def main(argv=None) -> int:
     ap.add_argument("--extra", default="", help="more `metanets bench` options, e.g. '--no-stack' for comparison")
     ap.add_argument("--dry-run", action="store_true", help="CPU, 64 small nets per zoo, 1 epoch, 1 seed")
     args = ap.parse_args(argv)
+    if args.models < 8:
+        ap.error(f"--models {args.models}: at least 8 (a zoo is split into train, val and test nets)")
+    if args.seeds < 1 or args.epochs < 1:
+        ap.error("--seeds and --epochs: at least 1")
+    if not args.dry_run and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error(f"--device {args.device}: no CUDA device here (use --device cpu, or --dry-run)")
     if args.dry_run:
         args.device, args.models, args.seeds, args.epochs = "cpu", 64, 1, 1
     width, in_channels = (0.25, 1) if args.dry_run else (1.0, 3)

@@ -103,7 +103,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="epoch range instead of the recipe's 10,40 (e.g. 5,20 to halve the time)")
     ap.add_argument("--work", type=Path, default=None, help="folder for data and zoos (default: a temp dir)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, 4 models, 1-2 epochs, small data")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.epochs is not None:
+        lo_hi = args.epochs.split(",")
+        if len(lo_hi) != 2 or not all(x.strip().isdigit() for x in lo_hi) or \
+                not 1 <= int(lo_hi[0]) <= int(lo_hi[1]):
+            ap.error(f"--epochs {args.epochs!r}: expected LO,HI with 1 <= LO <= HI, e.g. 5,20")
+    if args.models < 2:
+        ap.error(f"--models {args.models}: at least 2 (a distribution is compared)")
+    if args.train_images < 100:
+        ap.error(f"--train-images {args.train_images}: at least 100")
+    if not args.dry_run and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error(f"--device {args.device}: no CUDA device here (use --device cpu, or --dry-run)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -141,6 +156,10 @@ def main(argv=None) -> int:
         accs[precision] = t["test_acc"].to_numpy(np.float64)
         print(f"{precision}: {args.models} models in {time.perf_counter() - t0:.0f} s", flush=True)
     ok = np.isfinite(accs["fp32"]) & np.isfinite(accs["bf16"])
+    if ok.sum() < 2:
+        print(f"only {ok.sum()} of {args.models} models trained without diverging in both precisions: "
+              "nothing to compare (lower the learning rates or train more models)")
+        return 1
     c = compare(accs["fp32"][ok], accs["bf16"][ok])
     lo, hi = c["mean_diff_ci"]
     if args.dry_run:

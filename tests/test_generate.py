@@ -98,7 +98,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_zoo_without_retraining(tiny_
     proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec_file), "--out", str(out),
                              "--group-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    first_part = out / ".parts" / "shard-00000" / "part-00000.h5"
+    first_part = out / ".parts" / "shard-00000" / "group-00000.h5"  # the CPU default: fixed groups
     deadline = time.monotonic() + 300
     while not first_part.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -212,7 +212,7 @@ def _plan(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def refill_zoos(tmp_path_factory):
+def refill_zoos(tmp_path_factory, one_thread):
     """The zoo generated with slot refill and without, in groups of 3, and the group size M of
     every training step of each."""
     import zoo.train
@@ -227,7 +227,7 @@ def refill_zoos(tmp_path_factory):
 
     zoo.train.GroupRun.step = spy
     try:
-        generate(spec, base / "refill", group_size=3, progress=False)
+        generate(spec, base / "refill", group_size=3, progress=False, refill=True)
         refill_sizes = list(sizes)
         sizes.clear()
         generate(spec, base / "fixed", group_size=3, progress=False, refill=False)
@@ -287,7 +287,7 @@ def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(r
                                                                                 capsys, parts_before_kill):
     """Killed once 3 (or 6) of the 7 models are in parts: the rerun trains only the other 4
     (or the last one, beside a stand-in), in groups unlike the first run's, and writes the
-    same zoo, bit for bit."""
+    same zoo, bit for bit (on one thread: zoo/generate.py says why)."""
     import zoo.generate as gen
 
     spec, refill, _, _, _ = refill_zoos
@@ -304,7 +304,7 @@ def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(r
 
     monkeypatch.setattr(gen, "write_shard", write_then_die)
     with pytest.raises(Killed):
-        generate(spec, out, group_size=3, progress=False)
+        generate(spec, out, group_size=3, progress=False, refill=True)
     monkeypatch.setattr(gen, "write_shard", real_write)
     finished = set()
     for p in written:
@@ -370,16 +370,17 @@ def test_a_generation_planned_before_refill_resumes_in_its_fixed_groups(refill_z
     assert_same_zoo(fixed, out)
 
 
-def test_zoo_generate_no_refill_is_documented_and_recorded_in_the_plan(tiny_dict, tmp_path, capsys):
+def test_zoo_generate_refill_options_are_documented_and_recorded_in_the_plan(tiny_dict, tmp_path, capsys):
     from zoo.cli import main
 
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--no-refill" in text and "slot refill" in text
+    assert "--no-refill" in text and "--refill" in text and "slot refill (default on CUDA)" in text
     spec = write_toml(tmp_path / "spec.toml", tiny_dict)
     threads = torch.get_num_threads()
-    for flags, refill in (([], True), (["--no-refill"], False)):
+    # on the CPU fixed groups by default (a resume is bit-identical at any thread count)
+    for flags, refill in (([], False), (["--refill"], True), (["--no-refill"], False)):
         out = tmp_path / f"z{refill}"
         assert main(["generate", str(spec), "--out", str(out), "--models", "2", "--group-size", "2", "--quiet",
                      *flags]) == 0

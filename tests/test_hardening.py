@@ -330,7 +330,7 @@ def killed_after_first_part(out: Path, tmp_path: Path) -> Path:
     proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec), "--out", str(out),
                              "--group-size", "2", "--quiet"], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    part = out / ".parts" / "shard-00000" / "part-00000.h5"
+    part = out / ".parts" / "shard-00000" / "group-00000.h5"  # the CPU default: fixed groups
     deadline = time.monotonic() + 300
     while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -104,3 +104,17 @@ def test_an_upstream_setting_that_varies_but_the_spec_does_not_sample_is_reporte
     rows = _by_name(compare(t, spec, SMALLCNNZOO_NAMES, SMALLCNNZOO_CONFIG))
     assert rows["b_init"].verdict == "unmodelled" and "3 values" in rows["b_init"].detail
     assert "epochs" not in rows and rows["lr"].verdict == "ok"
+
+
+def test_a_small_zoo_drawn_from_its_spec_is_not_flagged_for_the_gaps_any_small_sample_has():
+    from zoo.hpcheck import p_coverage_below
+
+    spec = load_spec("smallcnnzoo-cifar10")
+    for n in (3, 8, 20):
+        rows = compare(_upstream_like(spec, n), spec, SMALLCNNZOO_NAMES)
+        assert {r.verdict for r in rows} == {"ok"}, (n, [(r.name, r.detail) for r in rows if r.verdict != "ok"])
+    # the range of n uniform draws: P(range <= c) = n c^(n-1) - (n-1) c^n, checked by simulation
+    rng = np.random.default_rng(0)
+    u = rng.uniform(size=(20000, 8))
+    simulated = ((u.max(1) - u.min(1)) <= 0.6).mean()
+    assert abs(simulated - p_coverage_below(0.6, 8)) < 0.01

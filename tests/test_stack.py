@@ -206,3 +206,13 @@ def test_metanets_bench_no_stack_is_recorded_and_documented(zoo_path, tmp_path, 
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     assert "--no-stack" in capsys.readouterr().out
+
+
+def test_metanets_train_refuses_no_stack_without_a_sweep_naming_the_options(zoo_path, tmp_path, capsys):
+    from metanets import cli
+
+    assert cli.main(["train", str(zoo_path), "--metanet", "mlp", "--lr", "1e-3", "--no-stack",
+                     "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--no-stack applies to --lr auto" in err and "Traceback" not in err
+    assert not (tmp_path / "m.pt").exists()

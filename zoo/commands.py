@@ -32,11 +32,15 @@ def register(sub) -> None:
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cpu; with --ray, a GPU per task when the cluster has GPUs)")
     p.add_argument("--group-size", type=int, help="models trained at once (default: chosen for the device)")
-    p.add_argument("--no-refill", dest="refill", action="store_false", default=None,
-                   help="train each shard in fixed groups of models sorted by epochs, which shrink as their "
-                        "members finish (the behaviour before slot refill; for comparison). Default: slot "
-                        "refill, each finished model's slot takes the next queued one, so the group keeps its "
-                        "shape for the whole shard. A resumed generation keeps what its plan says")
+    refill = p.add_mutually_exclusive_group()
+    refill.add_argument("--refill", dest="refill", action="store_true", default=None,
+                        help="slot refill (default on CUDA): each finished model's slot takes the next queued "
+                             "one, so the group keeps one shape for the whole shard (what a compiled step "
+                             "needs). On the CPU a resumed shard is then bit-identical only with one thread")
+    refill.add_argument("--no-refill", dest="refill", action="store_false",
+                        help="fixed groups of models sorted by epochs, which shrink as their members finish "
+                             "(default on the CPU: a resume is bit-identical at any thread count). A resumed "
+                             "generation keeps what its plan says")
     p.add_argument("--shard", type=int, help="this job's index, with --num-shards (see 'zoo merge')")
     p.add_argument("--num-shards", type=int, help="number of parallel jobs sharing the output directory")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -73,9 +77,13 @@ def register(sub) -> None:
         description="For every hyper-parameter a spec samples: the spec's range, the range (or values) the\n"
                     "zoo's runs actually used, how much of the range they cover, and a verdict:\n"
                     "  ok        inside the spec's support and covering it\n"
-                    "  narrower  inside, but part of the spec's support was never used by the zoo\n"
+                    "  narrower  inside, but the runs leave so much of the spec's support unused that\n"
+                    "            draws from the spec would do so with p < 0.001: they came from a narrower\n"
+                    "            range (a small zoo's usual gaps are not flagged)\n"
                     "  OUTSIDE   the zoo holds values the spec cannot draw\n"
                     "  missing   the zoo's table has no such column\n"
+                    "  unmodelled  (imported Small CNN Zoo) an upstream setting varies across the runs\n"
+                    "            although the spec fixes it\n"
                     "Exit status 1 when any verdict is not ok. An imported Small CNN Zoo is compared with\n"
                     "its smallcnnzoo-<dataset> preset by default: the check of a preset's ranges against\n"
                     "the hyper-parameters upstream actually sampled.",

@@ -7,23 +7,28 @@ optimizer). The plan (with its group size) is written to ``zoo-plan.json`` first
 so every process that works on the directory, now or after a crash, trains the
 same way and so computes bit-for-bit the same models.
 
-Slot refill (the default; ``refill`` in the plan): each such set of models is one
-queue, longest first, fed through ``group size`` slots: a finished model's slot
-takes the next queued one, so the group keeps its shape over the whole shard
-(GPU_PLAN Z5). Models finish one at a time; whenever a group's worth has
-finished they are written atomically as a part file (any set of ids). A resumed
-run keeps the valid parts and queues the models they lack: from two slots up a
-model's result does not depend on which models share its group
-(``TrainOptions.min_slots``), so the resumed zoo equals the uninterrupted one.
+Slot refill (the default on CUDA, ``--refill`` elsewhere; ``refill`` in the plan): each
+such set of models is one queue, longest first, fed through ``group size`` slots: a
+finished model's slot takes the next queued one, so the group keeps its shape over the
+whole shard (GPU_PLAN Z5) -- what a compiled or CUDA-graphed step needs. Models finish
+one at a time; whenever a group's worth has finished, and at the end of each queue,
+they are written atomically as a part file (any set of ids). A resumed run keeps the
+valid parts and queues the models they lack, in groups unlike the first run's. On one
+CPU thread, from two slots up, a model's result does not depend on which models share
+its group (``TrainOptions.min_slots``), so the resumed zoo equals the uninterrupted one
+bit for bit; with several threads (the CPU splits a grouped convolution's work by the
+group's size) or on CUDA it equals it up to float rounding, which fp32 training can
+amplify in single models. That is why the CPU default stays without refill.
 
-Without refill (``--no-refill``, and plans written before refill existed, which
-have no ``refill`` field) each set is sorted by epoch count and cut into fixed
+Without refill (the CPU default, ``--no-refill``, and plans written before refill
+existed, which have no ``refill`` field) each set is sorted by epoch count and cut into fixed
 groups, so members finish together and the group shrinks as they do; each
 finished group is one part.
 
 When all of a shard's models are in parts, the parts are assembled into the shard
 (atomically, in model-id order) and removed. A ``kill -9`` therefore loses at
-most the models in flight.
+most the models in flight (with refill: and those finished since the last part,
+fewer than a group's worth).
 """
 from __future__ import annotations
 
@@ -202,7 +207,8 @@ def _refill_parts(parts_dir: Path, shard_ids, bar, progress: bool) -> tuple[list
             bar.update(len(ids))
             continue
         if progress:
-            bar.write(f"note: {path}: {problem}; training its models again")
+            then = "removed" if problem.startswith("it holds models") else "training its models again"
+            bar.write(f"note: {path}: {problem}; {then}")
         path.unlink()
         _record(path).unlink(missing_ok=True)
     return parts, done
@@ -275,8 +281,9 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
     """Check ``out`` and write its plan if it has none; return ``(plan, data, cfg)``, or
     ``({"complete": True}, None, None)`` when ``out`` already holds the finished zoo.
 
-    ``refill`` (default on) goes into a new plan; a resumed generation keeps its plan's (a
-    plan without the field was written before slot refill existed: no refill).
+    ``refill`` (default: on for CUDA, off for the CPU) goes into a new plan; a resumed
+    generation keeps its plan's (a plan without the field was written before slot refill
+    existed: no refill).
 
     A function of its own so that a Ray driver can have the plan written once, by one
     task, before any shard task starts (zoo/distributed.py)."""
@@ -291,7 +298,8 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
         gs = group_size or auto_group_size(spec, cfg, data, opts)
         mine = {"format": PLAN_FORMAT, "fingerprint": spec.fingerprint(), "spec": spec.to_dict(),
                 # what the generation does: smallcnn zoos and groups of one keep fixed groups
-                "group_size": gs, "refill": refill is not False and cfg.arch != "smallcnn" and gs > 1,
+                "group_size": gs, "refill": (opts.device.startswith("cuda") if refill is None else refill)
+                and cfg.arch != "smallcnn" and gs > 1,
                 "num_shards": spec.num_shards, "data": data.describe(),
                 "cpu_threads": torch.get_num_threads()}
         # Shard jobs started together race to plan: the first plan on disk wins and every job
@@ -326,8 +334,9 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
     shards ``s`` with ``s % num_shards == shard`` and writes the manifest only if, when
     it ends, every shard of the zoo is on disk (else ``zoo merge`` does it later).
     ``reference=True`` trains one model at a time with plain layers (for benchmarks).
-    ``refill`` (default on for a new plan; a resume follows its plan): feed each shard through
-    the group's slots as one queue (see the module docstring); off: fixed groups that shrink.
+    ``refill`` (default for a new plan: on for CUDA, off for the CPU; a resume follows its
+    plan): feed each shard through the group's slots as one queue (see the module
+    docstring); off: fixed groups that shrink.
     ``bf16``/``channels_last`` default to on for CUDA (fastest in scripts/bench_generate.py)
     and off for the CPU, where fp32 is the exact reference."""
     if not isinstance(spec, ZooSpec):
@@ -559,8 +568,8 @@ def _train_shard_refill(spec, s, gs, trainer, parts_dir, write_part, bar,
             bar.update(1)
             if len(finished) >= gs:
                 flush()
-    if finished:
-        flush()
+        if finished:  # nothing finished waits in memory through the next queue's training
+            flush()
     return [(p, None) for p in parts]
 
 

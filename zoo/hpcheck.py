@@ -9,7 +9,8 @@ ranges to within a fraction of a percent.
 ``compare(table, spec)`` gives one :class:`Row` per hyper-parameter the spec samples:
 the spec's support, what the zoo holds, and a verdict -- ``ok`` (inside the support and
 covering it), ``narrower`` (inside, but the zoo's runs leave part of the support unused:
-the spec samples values upstream never did), ``OUTSIDE`` (the zoo holds values the spec
+so unlikely for that many draws from the spec that the runs were drawn from a narrower
+range), ``OUTSIDE`` (the zoo holds values the spec
 cannot draw), ``missing`` (no such column), ``unmodelled`` (a column of ``config`` that
 varies across the zoo's runs although the spec does not sample it).
 """
@@ -26,11 +27,11 @@ from .spec import ZooSpec
 
 #: Upstream column names of the Small CNN Zoo (``config.`` stripped) -> our hyper-parameter names.
 SMALLCNNZOO_NAMES = {"learning_rate": "lr", "l2reg": "weight_decay"}
-#: Every ``config.*`` column upstream's README lists (``config.`` stripped): one of them that
-#: varies across runs but that the spec does not sample is reported (``unmodelled``).
+#: The ``config.*`` columns upstream's README lists (``config.`` stripped), but the random seed:
+#: one that varies across runs but that the spec does not sample is reported (``unmodelled``).
 SMALLCNNZOO_CONFIG = ("activation", "b_init", "dataset", "dnn_architecture", "dropout", "epochs",
                       "epochs_between_checkpoints", "init_std", "l2reg", "learning_rate", "num_layers",
-                      "num_units", "optimizer", "random_seed", "train_fraction", "w_init")
+                      "num_units", "optimizer", "train_fraction", "w_init")
 
 
 
@@ -42,9 +43,24 @@ def smallcnnzoo_preset(dataset: str | None) -> str | None:
     return name if name in presets() else None
 
 
-#: Coverage below this (fraction of the support's width, log-scaled for log-uniform) is ``narrower``.
-#: Thousands of draws cover more than 0.99; a few dozen cover about 0.9.
-MIN_COVERAGE = 0.9
+#: ``narrower`` when the runs cover so little of the support (or leave a choice unused) that
+#: draws from the spec would do so with at most this probability: a small zoo is not flagged
+#: for the gaps any small sample has.
+P_NARROWER = 1e-3
+
+
+def p_coverage_below(c: float, n: int) -> float:
+    """P(the range of ``n`` uniform draws on [0, 1] is at most ``c``): n c^(n-1) - (n-1) c^n.
+    The same for log-uniform draws on the log scale."""
+    if n < 2:
+        return 1.0
+    c = min(max(c, 0.0), 1.0)
+    return n * c ** (n - 1) - (n - 1) * c ** n
+
+
+def p_value_unused(k: int, n: int) -> float:
+    """P(a given one of ``k`` equally likely choices is never drawn in ``n`` draws)."""
+    return (1 - 1 / k) ** n
 
 
 @dataclass
@@ -60,6 +76,18 @@ class Row:
 def _snake(value) -> str:
     """'RandomNormal' -> 'random_normal' (Keras class names vs. their function names)."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(value)).lower()
+
+
+def _words(dist) -> str:
+    """A distribution in words, as the table prints it."""
+    p = dist.params
+    if dist.kind == "choice":
+        return "one of " + ", ".join(str(v) for v in p["values"])
+    if dist.kind == "constant":
+        return f"= {p['value']}"
+    lo, hi = sorted(float(v) for v in dist.support())
+    kind = {"loguniform": "log-uniform", "pow10": "log-uniform", "randint": "integers"}.get(dist.kind, dist.kind)
+    return f"{kind} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def _fmt(x: float) -> str:
@@ -90,9 +118,11 @@ def _numeric(name: str, dist, values: np.ndarray) -> Row:
         cov = (math.log(vmax) - math.log(vmin)) / (math.log(hi) - math.log(lo))
     else:
         cov = (vmax - vmin) / (hi - lo)
-    if cov < MIN_COVERAGE:
+    p = p_coverage_below(cov, len(values))
+    if p < P_NARROWER:
         return Row(name, spec_s, zoo_s, cov, "narrower",
-                   f"the zoo's runs span {cov:.0%} of the spec's range: the spec draws values upstream never used")
+                   f"the zoo's {len(values)} runs span {cov:.0%} of the spec's range (p = {p:.1g} for draws "
+                   "from the spec): they were drawn from a narrower range")
     return Row(name, spec_s, zoo_s, cov, "ok")
 
 
@@ -107,9 +137,11 @@ def _choice(name: str, dist, values: pd.Series) -> Row:
     if extra:
         return Row(name, spec_s, zoo_s, None, "OUTSIDE",
                    f"the zoo uses {', '.join(extra)}, which the spec cannot draw")
-    if unused:
+    p = p_value_unused(len(norm), len(values))
+    if unused and p < P_NARROWER:
         return Row(name, spec_s, zoo_s, None, "narrower",
-                   f"the spec also draws {', '.join(unused)}, which no run of the zoo used")
+                   f"the spec also draws {', '.join(unused)}, which none of the zoo's {len(values)} runs used "
+                   f"(p = {p:.1g} for draws from the spec)")
     return Row(name, spec_s, zoo_s, None, "ok")
 
 
@@ -127,14 +159,15 @@ def compare(table: pd.DataFrame, spec: ZooSpec, names: dict | None = None, confi
 
     ``names`` maps the table's column names to ours (e.g. :data:`SMALLCNNZOO_NAMES`);
     ``config``: the table's hyper-parameter columns (e.g. :data:`SMALLCNNZOO_CONFIG`), each
-    reported when it varies but the spec does not sample it. Diverged runs count too: they
-    were drawn from the same distributions."""
+    reported when it varies but the spec does not sample it. Every run in the table counts,
+    diverged ones too (they were drawn from the same distributions; the Small CNN Zoo importer
+    drops runs cut short by NaN, so those are not in its table)."""
     cols = {(names or {}).get(c, c): c for c in table.columns}
     rows = []
     for name, dist in spec.hparams.items():
         if dist.kind == "constant" or name not in cols:
             if name not in cols and dist.kind != "constant":
-                rows.append(Row(name, str(dist.to_obj()), "-", None, "missing",
+                rows.append(Row(name, _words(dist), "-", None, "missing",
                                 "the zoo's table has no such column"))
             continue
         col = table[cols[name]]
@@ -142,7 +175,7 @@ def compare(table: pd.DataFrame, spec: ZooSpec, names: dict | None = None, confi
             values = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
             bad = col[~np.isfinite(values)]
             if len(bad):
-                rows.append(Row(name, str(dist.to_obj()), f"{len(bad)} non-numeric values", None, "OUTSIDE",
+                rows.append(Row(name, _words(dist), f"{len(bad)} non-numeric values", None, "OUTSIDE",
                                 f"value {bad.iloc[0]!r} is not a number"))
                 continue
             rows.append(_numeric(name, dist, values))
