@@ -113,16 +113,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--models {args.models}: at least 2 (a distribution is compared)")
     if args.train_images < 100:
         ap.error(f"--train-images {args.train_images}: at least 100")
-    if not args.dry_run and args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            ap.error(f"--device {args.device}: no CUDA device here (use --device cpu, or --dry-run)")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.dry_run and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"check_bf16_accuracy.py: error: --device {args.device}: no CUDA device here "
+                  "(use --device cpu, or --dry-run)", file=sys.stderr)
+            return 2
     epochs = tuple(int(e) for e in args.epochs.split(",")) if args.epochs else None
     if args.dry_run:
         args.device, args.models, args.train_images, epochs = "cpu", 4, 256, (1, 2)
