@@ -168,7 +168,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="only the stacked-against-run-by-run part (with --no-read: no HDF5 part either)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds in the projected table (default 5)")
     ap.add_argument("--zoos", type=int, default=2, help="zoos in the projected table (default 2)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.arch == "smallcnn" and args.wasym:
+        ap.error("--wasym: synthetic W-Asym zoos are ResNets only (drop --arch smallcnn or --wasym)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -182,8 +185,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             path = make_zoo(Path(tmp) / "synthetic", models=args.models, width=args.width,
                             in_channels=args.in_channels, wasym=args.wasym, shard_size=1024, arch=args.arch)
-            what = "ResNet8 (width {args.width}, " if args.arch == "resnet" else "smallcnn ("
-            print(f"synthetic zoo: {args.models} {what.format(args=args)}{args.in_channels} input channels"
+            what = f"ResNet8 (width {args.width}, " if args.arch == "resnet" else "smallcnn ("
+            print(f"synthetic zoo: {args.models} {what}{args.in_channels} input channels"
                   f"{', W-Asym' if args.wasym and args.arch == 'resnet' else ''}) written in "
                   f"{time.perf_counter() - t0:.1f}s")
         if not args.no_read:

@@ -70,3 +70,26 @@ def write_toml(path: Path, d: dict) -> Path:
 
     path.write_text(tomli_w.dumps(d))
     return path
+
+
+def kill_generate_after_first_part(spec_file: Path, out: Path, threads: int) -> Path:
+    """`kill -9` a `zoo generate` (groups of 2, ``threads`` CPU threads: the reference zoo's
+    count, as CPU rounding depends on it) once its first part of finished models appears under
+    .parts/; return that part."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec_file), "--out", str(out),
+                             "--group-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    part = out / ".parts" / "shard-00000" / "group-00000.h5"  # the CPU default: fixed groups
+    deadline = time.monotonic() + 300
+    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert part.exists() and not (out / "manifest.json").exists()
+    return part

@@ -1,9 +1,4 @@
 """zoo generate: sharded output, fixed entries, rebuild, kill -9 and resume, refusals."""
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +7,13 @@ import pytest
 import torch
 
 import zoo
-from conftest import write_toml
+from conftest import kill_generate_after_first_part, write_toml
 from zoo import store
 from zoo.errors import ZooError
 from zoo.generate import generate
 from zoo.spec import spec_from_dict
 from zoo.train import GroupTrainer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def assert_same_zoo(a: Path, b: Path):
@@ -93,18 +87,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_zoo_without_retraining(tiny_
                                                                           monkeypatch):
     spec_file = write_toml(tmp_path / "spec.toml", tiny_dict)
     out = tmp_path / "killed"
-    # Same thread count as the uninterrupted reference run (CPU rounding depends on it).
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec_file), "--out", str(out),
-                             "--group-size", "2", "--quiet"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    first_part = out / ".parts" / "shard-00000" / "group-00000.h5"  # the CPU default: fixed groups
-    deadline = time.monotonic() + 300
-    while not first_part.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert first_part.exists() and not (out / "manifest.json").exists()
+    first_part = kill_generate_after_first_part(spec_file, out, torch.get_num_threads())
     with store.open_shard(first_part) as f:
         finished = set(f["ids"][()].tolist())
     with pytest.raises(ZooError, match="generation seems to be in progress or was interrupted"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import TINY, write_toml
+from conftest import TINY, kill_generate_after_first_part, write_toml
 from metanets.synthetic import make_zoo
 from zoo import integrity, store
 from zoo.errors import SpecError, ZooError
@@ -324,20 +324,9 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def killed_after_first_part(out: Path, tmp_path: Path) -> Path:
-    """`kill -9` a `zoo generate` once its first part (finished models) appears under .parts/ (as
-    the issue did; one thread, like the reference zoo, so the models come out identical)."""
-    spec = write_toml(tmp_path / "spec.toml", TINY)
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "generate", str(spec), "--out", str(out),
-                             "--group-size", "2", "--quiet"], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    part = out / ".parts" / "shard-00000" / "group-00000.h5"  # the CPU default: fixed groups
-    deadline = time.monotonic() + 300
-    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert part.exists() and not (out / "manifest.json").exists()
-    return part
+    """`kill -9` a `zoo generate` of TINY once its first part appears (as the issue did; one
+    thread, like the reference zoo, so the models come out identical)."""
+    return kill_generate_after_first_part(write_toml(tmp_path / "spec.toml", TINY), out, threads=1)
 
 
 def test_a_part_damaged_while_stopped_is_retrained_not_sealed(reference, tmp_path, one_thread):

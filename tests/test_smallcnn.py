@@ -10,6 +10,7 @@ import torch
 import zoo
 from zoo import data as image_data
 from zoo.errors import SpecError
+from zoo.generate import _fixed_arrays
 from zoo.importers.smallcnnzoo import _torch_shape, read_layout
 from zoo.layout import Layout
 from zoo.nets import NetConfig, WAsym, build_net
@@ -229,10 +230,7 @@ def test_wasym_fixed_entries_do_not_move_in_grouped_training_for_any_optimizer()
     template = build_net(cfg)
     lay = Layout.from_module(template)
     mask = torch.from_numpy(lay.fixed_mask)
-    values = torch.zeros(lay.num_params)
-    for name, mod in template.named_modules():
-        if getattr(mod, "fixed_mask", None) is not None:
-            values[lay[f"{name}.weight"].slice] = mod.fixed_values.reshape(-1)
+    values = torch.from_numpy(_fixed_arrays(template, lay)[0])  # what the store writes as fixed/values
     hps = {i: spec.sample_hparams(i) for i in range(40)}
     for opt in ("sgd", "adam", "rmsprop"):
         first = next(i for i in hps if hps[i]["optimizer"] == opt)

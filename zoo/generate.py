@@ -464,8 +464,9 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
     total = sum(len(spec.shard_ids(s)) for s in todo)
     check_writable_dir(out, "--out", need_bytes=estimate_bytes(spec, layout, total))
     bar = _progress(total, progress, spec.name)
-    # as the plan says (see ensure_plan); one-at-a-time training (a benchmark's) has no slots
-    refill = bool(plan.get("refill", False)) and not reference and cfg.arch != "smallcnn" and gs > 1
+    # as the plan says (ensure_plan already ruled it out for smallcnn zoos and groups of one);
+    # one-at-a-time training (a benchmark's) has no slots
+    refill = bool(plan.get("refill", False)) and not reference
     if refill:
         opts = replace(opts, min_slots=2)
     trainer = GroupTrainer(cfg, data, list(spec.checkpoints), opts)
@@ -544,7 +545,7 @@ def _train_shard_groups(spec, s, gs, cfg, data, opts, trainer, reference, parts_
 def _train_shard_refill(spec, s, gs, trainer, parts_dir, write_part, bar,
                         progress) -> list[tuple[Path, None]]:
     """With refill: the models no valid part holds yet, queued per group key through ``gs``
-    slots; a part is written whenever ``gs`` models have finished, and at the end.
+    slots; a part is written whenever ``gs`` models have finished, and at the end of each queue.
 
     (smallcnn zoos keep fixed groups: their trainer, zoo/smallcnn.py, counts optimizer steps
     per group, not per model, so a refilled slot would start Adam mid-count.)"""

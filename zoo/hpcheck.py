@@ -79,12 +79,9 @@ def _snake(value) -> str:
 
 
 def _words(dist) -> str:
-    """A distribution in words, as the table prints it."""
-    p = dist.params
+    """A sampled (non-constant) distribution in words, as the table prints it."""
     if dist.kind == "choice":
-        return "one of " + ", ".join(str(v) for v in p["values"])
-    if dist.kind == "constant":
-        return f"= {p['value']}"
+        return "one of " + ", ".join(str(v) for v in dist.params["values"])
     lo, hi = sorted(float(v) for v in dist.support())
     kind = {"loguniform": "log-uniform", "pow10": "log-uniform", "randint": "integers"}.get(dist.kind, dist.kind)
     return f"{kind} [{_fmt(lo)}, {_fmt(hi)}]"
@@ -95,16 +92,10 @@ def _fmt(x: float) -> str:
 
 
 def _numeric(name: str, dist, values: np.ndarray) -> Row:
-    p = dist.params
-    if dist.kind == "constant":
-        lo = hi = float(p["value"])
-    else:
-        lo, hi = sorted(float(v) for v in dist.support())
+    lo, hi = sorted(float(v) for v in dist.support())
     log = dist.kind in ("loguniform", "pow10")
     vmin, vmax = float(values.min()), float(values.max())
-    words = {"loguniform": "log-uniform", "pow10": "log-uniform", "uniform": "uniform",
-             "randint": "integers", "constant": "constant"}.get(dist.kind, dist.kind)
-    spec_s = f"{words} [{_fmt(lo)}, {_fmt(hi)}]" if lo != hi else f"= {_fmt(lo)}"
+    spec_s = _words(dist)
     zoo_s = f"[{_fmt(vmin)}, {_fmt(vmax)}] over {len(values)} runs"
     tol = 1e-9 * max(abs(lo), abs(hi), 1e-300)  # float text round trips
     outside = values[(values < lo - tol) | (values > hi + tol)]
@@ -127,10 +118,10 @@ def _numeric(name: str, dist, values: np.ndarray) -> Row:
 
 
 def _choice(name: str, dist, values: pd.Series) -> Row:
-    allowed = [str(v) for v in (dist.params["values"] if dist.kind == "choice" else [dist.params["value"]])]
+    allowed = [str(v) for v in dist.params["values"]]
     norm = {_snake(v): v for v in allowed}
     counts = values.astype(str).map(lambda v: _snake(v)).value_counts()
-    spec_s = "one of " + ", ".join(allowed)
+    spec_s = _words(dist)
     zoo_s = ", ".join(f"{k} ({n})" for k, n in counts.items())
     extra = [k for k in counts.index if k not in norm]
     unused = [v for k, v in norm.items() if k not in counts.index]
@@ -145,13 +136,8 @@ def _choice(name: str, dist, values: pd.Series) -> Row:
     return Row(name, spec_s, zoo_s, None, "ok")
 
 
-def _is_number(dist) -> bool:
-    if dist.kind == "choice":
-        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dist.params["values"])
-    if dist.kind == "constant":
-        v = dist.params["value"]
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    return True
+def _numeric_choice(dist) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dist.params["values"])
 
 
 def compare(table: pd.DataFrame, spec: ZooSpec, names: dict | None = None, config: tuple = ()) -> list[Row]:
@@ -162,16 +148,16 @@ def compare(table: pd.DataFrame, spec: ZooSpec, names: dict | None = None, confi
     reported when it varies but the spec does not sample it. Every run in the table counts,
     diverged ones too (they were drawn from the same distributions; the Small CNN Zoo importer
     drops runs cut short by NaN, so those are not in its table)."""
-    cols = {(names or {}).get(c, c): c for c in table.columns}
+    names = names or {}
+    cols = {names.get(c, c): c for c in table.columns}
+    sampled = {n: d for n, d in spec.hparams.items() if d.kind != "constant"}
     rows = []
-    for name, dist in spec.hparams.items():
-        if dist.kind == "constant" or name not in cols:
-            if name not in cols and dist.kind != "constant":
-                rows.append(Row(name, _words(dist), "-", None, "missing",
-                                "the zoo's table has no such column"))
+    for name, dist in sampled.items():
+        if name not in cols:
+            rows.append(Row(name, _words(dist), "-", None, "missing", "the zoo's table has no such column"))
             continue
         col = table[cols[name]]
-        if _is_number(dist) and dist.kind != "choice":
+        if dist.kind != "choice":
             values = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
             bad = col[~np.isfinite(values)]
             if len(bad):
@@ -179,17 +165,16 @@ def compare(table: pd.DataFrame, spec: ZooSpec, names: dict | None = None, confi
                                 f"value {bad.iloc[0]!r} is not a number"))
                 continue
             rows.append(_numeric(name, dist, values))
-        elif _is_number(dist):  # numeric choice, e.g. train fraction {0.1, 0.25, 0.5, 1}
+        elif _numeric_choice(dist):  # e.g. train fraction {0.1, 0.25, 0.5, 1}
             values = pd.to_numeric(col, errors="coerce")
             text = values.map(lambda v: f"{v:g}").where(values.notna(), col.astype(str))
             rows.append(_choice(name, _as_text(dist), text))
         else:
             rows.append(_choice(name, dist, col))
-    sampled = {n for n, d in spec.hparams.items() if d.kind != "constant"}
     for c in config:
-        if c in table.columns and (names or {}).get(c, c) not in sampled and table[c].nunique(dropna=False) > 1:
+        if c in table.columns and names.get(c, c) not in sampled and table[c].nunique(dropna=False) > 1:
             counts = table[c].astype(str).value_counts()
-            rows.append(Row((names or {}).get(c, c), "not sampled", ", ".join(f"{k} ({n})" for k, n in
+            rows.append(Row(names.get(c, c), "not sampled", ", ".join(f"{k} ({n})" for k, n in
                                                                                counts.head(6).items()),
                             None, "unmodelled", f"the zoo's runs use {len(counts)} values; the spec uses one"))
     return rows
