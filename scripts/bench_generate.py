@@ -5,7 +5,9 @@ Variants (pick with --variants, comma-separated; all alternate A B A B in one pr
 
   group:<M>:<opts>  the group trainer with M models; opts joined by '+': fp32 (default), bf16,
                     cl (channels-last), static (padded tail, fixed M), compile (torch.compile),
-                    graph (with compile: CUDA graphs for forward + backward)
+                    graph (with compile: CUDA graphs for forward + backward),
+                    unfused (the input pipeline before GPU_PLAN Z3: normalise, augment,
+                    transpose, cast, copy; the default gathers straight into the layout)
   r0                today's one-net path (zoo.train.AloneRun: eager fp32, torch.optim, a host
                     sync per step for the divergence check and the lr)
   r1                the one-net path given its best shot: bf16 (CUDA; --r1-bf16 on CPU),
@@ -44,7 +46,7 @@ from zoo import data as image_data  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
 from zoo.nets import build_net  # noqa: E402
 from zoo.spec import load_spec, validate_for_data  # noqa: E402
-from zoo.train import (BETAS, EPS, AloneRun, GroupTrainer, Job, TrainOptions, _aug_sizes, _batch,  # noqa: E402
+from zoo.train import (BETAS, EPS, AloneRun, GroupTrainer, Job, TrainOptions, _aug_sizes,  # noqa: E402
                        _data_gen, _schedule_tensors, _stack_plans, epoch_plan, lr_factor, smoothed_ce,
                        steps_per_epoch, train_subset)
 
@@ -114,8 +116,11 @@ class R1:
         self.bf16 = bf16
         self.loss = torch.compile(self._loss, mode=compile_mode, dynamic=False) if compile_mode else self._loss
 
-    def _loss(self, x, y):
-        x = x.contiguous(memory_format=torch.channels_last)
+    def _loss(self, batch):
+        # the group trainer's fused input pipeline (one net: M = 1), compiled with the step
+        x = image_data.grouped_batch(self.data, self.data.x_train, batch["order"], batch["flip"], batch["shift"],
+                                     batch["center"], self.translate, self.cutout, channels_last=True)
+        y = self.data.y_train[batch["order"][0]]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return smoothed_ce(self.net(x), y, self.hp["label_smoothing"])
 
@@ -126,8 +131,7 @@ class R1:
 
     def step(self):
         sl = slice(self.s * self.B, (self.s + 1) * self.B)
-        x, y = _batch(self.data, self.plan["order"][:, sl], self.plan, sl, self.translate, self.cutout)
-        loss = self.loss(x[0], y[0])
+        loss = self.loss({k: v[:, sl] for k, v in self.plan.items()})
         self.bad |= ~torch.isfinite(loss)  # read once per epoch by a real trainer, never here
         loss.backward()
         self.lr.copy_(self.base_lr * lr_factor(self.steps, *self.sched)[0])
@@ -208,15 +212,15 @@ def build_variants(args, spec, cfg, data) -> list[Variant]:
             if len(rest) not in (1, 2):
                 raise SystemExit(f"--variants: {name!r}; expected group:<M> or group:<M>:<opts>")
             M, flags = int(rest[0]), set((rest[1] if len(rest) > 1 else "fp32").split("+"))
-            unknown = flags - {"fp32", "bf16", "cl", "static", "compile", "graph"}
+            unknown = flags - {"fp32", "bf16", "cl", "static", "compile", "graph", "unfused"}
             if unknown:
                 raise SystemExit(f"--variants: unknown group option {sorted(unknown)[0]!r} in {name!r}; "
-                                 "allowed: fp32, bf16, cl, static, compile, graph")
+                                 "allowed: fp32, bf16, cl, static, compile, graph, unfused")
             if "graph" in flags and "compile" not in flags:
                 raise SystemExit(f"--variants: {name!r}: 'graph' needs 'compile' (the graphs are Inductor's)")
             opts = TrainOptions(device=args.device, bf16="bf16" in flags, channels_last="cl" in flags,
                                 static_shapes="static" in flags, compile="compile" in flags,
-                                cuda_graphs="graph" in flags)
+                                cuda_graphs="graph" in flags, fused_input="unfused" not in flags)
             run = GroupTrainer(cfg, data, ["final"], opts).start(jobs_for(spec, M, fraction=args.fraction))
             out.append(Variant(name, _window(args, run), M * frac, epochs_of(run, 1), units=E))
         elif kind == "r0":

@@ -23,6 +23,7 @@ listed as skipped:
   i  the metanets' lr sweep and seeds trained stacked (metanets.stack) against run by run
   k  bf16 against fp32 on 64 models: per-model and distribution |Δacc| (scripts/check_bf16_accuracy.py)
   j  NFN-NP/HNP and graph metanet epoch times on synthetic smallcnns (issue 11)
+  l  the input pipeline alone: fused gather (Z3) vs the old path vs compiled, M=128 (bench_input.py)
 
 Not in this session (it alone takes about 10 minutes): the paper-scale metanet table, really
 run on two 10,000-net zoos -- `python scripts/bench_metanet_table.py --device cuda`.
@@ -141,9 +142,13 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
         PY, "scripts/bench_metanets.py", "--device", dev, "--arch", "smallcnn", "--in-channels", "1",
         "--models", "64" if dry else "2000", "--metanets", "mlp,nfn-np,nfn-hnp,graph", "--epochs", "1",
         "--windows", "2" if dry else "3", "--no-read", "--no-stack"], 120))
+    # GPU_PLAN Z3: the fused input gather against the old path, alone (about 30 s with a compile)
+    out.append(("l", "input pipeline: fused gather (Z3) vs the old path", [
+        PY, "scripts/bench_input.py", "--device", dev, "--models", "4" if dry else "128", "--windows",
+        "2" if dry else "5"], 90))
     # Most needed first: when the budget runs out, what is left is what matters least. The order:
-    # a, b (resnet8), c, d, f (plain), i, k, b (wasym), g, e, h (metanets), f (refill), h (DMC), j.
-    out = [out[i] for i in (0, 1, 3, 4, 6, 11, 12, 2, 8, 5, 9, 7, 10, 13)]
+    # a, b (resnet8), c, d, l, f (plain), i, k, b (wasym), g, e, h (metanets), f (refill), h (DMC), j.
+    out = [out[i] for i in (0, 1, 3, 4, 14, 6, 11, 12, 2, 8, 5, 9, 7, 10, 13)]
     # a loaded 2-core CPU is far slower than the GPU these limits are sized for
     return [(k, t, c, limit * 3 if dry else limit) for k, t, c, limit in out]
 

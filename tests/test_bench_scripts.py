@@ -9,7 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts import bench_generate, bench_metanets, bench_shard, check_bf16_accuracy, gpu_check  # noqa: E402
+from scripts import (bench_generate, bench_input, bench_metanets, bench_shard, check_bf16_accuracy,  # noqa: E402
+                     gpu_check)
 from zoo.benchtools import Spread, Variant, alternate  # noqa: E402
 
 
@@ -65,7 +66,10 @@ def test_every_command_of_the_gpu_session_is_accepted_by_its_script(dry):
         if cmd[1].endswith("check_bf16_accuracy.py"):
             args = check_bf16_accuracy.parse_args(cmd[2:])
             assert args.dry_run if dry else (args.models == 64 and args.device == "cuda")
-    assert {k for k, *_ in gpu_check.sections(dry)} >= set("abcdefghijk")
+        if cmd[1].endswith("bench_input.py"):
+            args = bench_input.parse_args(cmd[2:])
+            assert args.models == (4 if dry else 128) and args.windows == (2 if dry else 5)
+    assert {k for k, *_ in gpu_check.sections(dry)} >= set("abcdefghijkl")
 
 
 def test_bench_generate_refuses_an_unknown_variant_with_one_line(digits):
@@ -128,3 +132,20 @@ def zoo_weights(path):
     import zoo
 
     return zoo.open(path).weights()
+
+
+def test_the_input_benchmark_times_fused_against_unfused_and_checks_they_agree(capsys, monkeypatch):
+    """scripts/bench_input.py: both pipelines, fp32 and bf16 + channels-last, median [min, max]
+    per variant; it refuses to time two variants that build different inputs."""
+    assert bench_input.main(["--models", "2", "--steps", "1", "--windows", "2"]) == 0
+    out = capsys.readouterr().out
+    for v in ("fused fp32", "unfused fp32", "fused bf16+cl", "unfused bf16+cl"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(v + " "))
+        assert "n=2" in line and "[" in line, line
+    assert "every variant builds the same input" in out
+    with pytest.raises(SystemExit, match="--windows: 0"):
+        bench_input.parse_args(["--windows", "0"])
+    old = bench_input._batch
+    monkeypatch.setattr(bench_input, "_batch", lambda *a: (old(*a)[0].flip(-2), old(*a)[1]))  # rows mirrored
+    with pytest.raises(SystemExit, match="unfused fp32: builds another input than fused fp32"):
+        bench_input.main(["--models", "2", "--steps", "1", "--windows", "1"])

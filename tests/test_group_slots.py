@@ -2,6 +2,8 @@
 
 Each changes how a group is scheduled or run, never what a model computes: a model comes out
 as it does trained alone (and, on the CPU, bit for bit as the plain group path gives it)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -119,7 +121,7 @@ def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
     did). The recording backend only traces, so this runs in seconds."""
     import torch
 
-    from zoo.data import augment
+    from zoo.data import augment, grouped_batch
     from zoo.train import _optimizer_step
 
     torch._dynamo.reset()
@@ -140,11 +142,17 @@ def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
     strict = dict(fullgraph=True, backend=record, dynamic=False)
     for cutout in (run.cutout, torch.full((n,), 2)):  # group-constant int, or one size per image
         torch.compile(augment, **strict)(x, flat("flip"), flat("shift"), flat("center"), run.translate, cutout)
-    xb = torch.randn(len(js), B, 1, 8, 8)
-    yb = run.plan["order"][:, sl] % 10
-    loss = torch.compile(run._forward_loss, **strict)(run.g.flat, xb, yb, run.hp_t["label_smoothing"][:, None],
-                                                      torch.ones(B))
-    loss.sum().backward()
+    for cutout in (run.cutout, torch.full((len(js),), 2)):  # the same for the fused gather (Z3)
+        torch.compile(grouped_batch, **strict)(digits, digits.x_train, run.plan["order"][:, sl], run.plan["flip"][:, sl],
+                                               run.plan["shift"][:, sl], run.plan["center"][:, sl], 2, cutout,
+                                               torch.float32, True)
+    batch = {k: v[:, sl] for k, v in run.plan.items()}
+    # the step from its draws to the loss: the fused input pipeline (Z3) and the old one
+    for fused in (True, False):
+        run.opts = dataclasses.replace(run.opts, fused_input=fused)
+        loss = torch.compile(run._forward_loss, **strict)(run.g.flat, batch, run.hp_t["label_smoothing"][:, None],
+                                                          torch.ones(B))
+        loss.sum().backward()
     torch.compile(_optimizer_step, **strict)(run.g, run.state, run.hp_t, torch.ones(len(js)),
                                              torch.ones(len(js), dtype=torch.float64), "adamw", set())
     assert reads == []

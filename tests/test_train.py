@@ -148,3 +148,71 @@ def test_augmentation_translates_flips_and_cuts_out_per_image():
     hole = torch.zeros(5, 5, dtype=torch.bool)
     hole[1:3, 1:3] = True
     assert torch.equal(out[1, 0][~hole], flipped[~hole]) and bool((out[1, 0][hole] == 0).all())
+
+
+def _reference_input(data, idx, flip, shift, center, translate, cutout, dtype, channels_last):
+    """The group's input the long way: normalise, augment image by image, transpose, cast."""
+    from zoo.grouped import GroupState
+
+    M, b = idx.shape
+    x = data.normalize(data.x_train[idx])
+    if flip is not None:
+        cut = cutout if isinstance(cutout, int) else cutout.repeat_interleave(b)
+        x = augment(x.reshape(M * b, *x.shape[2:]), flip.reshape(-1), shift.reshape(-1, 2), center.reshape(-1, 2),
+                    translate, cut).view(x.shape)
+    return GroupState.layout_input(x, channels_last, dtype)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_fused_input_equals_normalise_augment_and_layout_bit_for_bit(channels_last, dtype):
+    """GPU_PLAN Z3: grouped_batch computes each input pixel once, from the uint8 source pixel
+    its flip and translation point at, straight into the group's layout. Every value and the
+    memory layout (strides) must be those of the long way, for translations 0-3, flips,
+    cutout off / shared / one side per model (0 = off for that model), and without
+    augmentation (evaluation)."""
+    from zoo.data import ImageData, grouped_batch
+
+    g = torch.Generator().manual_seed(0)
+    N, C, H, W, M, b = 40, 3, 8, 9, 4, 7  # H != W: rows and columns cannot be swapped unnoticed
+    X = torch.randint(0, 256, (N, C, H, W), generator=g, dtype=torch.uint8)
+    y = torch.zeros(N, dtype=torch.long)
+    data = ImageData("t", X, y, X, y, torch.tensor([0.3, 0.5, 0.4]), torch.tensor([0.2, 0.25, 0.3]))
+    seen_pad = seen_hole = 0
+    for trial in range(24):
+        T = trial % 4
+        idx = torch.randint(0, N, (M, b), generator=g)
+        flip = torch.rand(M, b, generator=g) < 0.5
+        shift = torch.randint(-T, T + 1, (M, b, 2), generator=g)
+        center = torch.stack([torch.randint(0, H, (M, b), generator=g), torch.randint(0, W, (M, b), generator=g)], -1)
+        cutout = [0, 3, torch.tensor([0, 2, 4, 5])][trial % 3]
+        for aug in (True, False):
+            args = (idx, flip, shift, center) if aug else (idx, None, None, None)
+            want = _reference_input(data, *args, T, cutout, dtype, channels_last)
+            got = grouped_batch(data, X, *args, translate=T, cutout=cutout, dtype=dtype, channels_last=channels_last)
+            assert got.shape == want.shape == (b, M * C, H, W)
+            assert got.dtype == dtype and got.stride() == want.stride()
+            assert torch.equal(got, want), f"trial {trial}, augmentation {aug}"
+            zeros = int((want == 0).sum())
+            seen_pad += aug and T > 0 and zeros > 0
+            seen_hole += aug and not isinstance(cutout, int) and zeros > 0
+    assert seen_pad and seen_hole, "the trials reach the padding and the per-model cutout"
+
+
+def test_fused_and_unfused_input_train_the_same_models(digits):
+    """The trainer with the fused input (the default) and with the old path: fp32 weights,
+    losses and accuracies at every checkpoint bit for bit equal (translation, flips and
+    cutout on)."""
+    import dataclasses
+
+    from zoo.train import TrainOptions
+
+    js = jobs(optimizer="adamw")
+    ckpts = [1, "final"]
+    fused = GroupTrainer(CFG, digits, ckpts, TrainOptions()).train(js)
+    old = GroupTrainer(CFG, digits, ckpts, dataclasses.replace(TrainOptions(), fused_input=False)).train(js)
+    for a, b in zip(fused, old):
+        assert a.weights.keys() == b.weights.keys()
+        for ck in a.weights:
+            assert np.array_equal(a.weights[ck], b.weights[ck]), f"model {a.model_id} at {ck}"
+        assert a.metrics == b.metrics

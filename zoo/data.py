@@ -227,3 +227,66 @@ def augment(x: torch.Tensor, flip, shift, center, translate: int, cutout) -> tor
     in_c = (c >= lo_c) & (c < lo_c + side)
     hole = in_r[:, :, None] & in_c[:, None, :]
     return x.masked_fill(hole[:, None], 0.0)  # 0 = the channel mean after normalisation
+
+
+def grouped_batch(data: ImageData, X: torch.Tensor, idx: torch.Tensor, flip=None, shift=None, center=None,
+                  translate: int = 0, cutout=0, dtype=None, channels_last: bool = False) -> torch.Tensor:
+    """Images ``X[idx]`` for a group of M models, gathered, normalised and augmented straight
+    into the grouped nets' input layout ``[b, M*C, H, W]`` (GPU_PLAN Z3).
+
+    ``idx [M, b]``: model k's images in row k. ``flip``/``shift``/``center [M, b(, 2)]`` and
+    ``translate``/``cutout`` as in :func:`augment` (``cutout`` an int, or one side per model,
+    ``[M]``); ``flip=None`` means no augmentation (evaluation). With ``channels_last`` the
+    result has channels-last strides (memory ``[b, H, W, M, C]``), else it is contiguous.
+
+    Every output pixel is computed once: its source pixel (flip, then translation) is read as
+    uint8 by one broadcast gather, normalised, and set to 0 (the channel mean) where the
+    translation reads padding or the cutout square covers it; channels-last and the cast
+    are one copy at the end. The values are bit for bit those of ``normalize`` +
+    :func:`augment` followed by the group's transpose and layout copy (``tests/test_train.py``),
+    in about four passes over the batch instead of about ten (``scripts/bench_input.py``), and
+    under ``torch.compile`` in one kernel."""
+    M, b = idx.shape
+    _, C, H, W = X.shape
+    dev = idx.device
+    # [b, M]-major copies of the (small) per-image draws: the elementwise ops below lay out
+    # their results in their inputs' memory order
+    ib = idx.T.contiguous()
+    r = torch.arange(H, device=dev)
+    c = torch.arange(W, device=dev)
+    if flip is None:
+        rows, cols = r[None, None, :].expand(b, M, H), c[None, None, :].expand(b, M, W)
+        off = None
+    else:
+        fb, sb, cb = (t.transpose(0, 1).contiguous() for t in (flip, shift, center))  # [b, M(, 2)]
+        T = int(translate)
+        rows = r - sb[..., 0:1] if T else r[None, None, :].expand(b, M, H)  # [b, M, H] source rows
+        cols = c - sb[..., 1:2] if T else c[None, None, :].expand(b, M, W)  # before the flip
+        off = None  # [b, M, H, W]: pixels set to 0 (translation padding, the cutout square)
+        if T:
+            off = ((rows < 0) | (rows >= H))[..., :, None] | ((cols < 0) | (cols >= W))[..., None, :]
+            rows, cols = rows.clamp(0, H - 1), cols.clamp(0, W - 1)
+        # the flip mirrors the image before it is translated: column w' of the flipped image
+        # is column W-1-w' of the source
+        cols = torch.where(fb[..., None], W - 1 - cols, cols)
+        if not (isinstance(cutout, int) and cutout == 0):
+            side = cutout if isinstance(cutout, int) else cutout[None, :, None]  # [1, M, 1]
+            lo_r, lo_c = cb[..., 0:1] - side // 2, cb[..., 1:2] - side // 2
+            hole = (((r >= lo_r) & (r < lo_r + side))[..., :, None]
+                    & ((c >= lo_c) & (c < lo_c + side))[..., None, :])  # [b, M, H, W]
+            off = hole if off is None else off | hole
+    # One gather in [b, M, C, H, W] order: neighbouring outputs read neighbouring pixels of
+    # one image row (coalesced on a GPU); channels-last comes from the final cast's copy.
+    ch = torch.arange(C, device=dev)
+    u8 = X[ib[:, :, None, None, None], ch[:, None, None], rows[:, :, None, :, None], cols[:, :, None, None, :]]
+    # The gather may lay its result out in its indices' order; the layout is fixed here, on
+    # the smallest copy of the batch (uint8), so everything after it is contiguous.
+    x = u8.contiguous().to(torch.get_default_dtype()).div_(255.0)
+    x.sub_(data.mean.view(C, 1, 1)).div_(data.std.view(C, 1, 1))  # = normalize(), in place
+    if off is not None:
+        x.masked_fill_(off[:, :, None], 0.0)  # in place: x keeps its (contiguous) layout
+    x = x.view(b, M * C, H, W)
+    dtype = dtype or x.dtype
+    if channels_last:
+        return torch.empty(x.shape, dtype=dtype, device=dev, memory_format=torch.channels_last).copy_(x)
+    return x if dtype == x.dtype else x.to(dtype)

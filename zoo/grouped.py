@@ -118,11 +118,21 @@ class GroupState:
 
         ``flat``: the parameters to use (default ``self.flat``), an explicit input for
         ``torch.compile``."""
+        return self.forward_input(self.layout_input(x, channels_last, dtype), training, dtype, flat)
+
+    @staticmethod
+    def layout_input(x: torch.Tensor, channels_last: bool = False, dtype=torch.float32) -> torch.Tensor:
+        """``[M, B, C, H, W]`` -> the group's input ``[B, M*C, H, W]`` in ``dtype`` (a copy;
+        :func:`zoo.data.grouped_batch` writes this layout directly)."""
         M, B = x.shape[:2]
         h = x.transpose(0, 1).reshape(B, M * x.shape[2], *x.shape[3:]).to(dtype)
-        if channels_last:
-            h = h.contiguous(memory_format=torch.channels_last)
-        ops = GroupedOps(self.template, self.params(dtype, flat), self.bn, M, training, self.mixes)
+        return h.contiguous(memory_format=torch.channels_last) if channels_last else h
+
+    def forward_input(self, h: torch.Tensor, training: bool, dtype=torch.float32,
+                      flat: torch.Tensor | None = None) -> torch.Tensor:
+        """The group's input ``h [B, M*C, H, W]`` (model k's images in channels
+        ``[k*C, (k+1)*C)``, in ``dtype``) -> logits ``[M, B, K]``."""
+        ops = GroupedOps(self.template, self.params(dtype, flat), self.bn, self.M, training, self.mixes)
         return self.template._run(h, ops)
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .data import ImageData, augment, epoch_plan, train_subset
+from .data import ImageData, augment, epoch_plan, grouped_batch, train_subset
 from .grouped import GroupState
 from .layout import Layout
 from .nets import NetConfig, build_net, derived_seed
@@ -85,6 +85,11 @@ class TrainOptions:
     # share its group or when (measured bit for bit), which is what lets `zoo generate` resume
     # a refilled shard with whatever models are left and still write the uninterrupted zoo.
     min_slots: int = 1
+    # Gather, normalise and augment each batch straight into the group's input layout, one
+    # pass (GPU_PLAN Z3; with compile, fused into the compiled step). False: the earlier
+    # path (normalise, augment, transpose, cast, layout copy), kept for A/B benchmarks. The
+    # inputs are bit for bit the same either way.
+    fused_input: bool = True
 
     def apply(self):
         if self.device.startswith("cuda"):
@@ -272,9 +277,21 @@ class GroupRun:
         self.s = 0
         self.bad = torch.zeros(self.M, dtype=torch.bool, device=self.opts.device)
 
-    def _forward_loss(self, flat, x, y, smoothing, weight):
-        logits = self.g.forward(x, training=True, channels_last=self.opts.channels_last, dtype=self.dtype, flat=flat)
-        return smoothed_ce(logits, y, smoothing, weight)
+    def _input(self, batch: dict) -> torch.Tensor:
+        """The group's input ``[B, M*C, H, W]`` for one step's draws ``batch`` (plan slices
+        ``[M, B]``)."""
+        cl = self.opts.channels_last
+        if self.opts.fused_input:
+            return grouped_batch(self.data, self.data.x_train, batch["order"], batch["flip"], batch["shift"],
+                                 batch["center"], self.translate, self.cutout, self.dtype, cl)
+        x, _ = _batch(self.data, batch["order"], batch, slice(None), self.translate, self.cutout)
+        return self.g.layout_input(x, cl, self.dtype)
+
+    def _forward_loss(self, flat, batch, smoothing, weight):
+        """Per-model loss ``[M]`` of one step, from its draws to the loss (input pipeline
+        included, so that a compiled step fuses it too)."""
+        logits = self.g.forward_input(self._input(batch), training=True, dtype=self.dtype, flat=flat)
+        return smoothed_ce(logits, self.data.y_train[batch["order"]], smoothing, weight)
 
     def _compiled_loss(self):
         # dynamic=False: static shapes are the point; a second shape (a BatchNorm tail)
@@ -294,8 +311,8 @@ class GroupRun:
             plan = {k: torch.cat([v[:, sl], v[:, :pad]], dim=1) for k, v in self.plan.items()}
             order, sl = plan["order"], slice(0, B)
             weight = torch.cat([torch.ones(B - pad, device=order.device), torch.zeros(pad, device=order.device)])
-        x, y = _batch(self.data, order, plan, sl, self.translate, self.cutout)
-        loss = self._loss(self.g.flat, x, y, self.hp_t["label_smoothing"][:, None], weight)
+        batch = {k: v[:, sl] for k, v in plan.items()}
+        loss = self._loss(self.g.flat, batch, self.hp_t["label_smoothing"][:, None], weight)
         finite = torch.isfinite(loss)
         self.bad |= ~finite
         # A model whose loss is not finite gets no gradient from it; its own NaNs stay in
@@ -465,8 +482,11 @@ def _evaluate(g: GroupState, X, Y, idx, data: ImageData, opts: TrainOptions, cap
     dtype = torch.bfloat16 if opts.bf16 else torch.get_default_dtype()
     for i in range(0, n, per):
         j = idx[:, i:i + per]
-        logits = g.forward(data.normalize(X[j]), training=False, channels_last=opts.channels_last,
-                           dtype=dtype)
+        if opts.fused_input:
+            h = grouped_batch(data, X, j, dtype=dtype, channels_last=opts.channels_last)
+        else:
+            h = g.layout_input(data.normalize(X[j]), opts.channels_last, dtype)
+        logits = g.forward_input(h, training=False, dtype=dtype)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         y = Y[j]
         loss += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").double().sum(1)
