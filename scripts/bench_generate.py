@@ -7,7 +7,9 @@ Variants (pick with --variants, comma-separated; all alternate A B A B in one pr
                     cl (channels-last), static (padded tail, fixed M), compile (torch.compile),
                     graph (with compile: CUDA graphs for forward + backward),
                     unfused (the input pipeline before GPU_PLAN Z3: normalise, augment,
-                    transpose, cast, copy; the default gathers straight into the layout)
+                    transpose, cast, copy; the default gathers straight into the layout),
+                    noahead (each epoch's plans drawn at its start, not in a background
+                    thread during the epoch before)
   r0                today's one-net path (zoo.train.AloneRun: eager fp32, torch.optim, a host
                     sync per step for the divergence check and the lr)
   r1                the one-net path given its best shot: bf16 (CUDA; --r1-bf16 on CPU),
@@ -212,15 +214,16 @@ def build_variants(args, spec, cfg, data) -> list[Variant]:
             if len(rest) not in (1, 2):
                 raise SystemExit(f"--variants: {name!r}; expected group:<M> or group:<M>:<opts>")
             M, flags = int(rest[0]), set((rest[1] if len(rest) > 1 else "fp32").split("+"))
-            unknown = flags - {"fp32", "bf16", "cl", "static", "compile", "graph", "unfused"}
+            unknown = flags - {"fp32", "bf16", "cl", "static", "compile", "graph", "unfused", "noahead"}
             if unknown:
                 raise SystemExit(f"--variants: unknown group option {sorted(unknown)[0]!r} in {name!r}; "
-                                 "allowed: fp32, bf16, cl, static, compile, graph, unfused")
+                                 "allowed: fp32, bf16, cl, static, compile, graph, unfused, noahead")
             if "graph" in flags and "compile" not in flags:
                 raise SystemExit(f"--variants: {name!r}: 'graph' needs 'compile' (the graphs are Inductor's)")
             opts = TrainOptions(device=args.device, bf16="bf16" in flags, channels_last="cl" in flags,
                                 static_shapes="static" in flags, compile="compile" in flags,
-                                cuda_graphs="graph" in flags, fused_input="unfused" not in flags)
+                                cuda_graphs="graph" in flags, fused_input="unfused" not in flags,
+                                plan_ahead="noahead" not in flags)
             run = GroupTrainer(cfg, data, ["final"], opts).start(jobs_for(spec, M, fraction=args.fraction))
             out.append(Variant(name, _window(args, run), M * frac, epochs_of(run, 1), units=E))
         elif kind == "r0":

@@ -12,7 +12,8 @@ failure or a hang costs that section only, and sections left when --minutes is s
 listed as skipped:
 
   a  does F.group_norm keep a channels-last input channels-last (GPU_PLAN F1)?
-  b  group trainer vs R0 for lim2024-resnet8 and lim2024-wasym-resnet8 (bf16+cl, M=128 and 32)
+  b  group trainer vs R0 for lim2024-resnet8 and lim2024-wasym-resnet8 (bf16+cl, M=128 and 32;
+     resnet8 also as before GPU_PLAN Z3: unfused input, plans drawn at each epoch start)
   c  R1 (compiled, CUDA-graphed one net) and R2 (k=4 R1 processes) in one run with R0
   d  the static-shape group step eager vs torch.compile(dynamic=False), M=128 and M=32
   e  a 20-step profile of M=128 bf16+cl with kernel categories and copy/transpose counts
@@ -91,9 +92,13 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
         common = ["--device", dev, "--fraction", frac, "--windows", "5", "--min-window-s", "2"]
         r1 = []
     out = [("a", "GroupNorm keeps channels-last?", None, 60)]
-    for p in presets:
-        out.append(("b", f"group trainer vs R0, {p}",
-                    bg + common + ["--preset", p, "--variants", f"r0,group:{big}:bf16+cl,group:{small}:bf16+cl"], 120))
+    for i, p in enumerate(presets):
+        # the first preset also runs the group as it was before GPU_PLAN Z3 (input pipeline
+        # unfused, plans drawn at each epoch start), alternated with today's
+        before = f",group:{big}:bf16+cl+unfused+noahead" if i == 0 else ""
+        out.append(("b", f"group trainer vs R0, {p}" + (" (and before Z3)" if before else ""),
+                    bg + common + ["--preset", p, "--variants",
+                                   f"r0,group:{big}:bf16+cl{before},group:{small}:bf16+cl"], 150))
     out.append(("c", "R1 and R2 against R0", bg + common + r1 + [
         "--preset", presets[0], "--variants", "r0,r1,r2:2" if dry else "r0,r1,r2:4"], 240))
     # dry run: no compiled variant (a 3-minute compile on a CPU), the eager fp32 one instead

@@ -238,3 +238,32 @@ def test_streamed_refill_with_two_slots_at_least_equals_each_model_alone_in_floa
     streamed = {r.model_id: r for r in trainer.stream(js, slots=3)}
     alone = [train_alone(j, WASYM, digits, ckpts) for j in js]
     assert_same([streamed[a.model_id] for a in alone], alone, atol=1e-6, rel=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["refill+shrink", "refill+static"])
+def test_plans_drawn_ahead_in_a_thread_give_the_same_models(digits, one_thread, mode, monkeypatch):
+    """TrainOptions.plan_ahead draws the next epoch's data order and augmentation during the
+    current epoch, in a background thread. Models come and go between epochs (slot refill;
+    shrinking groups, or masked slots with static shapes): every model must still see exactly
+    the batches it sees with the plans drawn at each epoch start, so weights, losses and
+    accuracies are bit for bit equal; and a plan drawn ahead must really be used."""
+    import zoo.train as train
+
+    js = six_jobs(optimizer="adamw")
+    base = TrainOptions(static_shapes=mode.endswith("static"), min_slots=1)
+    used, draw = [], train.epoch_plan
+
+    def counting(gen, subset, hp, hw):
+        import threading
+        used.append(threading.current_thread().name.startswith("metazoo-plans"))
+        return draw(gen, subset, hp, hw)
+
+    monkeypatch.setattr(train, "epoch_plan", counting)
+    ahead = GroupTrainer(WASYM, digits, [1, "final"], base).train(js, slots=3)
+    n_ahead = sum(used)
+    now = GroupTrainer(WASYM, digits, [1, "final"], dataclasses.replace(base, plan_ahead=False)).train(js, slots=3)
+    assert n_ahead > 0 and sum(used) == n_ahead, "drawn ahead only with plan_ahead"
+    for a, b in zip(ahead, now):
+        for ck in b.weights:
+            assert np.array_equal(a.weights[ck], b.weights[ck]), f"model {a.model_id} at {ck}"
+        assert a.metrics == b.metrics

@@ -17,7 +17,9 @@ torch.compile), never what is computed.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +92,11 @@ class TrainOptions:
     # path (normalise, augment, transpose, cast, layout copy), kept for A/B benchmarks. The
     # inputs are bit for bit the same either way.
     fused_input: bool = True
+    # Draw each model's next epoch of data order and augmentation in a background thread while
+    # this epoch trains (GPU_PLAN Z3): the draws come from the same per-model generators in the
+    # same order, so the plans are the same; the device no longer waits for them at every
+    # epoch start. False: drawn at the epoch start (for A/B benchmarks).
+    plan_ahead: bool = True
 
     def apply(self):
         if self.device.startswith("cuda"):
@@ -175,6 +182,19 @@ def _stack_plans(plans, device):
     return {k: torch.stack([p[k] for p in plans]).to(device, non_blocking=True) for k in plans[0]}
 
 
+_PLANNER: ThreadPoolExecutor | None = None
+_PLANNER_LOCK = threading.Lock()
+
+
+def _planner() -> ThreadPoolExecutor:
+    """The one background thread that draws epoch plans ahead (one at a time, in order)."""
+    global _PLANNER
+    with _PLANNER_LOCK:
+        if _PLANNER is None:
+            _PLANNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metazoo-plans")
+        return _PLANNER
+
+
 def _hp_tensors(hps: list[dict], device) -> dict:
     def t(k):
         return torch.tensor([h[k] for h in hps], dtype=torch.get_default_dtype(), device=device)
@@ -222,6 +242,7 @@ class GroupRun:
         self.pad_tail = opts.static and cfg.norm == "groupnorm" and self.n_tail < self.B
         self._loss = self._compiled_loss() if opts.compile else self._forward_loss
         self.plans_cpu: list[dict | None] = [None] * len(jobs)
+        self._ahead = None  # Future of {model_id: (job, plan)}: the next epoch's draws
 
     @property
     def M(self) -> int:
@@ -269,10 +290,24 @@ class GroupRun:
 
     # ---------------------------------------------------------------- steps
     def start_epoch(self):
-        """Draw this epoch's data order and augmentation for every live slot."""
-        for k, j in enumerate(self.jobs):
-            if j is not None:
-                self.plans_cpu[k] = epoch_plan(self.gens[k], self.subsets[k], j.hp, self.hw)
+        """This epoch's data order and augmentation for every live slot: drawn ahead during
+        the last epoch (``TrainOptions.plan_ahead``) for the models that were in the group
+        then, drawn now for the models placed since."""
+        ahead = self._ahead.result() if self._ahead is not None else {}
+        self._ahead = None
+        live = [(k, j) for k, j in enumerate(self.jobs) if j is not None]
+        for k, j in live:
+            got = ahead.get(j.model_id)
+            # the same Job object: a model placed since has a new generator, drawn from here
+            self.plans_cpu[k] = got[1] if got is not None and got[0] is j else \
+                epoch_plan(self.gens[k], self.subsets[k], j.hp, self.hw)
+        if self.opts.plan_ahead:
+            # Each generator is touched by one thread at a time: the planner now, the main
+            # thread again only at the next start_epoch (after .result()) or never (a model
+            # that finishes: its extra draw is dropped; a placed model gets a new generator).
+            todo = [(j, self.gens[k], self.subsets[k]) for k, j in live]
+            self._ahead = _planner().submit(
+                lambda: {j.model_id: (j, epoch_plan(gen, sub, j.hp, self.hw)) for j, gen, sub in todo})
         self.plan = _stack_plans(self.plans_cpu, self.opts.device)
         self.s = 0
         self.bad = torch.zeros(self.M, dtype=torch.bool, device=self.opts.device)
