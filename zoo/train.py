@@ -332,6 +332,10 @@ class GroupRun:
         # dynamic=False: static shapes are the point; a second shape (a BatchNorm tail)
         # compiles once more instead of going symbolic (GPU_PLAN F3).
         mode = "reduce-overhead" if self.opts.cuda_graphs else None
+        if self.opts.cuda_graphs and self.opts.device.startswith("cuda"):
+            # The training images are read inside the graph (the fused input): a graph input
+            # at a fixed address, not one copied into the graph's own buffer at every replay.
+            torch._dynamo.mark_static_address(self.data.x_train)
         return torch.compile(self._forward_loss, dynamic=False, mode=mode)
 
     def step(self):
