@@ -257,7 +257,9 @@ def report(variants: list[Variant], command: str) -> str:
     for name, s in spreads.items():
         x0 = f"{s.median / r0.median:6.2f}" if r0 else f"{'-':>6s}"
         xb = f"{s.median / best:13.2f}" if best else f"{'-':>13s}"
-        lines.append(f"{name:34s} {s.fmt(3):42s} {x0} {xb} {warm[name]:10.1f} {units[name]:14d}")
+        # three significant digits at least (CPU rates of CIFAR-shaped nets are about 0.01)
+        digits = max(3, 2 - math.floor(math.log10(s.median))) if s.median > 0 else 3
+        lines.append(f"{name:34s} {s.fmt(digits):42s} {x0} {xb} {warm[name]:10.1f} {units[name]:14d}")
     lines.append("warm-up s: wall time of the untimed first epoch (compilation and autotuning show here)")
     lines.append(f"command: {command}")
     return "\n".join(lines)
