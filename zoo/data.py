@@ -287,6 +287,8 @@ def grouped_batch(data: ImageData, X: torch.Tensor, idx: torch.Tensor, flip=None
         x.masked_fill_(off[:, :, None], 0.0)  # in place: x keeps its (contiguous) layout
     x = x.view(b, M * C, H, W)
     dtype = dtype or x.dtype
-    if channels_last:
+    # With M*C = 1 a contiguous tensor already is channels-last, and .contiguous(channels_last)
+    # keeps its strides: so must this (the conv kernels follow the strides).
+    if channels_last and not x.is_contiguous(memory_format=torch.channels_last):
         return torch.empty(x.shape, dtype=dtype, device=dev, memory_format=torch.channels_last).copy_(x)
     return x if dtype == x.dtype else x.to(dtype)
