@@ -149,3 +149,20 @@ def test_the_input_benchmark_times_fused_against_unfused_and_checks_they_agree(c
     monkeypatch.setattr(bench_input, "_batch", lambda *a: (old(*a)[0].flip(-2), old(*a)[1]))  # rows mirrored
     with pytest.raises(SystemExit, match="unfused fp32: builds another input than fused fp32"):
         bench_input.main(["--models", "2", "--steps", "1", "--windows", "1"])
+
+
+def test_the_input_benchmark_compiles_the_fused_gather_once_per_dtype_and_layout(capsys, monkeypatch):
+    """fused+compile must time one compiled graph per (dtype, layout), reused at every step:
+    a step number reaching the compiled function as a Python int would be a constant, one
+    compile per step, and past torch's recompile limit the steps would run eager."""
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": counter}))
+    torch._dynamo.reset()
+    assert bench_input.main(["--models", "2", "--steps", "3", "--windows", "2", "--compile"]) == 0
+    torch._dynamo.reset()
+    out = capsys.readouterr().out
+    assert any(ln.startswith("fused+compile bf16+cl ") for ln in out.splitlines())
+    assert counter.frame_count == 2
