@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.bench_generate import jobs_for, load_preset  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
 from zoo.data import grouped_batch  # noqa: E402
+from zoo.errors import ZooError  # noqa: E402
 from zoo.grouped import GroupState  # noqa: E402
 from zoo.train import _aug_sizes, _batch, _data_gen, _stack_plans, epoch_plan, train_subset  # noqa: E402
 
@@ -50,8 +51,8 @@ def parse_args(argv=None):
                     help="also time fused+compile (default: on CUDA only; on a CPU it needs a C++ compiler)")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    args.models = args.models or (128 if cuda else 16)
-    args.steps = args.steps or (20 if cuda else 2)
+    args.models = (128 if cuda else 16) if args.models is None else args.models
+    args.steps = (20 if cuda else 2) if args.steps is None else args.steps
     args.compile = cuda if args.compile is None else args.compile
     for name in ("models", "steps", "windows"):
         if getattr(args, name) < 1:
@@ -64,8 +65,13 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-    spec, cfg, data = load_preset(args.preset, args.device)
-    jobs = jobs_for(spec, args.models)
+    try:
+        torch.device(args.device)
+        spec, cfg, data = load_preset(args.preset, args.device)
+    except (ZooError, RuntimeError) as e:
+        raise SystemExit(f"--preset {args.preset} --device {args.device}: {e}") from None
+    # one group: one training fraction (a grouping key), the first model's where the preset samples it
+    jobs = jobs_for(spec, args.models, fraction=spec.sample_hparams(0)["train_fraction"])
     hw = tuple(data.x_train.shape[2:])
     plans = []
     for j in jobs:

@@ -145,6 +145,14 @@ def test_the_input_benchmark_times_fused_against_unfused_and_checks_they_agree(c
     assert "every variant builds the same input" in out
     with pytest.raises(SystemExit, match="--windows: 0"):
         bench_input.parse_args(["--windows", "0"])
+    for opt in ("--models", "--steps"):  # 0 is no default
+        with pytest.raises(SystemExit, match=f"{opt}: 0"):
+            bench_input.parse_args([opt, "0"])
+    for bad in (["--preset", "nope"], ["--device", "foo"]):
+        with pytest.raises(SystemExit, match=bad[1]):
+            bench_input.main(bad)
+    # a preset that samples the training fraction still makes one group
+    assert bench_input.main(["--preset", "digits-resnet8", "--models", "2", "--steps", "1", "--windows", "1"]) == 0
     old = bench_input._batch
     monkeypatch.setattr(bench_input, "_batch", lambda *a: (old(*a)[0].flip(-2), old(*a)[1]))  # rows mirrored
     with pytest.raises(SystemExit, match="unfused fp32: builds another input than fused fp32"):
