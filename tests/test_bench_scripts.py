@@ -174,3 +174,28 @@ def test_the_input_benchmark_compiles_the_fused_gather_once_per_dtype_and_layout
     out = capsys.readouterr().out
     assert any(ln.startswith("fused+compile bf16+cl ") for ln in out.splitlines())
     assert counter.frame_count == 2
+
+
+def test_r1_under_cuda_graphs_reads_the_training_images_in_place(monkeypatch):
+    """R1 gathers its batch inside the compiled step (the fused input), so the whole training
+    set is an input of the graph: under CUDA graphs (reduce-overhead) it must be a static
+    input, as in the group trainer, or every replay first copies the whole set (150 MB for
+    CIFAR-10) into the graph's own buffer, a handicap the best-shot reference must not have."""
+    import torch
+
+    spec, cfg, data = bench_generate.load_preset("digits-resnet8", "cpu")
+    static, real = [], torch.compile
+
+    def backend(gm, inputs):
+        static.extend(torch._dynamo.utils.get_static_address_type(t) for t in inputs
+                      if isinstance(t, torch.Tensor) and t.shape == data.x_train.shape)
+        return gm.forward
+
+    # the graph's inputs as CUDA graphs would get them, traced on the CPU
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, dynamic=False, backend=backend))
+    torch._dynamo.reset()
+    r1 = bench_generate.R1(bench_generate.jobs_for(spec, 1)[0], cfg, data, "cpu", False, "reduce-overhead")
+    r1.start_epoch()
+    r1.step()
+    torch._dynamo.reset()
+    assert static and all(s is not None for s in static), static
