@@ -116,6 +116,10 @@ class R1:
         self.translate, self.cutout = _aug_sizes([hp], device)
         self.hw = tuple(data.x_train.shape[2:])
         self.bf16 = bf16
+        if compile_mode == "reduce-overhead":
+            # as in GroupRun._compiled_loss: the graph reads the training images in place (the
+            # fused input), not from a copy of the whole set made at every replay
+            torch._dynamo.mark_static_address(data.x_train)
         self.loss = torch.compile(self._loss, mode=compile_mode, dynamic=False) if compile_mode else self._loss
 
     def _loss(self, batch):

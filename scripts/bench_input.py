@@ -10,7 +10,7 @@ step's draws (order, flips, translations, cutout centres) into the group's input
             layout (the default since Z3)
   unfused   normalise the gathered batch, flip, pad, two gathers, cutout, transpose,
             cast and layout copy (before Z3; TrainOptions(fused_input=False))
-  fused+compile   (CUDA) grouped_batch under torch.compile(dynamic=False): one kernel
+  fused+compile   (CUDA; --compile) grouped_batch under torch.compile(dynamic=False): one kernel
 
 Each variant in fp32 and in bf16 + channels-last (the CUDA default), alternated A B A B,
 after a warm-up, over --windows windows (CUDA events on GPU, wall time on CPU). Printed:
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.bench_generate import jobs_for, load_preset  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
 from zoo.data import grouped_batch  # noqa: E402
+from zoo.errors import ZooError  # noqa: E402
 from zoo.grouped import GroupState  # noqa: E402
 from zoo.train import _aug_sizes, _batch, _data_gen, _stack_plans, epoch_plan, train_subset  # noqa: E402
 
@@ -46,10 +47,13 @@ def parse_args(argv=None):
     ap.add_argument("--models", type=int, default=None, help="models in the group, M (default 16 on CPU, 128 on CUDA)")
     ap.add_argument("--steps", type=int, default=None, help="steps per window (default 2 on CPU, 20 on CUDA)")
     ap.add_argument("--windows", type=int, default=5, help="timed windows per variant (default 5)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time fused+compile (default: on CUDA only; on a CPU it needs a C++ compiler)")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    args.models = args.models or (128 if cuda else 16)
-    args.steps = args.steps or (20 if cuda else 2)
+    args.models = (128 if cuda else 16) if args.models is None else args.models
+    args.steps = (20 if cuda else 2) if args.steps is None else args.steps
+    args.compile = cuda if args.compile is None else args.compile
     for name in ("models", "steps", "windows"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name}: {getattr(args, name)}; must be at least 1")
@@ -61,8 +65,13 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-    spec, cfg, data = load_preset(args.preset, args.device)
-    jobs = jobs_for(spec, args.models)
+    try:
+        torch.device(args.device)
+        spec, cfg, data = load_preset(args.preset, args.device)
+    except (ZooError, RuntimeError) as e:
+        raise SystemExit(f"--preset {args.preset} --device {args.device}: {e}") from None
+    # one group: one training fraction (a grouping key), the first model's where the preset samples it
+    jobs = jobs_for(spec, args.models, fraction=spec.sample_hparams(0)["train_fraction"])
     hw = tuple(data.x_train.shape[2:])
     plans = []
     for j in jobs:
@@ -75,9 +84,11 @@ def main(argv=None) -> int:
     if n_batches < 1:
         raise SystemExit(f"{args.preset}: fewer training images than one batch ({B})")
 
-    def fused(s, dtype, cl):
+    def fused(s, dtype, cl, gather=grouped_batch):
+        # the step's slices are cut here, as GroupRun.step does, so that a compiled gather sees
+        # tensors of one shape (a step number would be a constant: one compile per step)
         sl = slice(s * B, (s + 1) * B)
-        return grouped_batch(data, data.x_train, plan["order"][:, sl], plan["flip"][:, sl], plan["shift"][:, sl],
+        return gather(data, data.x_train, plan["order"][:, sl], plan["flip"][:, sl], plan["shift"][:, sl],
                              plan["center"][:, sl], translate, cutout, dtype, cl)
 
     def unfused(s, dtype, cl):
@@ -86,8 +97,9 @@ def main(argv=None) -> int:
         return GroupState.layout_input(x, cl, dtype)
 
     builders = {"fused": fused, "unfused": unfused}
-    if args.device.startswith("cuda"):
-        builders["fused+compile"] = torch.compile(fused, dynamic=False)
+    if args.compile:
+        compiled = torch.compile(grouped_batch, dynamic=False)
+        builders["fused+compile"] = lambda s, dtype, cl: fused(s, dtype, cl, compiled)
     variants, first = [], {}
     for tag, dtype, cl in (("fp32", torch.float32, False), ("bf16+cl", torch.bfloat16, True)):
         for name, build in builders.items():

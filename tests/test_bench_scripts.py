@@ -145,7 +145,57 @@ def test_the_input_benchmark_times_fused_against_unfused_and_checks_they_agree(c
     assert "every variant builds the same input" in out
     with pytest.raises(SystemExit, match="--windows: 0"):
         bench_input.parse_args(["--windows", "0"])
+    for opt in ("--models", "--steps"):  # 0 is no default
+        with pytest.raises(SystemExit, match=f"{opt}: 0"):
+            bench_input.parse_args([opt, "0"])
+    for bad in (["--preset", "nope"], ["--device", "foo"]):
+        with pytest.raises(SystemExit, match=bad[1]):
+            bench_input.main(bad)
+    # a preset that samples the training fraction still makes one group
+    assert bench_input.main(["--preset", "digits-resnet8", "--models", "2", "--steps", "1", "--windows", "1"]) == 0
     old = bench_input._batch
     monkeypatch.setattr(bench_input, "_batch", lambda *a: (old(*a)[0].flip(-2), old(*a)[1]))  # rows mirrored
     with pytest.raises(SystemExit, match="unfused fp32: builds another input than fused fp32"):
         bench_input.main(["--models", "2", "--steps", "1", "--windows", "1"])
+
+
+def test_the_input_benchmark_compiles_the_fused_gather_once_per_dtype_and_layout(capsys, monkeypatch):
+    """fused+compile must time one compiled graph per (dtype, layout), reused at every step:
+    a step number reaching the compiled function as a Python int would be a constant, one
+    compile per step, and past torch's recompile limit the steps would run eager."""
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": counter}))
+    torch._dynamo.reset()
+    assert bench_input.main(["--models", "2", "--steps", "3", "--windows", "2", "--compile"]) == 0
+    torch._dynamo.reset()
+    out = capsys.readouterr().out
+    assert any(ln.startswith("fused+compile bf16+cl ") for ln in out.splitlines())
+    assert counter.frame_count == 2
+
+
+def test_r1_under_cuda_graphs_reads_the_training_images_in_place(monkeypatch):
+    """R1 gathers its batch inside the compiled step (the fused input), so the whole training
+    set is an input of the graph: under CUDA graphs (reduce-overhead) it must be a static
+    input, as in the group trainer, or every replay first copies the whole set (150 MB for
+    CIFAR-10) into the graph's own buffer, a handicap the best-shot reference must not have."""
+    import torch
+
+    spec, cfg, data = bench_generate.load_preset("digits-resnet8", "cpu")
+    static, real = [], torch.compile
+
+    def backend(gm, inputs):
+        static.extend(torch._dynamo.utils.get_static_address_type(t) for t in inputs
+                      if isinstance(t, torch.Tensor) and t.shape == data.x_train.shape)
+        return gm.forward
+
+    # the graph's inputs as CUDA graphs would get them, traced on the CPU
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, dynamic=False, backend=backend))
+    torch._dynamo.reset()
+    r1 = bench_generate.R1(bench_generate.jobs_for(spec, 1)[0], cfg, data, "cpu", False, "reduce-overhead")
+    r1.start_epoch()
+    r1.step()
+    torch._dynamo.reset()
+    assert static and all(s is not None for s in static), static

@@ -216,3 +216,27 @@ def test_fused_and_unfused_input_train_the_same_models(digits):
         for ck in a.weights:
             assert np.array_equal(a.weights[ck], b.weights[ck]), f"model {a.model_id} at {ck}"
         assert a.metrics == b.metrics
+
+
+def test_fused_input_keeps_the_layout_of_a_one_model_grayscale_group(digits):
+    """One grayscale model (M*C = 1: a shrunk group, or `zoo generate` with one model per
+    group on CUDA, where channels-last is on): its contiguous input already counts as
+    channels-last, and the long way keeps its strides. The conv kernels follow the strides,
+    so the fused input must keep them too, or training with it is no longer bit for bit the
+    same as without it."""
+    import dataclasses
+
+    from zoo.data import grouped_batch
+    from zoo.grouped import GroupState
+    from zoo.train import TrainOptions
+
+    idx = torch.arange(5)[None]
+    for dtype in (torch.float32, torch.bfloat16):
+        want = GroupState.layout_input(digits.normalize(digits.x_train[idx]), True, dtype)
+        got = grouped_batch(digits, digits.x_train, idx, dtype=dtype, channels_last=True)
+        assert got.stride() == want.stride() and torch.equal(got, want)
+    js = jobs(optimizer="adamw")[:1]
+    opts = TrainOptions(channels_last=True)
+    fused = GroupTrainer(CFG, digits, ["final"], opts).train(js)[0]
+    old = GroupTrainer(CFG, digits, ["final"], dataclasses.replace(opts, fused_input=False)).train(js)[0]
+    assert np.array_equal(fused.weights["final"], old.weights["final"]) and fused.metrics == old.metrics
