@@ -74,13 +74,15 @@ def load_preset(preset: str, device):
 
 
 def jobs_for(spec, n, epochs=ENDLESS, fraction=None):
+    """n jobs of the preset's recipe, all with one training fraction (a group has one, so a
+    preset that samples it gets the first model's; ``fraction`` overrides it)."""
+    fraction = fraction or spec.sample_hparams(0)["train_fraction"]
     out = []
     for i in range(n):
         hp = spec.sample_hparams(i)
         # The preset's recipe; `epochs` fixed (warm-up capped) so that the timed work is the same.
-        hp = {**hp, "epochs": epochs, "warmup_epochs": min(hp["warmup_epochs"], epochs / 2)}
-        if fraction:
-            hp["train_fraction"] = fraction
+        hp = {**hp, "epochs": epochs, "warmup_epochs": min(hp["warmup_epochs"], epochs / 2),
+              "train_fraction": fraction}
         out.append(Job(i, spec.model_seed(i), hp))
     return out
 

@@ -70,8 +70,7 @@ def main(argv=None) -> int:
         spec, cfg, data = load_preset(args.preset, args.device)
     except (ZooError, RuntimeError) as e:
         raise SystemExit(f"--preset {args.preset} --device {args.device}: {e}") from None
-    # one group: one training fraction (a grouping key), the first model's where the preset samples it
-    jobs = jobs_for(spec, args.models, fraction=spec.sample_hparams(0)["train_fraction"])
+    jobs = jobs_for(spec, args.models)
     hw = tuple(data.x_train.shape[2:])
     plans = []
     for j in jobs:

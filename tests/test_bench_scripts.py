@@ -199,3 +199,15 @@ def test_r1_under_cuda_graphs_reads_the_training_images_in_place(monkeypatch):
     r1.step()
     torch._dynamo.reset()
     assert static and all(s is not None for s in static), static
+
+
+def test_benchmark_jobs_share_one_training_fraction_where_the_preset_samples_it():
+    """A group has one training fraction (a grouping key); digits-resnet8 samples it per
+    model, which made `bench_generate.py --variants group:2` fail on its default preset."""
+    from zoo.spec import load_spec
+
+    spec = load_spec("digits-resnet8")
+    assert len({spec.sample_hparams(i)["train_fraction"] for i in range(8)}) > 1, "the preset samples it"
+    jobs = bench_generate.jobs_for(spec, 8)
+    assert {j.hp["train_fraction"] for j in jobs} == {spec.sample_hparams(0)["train_fraction"]}
+    assert {j.hp["train_fraction"] for j in bench_generate.jobs_for(spec, 3, fraction=0.1)} == {0.1}

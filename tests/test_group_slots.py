@@ -143,16 +143,14 @@ def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
     for cutout in (run.cutout, torch.full((n,), 2)):  # group-constant int, or one size per image
         torch.compile(augment, **strict)(x, flat("flip"), flat("shift"), flat("center"), run.translate, cutout)
     for cutout in (run.cutout, torch.full((len(js),), 2)):  # the same for the fused gather (Z3)
-        torch.compile(grouped_batch, **strict)(digits, digits.x_train, run.plan["order"][:, sl], run.plan["flip"][:, sl],
-                                               run.plan["shift"][:, sl], run.plan["center"][:, sl], 2, cutout,
-                                               torch.float32, True)
+        draws = [run.plan[k][:, sl] for k in ("order", "flip", "shift", "center")]
+        torch.compile(grouped_batch, **strict)(digits, digits.x_train, *draws, 2, cutout, torch.float32, True)
     batch = {k: v[:, sl] for k, v in run.plan.items()}
     # the step from its draws to the loss: the fused input pipeline (Z3) and the old one
     for fused in (True, False):
         run.opts = dataclasses.replace(run.opts, fused_input=fused)
-        loss = torch.compile(run._forward_loss, **strict)(run.g.flat, batch, run.hp_t["label_smoothing"][:, None],
-                                                          torch.ones(B))
-        loss.sum().backward()
+        per = torch.compile(run._sample_losses, **strict)(run.g.flat, batch, run.hp_t["label_smoothing"][:, None])
+        per.sum().backward()
     torch.compile(_optimizer_step, **strict)(run.g, run.state, run.hp_t, torch.ones(len(js)),
                                              torch.ones(len(js), dtype=torch.float64), "adamw", set())
     assert reads == []
@@ -267,3 +265,31 @@ def test_plans_drawn_ahead_in_a_thread_give_the_same_models(digits, one_thread, 
         for ck in b.weights:
             assert np.array_equal(a.weights[ck], b.weights[ck]), f"model {a.model_id} at {ck}"
         assert a.metrics == b.metrics
+
+
+@pytest.mark.parametrize("arch, graphs", [("wasym", 1), ("batchnorm", 2)])
+def test_a_compiled_group_compiles_one_graph_for_the_whole_run(digits, one_thread, monkeypatch, arch, graphs):
+    """GPU_PLAN Z1/Z2: with static shapes one compiled graph serves every step of a run,
+    the padded tail of each epoch and refilled slots included, for GroupNorm nets; a
+    BatchNorm net keeps its short tail batch, a second shape and so a second graph. (A
+    tracing backend counts the graphs Dynamo hands over; no Inductor compile.)"""
+    import torch
+
+    import zoo.train as train
+
+    cfg = WASYM if arch == "wasym" else ARCHS[arch][0]
+    compiled, real = [], torch.compile
+
+    def count(gm, example_inputs):
+        compiled.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=count, dynamic=False))
+    torch._dynamo.reset()
+    js = six_jobs(optimizer="adamw", **ARCHS[arch][1])
+    trainer = GroupTrainer(cfg, digits, ["final"], TrainOptions(compile=True))
+    run = trainer.start(js[:3])
+    assert run.n_tail < run.B and run.pad_tail == (arch == "wasym"), "the epochs end in a short batch"
+    trainer.train(js, slots=3)  # 3 epochs, slots refilled after epochs 1 and 2
+    torch._dynamo.reset()
+    assert len(compiled) == graphs

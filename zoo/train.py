@@ -139,19 +139,30 @@ def _schedule_tensors(hps, spe, device):
             torch.tensor([SCHEDULES.index(h["schedule"]) for h in hps], device=device))
 
 
-def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, smoothing, weight=None) -> torch.Tensor:
-    """Cross-entropy with label smoothing, mean over the last batch dim: ``[..., B, K] -> [...]``.
+def sample_ce(logits: torch.Tensor, y: torch.Tensor, smoothing) -> torch.Tensor:
+    """Cross-entropy with label smoothing per sample: ``[..., B, K] -> [..., B]``.
 
-    Same formula as ``F.cross_entropy(label_smoothing=e)``, but ``e`` may differ per model.
-    ``weight [B]`` (0 or 1) marks the real samples of a padded batch: the mean is over them."""
+    Same formula as ``F.cross_entropy(label_smoothing=e, reduction="none")``, but ``e`` may
+    differ per model."""
     logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     smooth = -logp.mean(dim=-1)
     e = torch.as_tensor(smoothing, dtype=logp.dtype, device=logp.device)
-    per = (1 - e) * nll + e * smooth
+    return (1 - e) * nll + e * smooth
+
+
+def batch_mean(per: torch.Tensor, weight=None) -> torch.Tensor:
+    """Mean over the last (batch) dim; ``weight [B]`` (0 or 1) marks the real samples of a
+    padded batch: the mean is over them."""
     if weight is None:
         return per.mean(dim=-1)
     return (per * weight).sum(dim=-1) / weight.sum()
+
+
+def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, smoothing, weight=None) -> torch.Tensor:
+    """Cross-entropy with label smoothing, mean over the last batch dim: ``[..., B, K] -> [...]``
+    (:func:`sample_ce`, then :func:`batch_mean`)."""
+    return batch_mean(sample_ce(logits, y, smoothing), weight)
 
 
 def _data_gen(job: Job) -> torch.Generator:
@@ -240,7 +251,7 @@ class GroupRun:
         # GroupNorm normalises each image alone, so weight-0 padding leaves the real images'
         # gradients as they are; BatchNorm mixes the batch, so it keeps the short tail shape.
         self.pad_tail = opts.static and cfg.norm == "groupnorm" and self.n_tail < self.B
-        self._loss = self._compiled_loss() if opts.compile else self._forward_loss
+        self._loss = self._compiled_loss() if opts.compile else self._sample_losses
         self.plans_cpu: list[dict | None] = [None] * len(jobs)
         self._ahead = None  # Future of {model_id: (job, plan)}: the next epoch's draws
 
@@ -322,21 +333,23 @@ class GroupRun:
         x, _ = _batch(self.data, batch["order"], batch, slice(None), self.translate, self.cutout)
         return self.g.layout_input(x, cl, self.dtype)
 
-    def _forward_loss(self, flat, batch, smoothing, weight):
-        """Per-model loss ``[M]`` of one step, from its draws to the loss (input pipeline
-        included, so that a compiled step fuses it too)."""
+    def _sample_losses(self, flat, batch, smoothing):
+        """Per-sample losses ``[M, B]`` of one step, from its draws (input pipeline included,
+        so that a compiled step fuses it too). The mean over the batch is taken outside, so
+        a padded tail (weighted mean) runs the same compiled graph as a full step."""
         logits = self.g.forward_input(self._input(batch), training=True, dtype=self.dtype, flat=flat)
-        return smoothed_ce(logits, self.data.y_train[batch["order"]], smoothing, weight)
+        return sample_ce(logits, self.data.y_train[batch["order"]], smoothing)
 
     def _compiled_loss(self):
-        # dynamic=False: static shapes are the point; a second shape (a BatchNorm tail)
-        # compiles once more instead of going symbolic (GPU_PLAN F3).
+        # dynamic=False: static shapes are the point. A GroupNorm group compiles one graph for
+        # the whole run (a padded tail has the full shape and the same strides); a BatchNorm
+        # tail is a second shape and compiles once more instead of going symbolic (GPU_PLAN F3).
         mode = "reduce-overhead" if self.opts.cuda_graphs else None
         if self.opts.cuda_graphs and self.opts.device.startswith("cuda"):
             # The training images are read inside the graph (the fused input): a graph input
             # at a fixed address, not one copied into the graph's own buffer at every replay.
             torch._dynamo.mark_static_address(self.data.x_train)
-        return torch.compile(self._forward_loss, dynamic=False, mode=mode)
+        return torch.compile(self._sample_losses, dynamic=False, mode=mode)
 
     def step(self):
         """One whole training step of every slot (batch ``self.s`` of the epoch)."""
@@ -350,8 +363,10 @@ class GroupRun:
             plan = {k: torch.cat([v[:, sl], v[:, :pad]], dim=1) for k, v in self.plan.items()}
             order, sl = plan["order"], slice(0, B)
             weight = torch.cat([torch.ones(B - pad, device=order.device), torch.zeros(pad, device=order.device)])
-        batch = {k: v[:, sl] for k, v in plan.items()}
-        loss = self._loss(self.g.flat, batch, self.hp_t["label_smoothing"][:, None], weight)
+        # contiguous: a full step's slices and a padded tail's copies then have the same
+        # strides, which a compiled graph is specialised on
+        batch = {k: v[:, sl].contiguous() for k, v in plan.items()}
+        loss = batch_mean(self._loss(self.g.flat, batch, self.hp_t["label_smoothing"][:, None]), weight)
         finite = torch.isfinite(loss)
         self.bad |= ~finite
         # A model whose loss is not finite gets no gradient from it; its own NaNs stay in
