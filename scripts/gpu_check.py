@@ -2,7 +2,7 @@
 """One prepared GPU session: GPU_PLAN section 7 plus every figure issue 12 still waits for,
 each printed with its command, then one markdown block ready to paste into
 docs/BENCHMARKS.md (also written to --out). The default --minutes 8 covers the sections most
-needed (about a to f, then i and k; compile times on the GPU are the unknown); --minutes 22 runs them all.
+needed (about a to f and l, then i and k; compile times on the GPU are the unknown); --minutes 22 runs them all.
 
   python scripts/gpu_check.py --out gpu_check.md              # on the GPU machine
   python scripts/gpu_check.py --dry-run --out /tmp/dry.md      # CPU, tiny sizes: checks the script runs
