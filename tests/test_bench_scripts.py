@@ -211,3 +211,27 @@ def test_benchmark_jobs_share_one_training_fraction_where_the_preset_samples_it(
     jobs = bench_generate.jobs_for(spec, 8)
     assert {j.hp["train_fraction"] for j in jobs} == {spec.sample_hparams(0)["train_fraction"]}
     assert {j.hp["train_fraction"] for j in bench_generate.jobs_for(spec, 3, fraction=0.1)} == {0.1}
+
+
+def test_the_cpu_lever_benchmark_compiles_the_forward_the_trainer_calls(digits, monkeypatch, one_thread):
+    """bench_cpu_generate's `-compile` variant swaps in a compiled grouped forward: it must be
+    the method every training step and evaluation goes through, or the variant times eager
+    code under a 'compile' label (as it did once the trainer stopped calling the old one)."""
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    from scripts import bench_cpu_generate
+    from zoo.grouped import GroupState
+    from zoo.spec import load_spec, validate_for_data
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": counter}))
+    torch._dynamo.reset()
+    spec = load_spec("digits-resnet8")
+    cfg = validate_for_data(spec, digits.shape[0], digits.num_classes)
+    eager = GroupState.forward_input
+    walls, _ = bench_cpu_generate.bench(spec, cfg, digits, bench_cpu_generate.parse_variant("t1-M2-B64-compile"),
+                                        1, 0.1, 1)
+    torch._dynamo.reset()
+    assert len(walls) == 1 and counter.frame_count >= 1, "the compiled forward ran"
+    assert GroupState.forward_input is eager, "the eager method is put back"

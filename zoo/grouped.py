@@ -112,14 +112,6 @@ class GroupState:
         flat = flat if dtype == flat.dtype else flat.to(dtype)
         return {t.name: self.block(flat, t) for t in self.layout.tensors}
 
-    def forward(self, x: torch.Tensor, training: bool, channels_last: bool = False,
-                dtype=torch.float32, flat: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [M, B, C, H, W]`` (model k's batch in row k) -> logits ``[M, B, K]``.
-
-        ``flat``: the parameters to use (default ``self.flat``), an explicit input for
-        ``torch.compile``."""
-        return self.forward_input(self.layout_input(x, channels_last, dtype), training, dtype, flat)
-
     @staticmethod
     def layout_input(x: torch.Tensor, channels_last: bool = False, dtype=torch.float32) -> torch.Tensor:
         """``[M, B, C, H, W]`` -> the group's input ``[B, M*C, H, W]`` in ``dtype`` (a copy;
