@@ -354,18 +354,16 @@ class GroupRun:
     def step(self):
         """One whole training step of every slot (batch ``self.s`` of the epoch)."""
         B, s = self.B, self.s
-        sl = slice(s * B, (s + 1) * B)
-        order = self.plan["order"][:, sl]
-        plan, weight = self.plan, None
-        if self.pad_tail and order.shape[1] < B:
+        batch = {k: v[:, s * B:(s + 1) * B] for k, v in self.plan.items()}
+        n, weight = batch["order"].shape[1], None
+        if self.pad_tail and n < B:
             # Pad with the epoch's first images (any real images would do) at weight 0.
-            pad = B - order.shape[1]
-            plan = {k: torch.cat([v[:, sl], v[:, :pad]], dim=1) for k, v in self.plan.items()}
-            order, sl = plan["order"], slice(0, B)
-            weight = torch.cat([torch.ones(B - pad, device=order.device), torch.zeros(pad, device=order.device)])
+            batch = {k: torch.cat([v, self.plan[k][:, :B - n]], dim=1) for k, v in batch.items()}
+            dev = self.g.flat.device
+            weight = torch.cat([torch.ones(n, device=dev), torch.zeros(B - n, device=dev)])
         # contiguous: a full step's slices and a padded tail's copies then have the same
         # strides, which a compiled graph is specialised on
-        batch = {k: v[:, sl].contiguous() for k, v in plan.items()}
+        batch = {k: v.contiguous() for k, v in batch.items()}
         loss = batch_mean(self._loss(self.g.flat, batch, self.hp_t["label_smoothing"][:, None]), weight)
         finite = torch.isfinite(loss)
         self.bad |= ~finite
