@@ -265,6 +265,28 @@ class Killed(Exception):
     pass
 
 
+def generate_killed_after_parts(monkeypatch, spec, out, n_parts, **kw) -> list:
+    """Run generate() and stop it (as a kill would) right after its ``n_parts``-th part file of
+    finished models is written; the part files written."""
+    import zoo.generate as gen
+
+    written, real_write = [], gen.write_shard
+
+    def write_then_die(path, content, record=None):
+        sha = real_write(path, content, record=record)
+        if path.name.startswith(("part-", "group-")):
+            written.append(path)
+            if len(written) == n_parts:
+                raise Killed
+        return sha
+
+    monkeypatch.setattr(gen, "write_shard", write_then_die)
+    with pytest.raises(Killed):
+        generate(spec, out, progress=False, **kw)
+    monkeypatch.setattr(gen, "write_shard", real_write)
+    return written
+
+
 @pytest.mark.parametrize("parts_before_kill", [1, 2])
 def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(refill_zoos, tmp_path, monkeypatch,
                                                                                 capsys, parts_before_kill):
@@ -275,20 +297,8 @@ def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(r
 
     spec, refill, _, _, _ = refill_zoos
     out = tmp_path / "z"
-    written, real_write = [], gen.write_shard
-
-    def write_then_die(path, content, record=None):
-        sha = real_write(path, content, record=record)
-        if path.name.startswith("part-"):
-            written.append(path)
-            if len(written) == parts_before_kill:
-                raise Killed
-        return sha
-
-    monkeypatch.setattr(gen, "write_shard", write_then_die)
-    with pytest.raises(Killed):
-        generate(spec, out, group_size=3, progress=False, refill=True)
-    monkeypatch.setattr(gen, "write_shard", real_write)
+    written = generate_killed_after_parts(monkeypatch, spec, out, parts_before_kill, group_size=3, refill=True)
+    assert all(p.name.startswith("part-") for p in written)
     finished = set()
     for p in written:
         with store.open_shard(p) as f:
@@ -322,22 +332,10 @@ def test_a_generation_planned_before_refill_resumes_in_its_fixed_groups(refill_z
     equals the uninterrupted fixed-group zoo, even when refill is asked for."""
     import json
 
-    import zoo.generate as gen
-
     spec, _, fixed, _, _ = refill_zoos
     out = tmp_path / "old"
-    real_write = gen.write_shard
-
-    def die_after_first_group(path, content, record=None):
-        sha = real_write(path, content, record=record)
-        if path.name == "group-00000.h5":
-            raise Killed
-        return sha
-
-    monkeypatch.setattr(gen, "write_shard", die_after_first_group)
-    with pytest.raises(Killed):
-        generate(spec, out, group_size=3, progress=False, refill=False)
-    monkeypatch.setattr(gen, "write_shard", real_write)
+    written = generate_killed_after_parts(monkeypatch, spec, out, 1, group_size=3, refill=False)
+    assert [p.name for p in written] == ["group-00000.h5"]
     plan = _plan(out)
     del plan["refill"]
     (out / store.PLAN).write_text(json.dumps(plan))

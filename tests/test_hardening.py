@@ -1,5 +1,6 @@
 """Hardening (issue 9): no code from files, no damaged zoo read as good, nothing deleted that
 is not ours, every write failure an error. Each test builds the fault the issue reports."""
+import contextlib
 import json
 import os
 import shutil
@@ -398,19 +399,26 @@ def test_force_replaces_a_zoo_of_another_spec(tmp_path, one_thread):
         generate(spec_from_dict({**TINY, "models": 2}), out, shard=0, num_shards=2, force=True)
 
 
-def hold_lock_in_child(path: Path, key=None):
+@contextlib.contextmanager
+def lock_held_by_child(path: Path, key=None):
+    """A process that holds ``path``'s lock (as `zoo generate`) until it is killed (-9) on
+    leaving the block."""
     code = ("import sys, time; from zoo.lock import lock_dir\n"
             f"with lock_dir({str(path)!r}, 'zoo generate', key={key!r}):\n"
             "    print('locked', flush=True); time.sleep(600)\n")
     p = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "locked"
-    return p
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        yield p
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
 
 
 def test_a_second_writer_gets_the_lock_message_and_a_killed_writers_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "z"
-    child = hold_lock_in_child(out)
-    try:
+    with lock_held_by_child(out) as child:
         spec = write_toml(tmp_path / "s.toml", {**TINY, "models": 2})
         assert zoo_main(["generate", spec, "--out", out, "--quiet"]) == 2
         err = capsys.readouterr().err
@@ -418,9 +426,6 @@ def test_a_second_writer_gets_the_lock_message_and_a_killed_writers_lock_is_take
         with pytest.raises(LockedError):
             with lock_dir(out):
                 pass
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
     assert lock_path(out).exists(), "a killed holder leaves its lock file behind"
     with lock_dir(out, "test"):  # stale: the kernel released the dead process's lock
         info = json.loads(lock_path(out).read_text())
@@ -430,8 +435,7 @@ def test_a_second_writer_gets_the_lock_message_and_a_killed_writers_lock_is_take
 
 def test_shard_jobs_share_a_folder_but_not_a_shard(tmp_path):
     out = tmp_path / "z"
-    child = hold_lock_in_child(out, key="shard-0-of-2")
-    try:
+    with lock_held_by_child(out, key="shard-0-of-2") as child:
         with lock_dir(out, key="shard-1-of-2"):
             pass
         with pytest.raises(LockedError, match=f"process {child.pid}"):
@@ -440,9 +444,6 @@ def test_shard_jobs_share_a_folder_but_not_a_shard(tmp_path):
         with pytest.raises(LockedError):
             with lock_dir(out):
                 pass
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
 
 
 def test_temp_files_of_killed_writers_are_removed_and_never_counted(reference, tmp_path, capsys, one_thread):
