@@ -72,7 +72,7 @@ class ImageData:
         """uint8 ``[..., C, H, W]`` -> standardised per channel, in the default dtype (float32;
         float64 in the exactness checks)."""
         x = x_uint8.to(torch.get_default_dtype()).div_(255.0)
-        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+        return x.sub_(self.mean[:, None, None]).div_(self.std[:, None, None])  # in place: x is ours
 
     def describe(self) -> dict:
         return {"source": self.name, "shape": list(self.shape), "num_classes": self.num_classes,
@@ -282,8 +282,7 @@ def grouped_batch(data: ImageData, X: torch.Tensor, idx: torch.Tensor, flip=None
     u8 = X[ib[:, :, None, None, None], ch[:, None, None], rows[:, :, None, :, None], cols[:, :, None, None, :]]
     # The gather may lay its result out in its indices' order; the layout is fixed here, on
     # the smallest copy of the batch (uint8), so everything after it is contiguous.
-    x = u8.contiguous().to(torch.get_default_dtype()).div_(255.0)
-    x.sub_(data.mean.view(C, 1, 1)).div_(data.std.view(C, 1, 1))  # = normalize(), in place
+    x = data.normalize(u8.contiguous())
     if off is not None:
         x.masked_fill_(off[:, :, None], 0.0)  # in place: x keeps its (contiguous) layout
     x = x.view(b, M * C, H, W)
