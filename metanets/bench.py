@@ -20,12 +20,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+import numpy as np
+
+from zoo import console
 
 from . import data, registry, uncertainty
-from .errors import MetanetError
-from .hparams import NotApplicable
-from .train import BATCH_SIZE, EPOCHS, LR_GRID, WEIGHT_DECAY, FitResult, best_lr, fit_runs
+from . import stack as stacking
+from .data import WeightSet
+from .errors import MetanetError, NotApplicable
+from .train import BATCH_SIZE, EPOCHS, LR_GRID, WEIGHT_DECAY, FitResult, fit
 
 
 #: The paper's final learning rates (cptq/asymmetric-networks ``metanet/paper_scripts/final_*.sh``):
@@ -96,7 +99,7 @@ class BenchConfig:
                                    f"{', '.join(PAPER_LR)}")
         if self.params not in data.PARAMS:
             raise MetanetError(f"params={self.params!r} is invalid; allowed: {', '.join(data.PARAMS)}")
-        _check_device(self.device)
+        check_device(self.device)
         return self
 
     def seeds_for(self, name: str) -> int:
@@ -151,7 +154,7 @@ def parse_per_metanet(text, option: str):
     return out["*"] if list(out) == ["*"] else out
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     import torch
 
     try:
@@ -191,6 +194,50 @@ def zoo_facts(path) -> dict:
     return {"wasym": bool(net.get("wasym")), "num_classes": classes}
 
 
+# ------------------------------------------------------------ runs of one metanet
+
+def fit_runs(name: str, ws: WeightSet, runs, *, stack: bool = True, on_result=None, **kw) -> list[FitResult]:
+    """One :class:`FitResult` per ``(lr, seed)`` of ``runs``, in order, each what
+    ``train.fit(name, ws, lr=lr, seed=seed, **kw)`` returns. With ``stack`` (default) the runs of a
+    metanet that supports it (:mod:`metanets.stack`) train as one stacked model, which gives
+    the same results faster; other metanets train run by run.
+
+    ``on_result``: optional callable receiving each result as it is ready; ``progress``: an
+    optional callable ``(epoch, val_r2)`` after every epoch of a run, ``val_r2`` a list (one
+    per run still training) when the runs train stacked."""
+    runs = [(lr, seed) for lr, seed in runs]
+    if stack and len(runs) > 1 and stacking.supports(name):
+        results = []
+        for a in range(0, len(runs), stacking.MAX_REPLICAS):
+            results += stacking.fit_stacked(name, ws, runs[a:a + stacking.MAX_REPLICAS], **kw)
+            for res in results[a:] if on_result else ():
+                on_result(res)
+        return results
+    results = []
+    for lr, seed in runs:
+        results.append(fit(name, ws, lr=lr, seed=seed, **kw))
+        if on_result:
+            on_result(results[-1])
+    return results
+
+
+def sweep_lr(name: str, ws: WeightSet, lrs=LR_GRID, *, seed: int = 0, on_result=None, stack: bool = True, **kw):
+    """Train one run per learning rate; return (best lr by validation R², all results).
+
+    The runs share initialisation and batches, so by default they train as one stacked
+    model (:func:`fit_runs`). ``on_result``: optional callable receiving each
+    :class:`FitResult` as it finishes."""
+    results = fit_runs(name, ws, [(lr, seed) for lr in lrs], stack=stack, on_result=on_result, **kw)
+    return best_lr(results), results
+
+
+def best_lr(results) -> float | None:
+    """The rate of the usable run with the best validation R²; None if every run diverged
+    or gave non-finite predictions (a diverged run is never selected, whatever its score)."""
+    scored = [r for r in results if r.status == "ok" and np.isfinite(r.val_r2)]
+    return max(scored, key=lambda r: r.val_r2).lr if scored else None
+
+
 def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
     """Run the benchmark; return ``{"config", "zoos", "runs", "sweeps", "predictions", "summary", "comparisons"}``.
 
@@ -226,7 +273,7 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         return cfg.seeds_for(m) + (len(cfg.lr_grid) if cfg.lr_for(m, wasym) == "auto" else 0)
 
     total = sum(n_runs(m, z["wasym"]) for m in cfg.metanets for z in zoos)
-    bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
+    bar = console.progress(total, enabled=progress, desc="bench", unit="run", dynamic_ncols=True)
     runs, sweeps, preds = [], [], []
 
     def record(label, res: FitResult, into):

@@ -6,9 +6,20 @@ import contextlib
 import sys
 from pathlib import Path
 
-from zoo.errors import ZooError
+import numpy as np
+import pandas as pd
 
+from zoo.errors import ZooError
+from zoo.fs import check_writable_dir
+from zoo.reader import skip_verification
+
+from . import bench, data, persist, registry, report
+from .bench import check_device
+from .demo import run_demo
 from .errors import MetanetError
+from .metrics import kendall_tau, r2
+from .plugins import load_plugin
+from .train import BATCH_SIZE, EPOCHS, LR_GRID, fit, predict
 
 
 def main(argv=None) -> int:
@@ -19,13 +30,9 @@ def main(argv=None) -> int:
         return 2
     try:
         for p in getattr(args, "plugin", None) or []:
-            from .plugins import load_plugin
-
             load_plugin(p)
         verification = contextlib.nullcontext()
         if getattr(args, "no_verify", False):
-            from zoo.reader import skip_verification
-
             print(f"metanets {args.command}: note: zoo shard checksums not verified (--no-verify)", file=sys.stderr)
             verification = skip_verification()
         with verification:
@@ -39,8 +46,6 @@ def main(argv=None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import BATCH_SIZE, EPOCHS
-
     parser = argparse.ArgumentParser(
         prog="metanets",
         description="metazoo: benchmark metanetworks that predict a net's test accuracy from its weights.",
@@ -147,17 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_out_dir(out) -> Path:
-    """Refuse an output folder that cannot be written, before any training starts."""
-    from zoo.store import check_writable_dir
-
-    check_writable_dir(Path(out), what="--out")
-    return Path(out)
-
-
 def cmd_bench(args) -> int:
-    from . import bench, registry, report
-
     cfg = bench.BenchConfig(metanets=tuple(registry.parse_names(args.metanets)),
                             seeds=bench.parse_per_metanet(args.seeds, "--seeds"),
                             epochs=bench.parse_per_metanet(args.epochs, "--epochs"),
@@ -165,7 +160,7 @@ def cmd_bench(args) -> int:
                             device=args.device, params=args.params, target=args.target,
                             in_memory=False if args.stream else None, match_accuracy=args.match_accuracy,
                             bootstrap=args.bootstrap, protocol=args.protocol, stack=not args.no_stack).check()
-    check_out_dir(args.out)
+    check_writable_dir(Path(args.out), what="--out")
     result = bench.run(args.zoos, cfg, progress=not args.no_progress)
     files = report.write(result, args.out)
     print(files["md"].read_text())
@@ -174,8 +169,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import registry
-
     for n in registry.names():
         cls = registry.get(n)
         doc = [getattr(cls, "description", None)] if getattr(cls, "description", None) else \
@@ -186,9 +179,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import bench, data, persist, registry
-    from .train import LR_GRID, fit, sweep_lr
-
     name = registry.parse_names(args.metanet)[0]
     args.epochs = bench.parse_per_metanet(args.epochs, "--epochs")
     if isinstance(args.epochs, dict):
@@ -209,7 +199,7 @@ def cmd_train(args) -> int:
         raise MetanetError("--lr paper: train takes one rate or auto; `metanets bench --lr paper` picks the "
                            "paper's rate per zoo")
     elif lr == "auto":
-        lr, results = sweep_lr(name, ws, LR_GRID, seed=args.seed, stack=not args.no_stack, **kw)
+        lr, results = bench.sweep_lr(name, ws, LR_GRID, seed=args.seed, stack=not args.no_stack, **kw)
         if lr is None:
             raise MetanetError(f"{name} on {args.zoo}: every rate of {list(LR_GRID)} diverged or gave "
                                f"non-finite predictions")
@@ -228,15 +218,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    import pandas as pd
-
-    from . import data, persist, registry
-    from .metrics import kendall_tau, r2
-    from .bench import _check_device
-    from .train import predict
-
-    _check_device(args.device)
+    check_device(args.device)
     if args.out:
         persist.check_writable(args.out, example="predictions.csv")
     name, model, info, rec = persist.load(args.model, args.device)
@@ -269,8 +251,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
-
     run_demo(args.out, size=args.size, models=args.models, metanets=args.metanets, seeds=args.seeds,
              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
              progress=not args.no_progress, bootstrap=args.bootstrap)

@@ -12,7 +12,7 @@ from .data import InputInfo
 from .registry import register
 
 
-class _PooledReLU(torch.autograd.Function):
+class PooledReLU(torch.autograd.Function):
     """``sum_d relu(xr[b,d]*u + r[b,d]*v + w)`` over d, ``[b, d] -> [b, h]``, in chunks of d.
 
     Neither pass keeps the ``[b, d, h]`` pre-activations: the forward sums each chunk and
@@ -56,7 +56,7 @@ class DeepSets(nn.Module):
     rho = two [Linear(64,64)+LayerNorm+ReLU] then Linear(64,1).
 
     ``max_elements`` bounds the ``[B, d, 64]`` block of pre-activations that exists at any
-    moment (forward or backward; see :class:`_PooledReLU`). Default: 2^28 on GPUs, 2^22 on
+    moment (forward or backward; see :class:`PooledReLU`). Default: 2^28 on GPUs, 2^22 on
     the CPU, where 16 MB chunks that stay in cache run faster than one big tensor."""
 
     description = "every scalar parameter a set element; invariant to any parameter permutation"
@@ -77,14 +77,14 @@ class DeepSets(nn.Module):
         B = b - mean b); its variance over channels is a quadratic in x. So
         LayerNorm(a*x + b) = (gamma*A) * x*r + (gamma*B) * r + beta with
         r = 1/sqrt(var(x) + eps): a rank-3 product, then ReLU, summed in chunks by
-        :class:`_PooledReLU`. Exactly ``self.phi`` (tested)."""
+        :class:`PooledReLU`. Exactly ``self.phi`` (tested)."""
         lin, norm = self.phi[0], self.phi[1]
         a, b = lin.weight[:, 0], lin.bias
         A, B = a - a.mean(), b - b.mean()
         var = (A * A).mean() * x * x + 2 * (A * B).mean() * x + (B * B).mean()
         r = torch.rsqrt(var + norm.eps)
         mix = torch.stack([norm.weight * A, norm.weight * B, norm.bias])  # [3, h]
-        return _PooledReLU.apply(x * r, r, mix, chunk or x.shape[1])
+        return PooledReLU.apply(x * r, r, mix, chunk or x.shape[1])
 
     def phi_reference(self, x):
         """``[b, d] -> [b, h]``: the same sum computed literally with ``self.phi``."""

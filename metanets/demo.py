@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from zoo.fs import check_writable_dir
+
 from . import bench, registry, report
 from .errors import MetanetError
 
@@ -165,9 +167,9 @@ def _children_cpu() -> float:
 
 def _watch(procs, paths, total: int, progress: bool) -> None:
     """Wait for the generation processes, with one progress bar over all zoos; fail on the first error."""
-    from zoo.generate import _progress, progress_of
+    from zoo.generate import model_bar, progress_of
 
-    bar = _progress(total, progress, "demo zoos")
+    bar = model_bar(total, progress, "demo zoos")
     try:
         while True:
             for preset, p, log in procs:
@@ -188,8 +190,6 @@ def _watch(procs, paths, total: int, progress: bool) -> None:
 
 def run_demo(out="runs", *, size="default", models=None, metanets=None, seeds=None, epochs=None, batch_size=None,
              lr=None, device="cpu", progress=True, bootstrap=None) -> dict:
-    from .cli import check_out_dir
-
     if size not in SIZES:
         raise MetanetError(f"demo size {size!r} is unknown; allowed: {', '.join(SIZES)}")
     if models is not None and models < 1:
@@ -203,7 +203,7 @@ def run_demo(out="runs", *, size="default", models=None, metanets=None, seeds=No
                             lr=bench.parse_lr(lr or settings["lr"]), device=device,
                             bootstrap=bootstrap or settings["bootstrap"], match_accuracy=True).check()
     zoos = zoo_dirs(out, size)
-    check_out_dir(zoos[0][1].parent / "bench")  # before minutes of generation, not after
+    check_writable_dir(zoos[0][1].parent / "bench", what="--out")  # before minutes of generation, not after
     if device == "cpu":
         gen = generate_zoos(zoos, models, progress)
     else:

@@ -34,7 +34,7 @@ def min_length() -> int:
     return n
 
 
-def _convs_fast(convs, x):
+def convs_fast(convs, x):
     """Run the conv stack; on CPU with PyTorch's native kernels instead of NNPACK and
     oneDNN, which for these 1-64 channel, very long 1-D convs are 3-8x slower (measured
     with scripts/bench_metanets.py). The backward pass follows the choice made here."""
@@ -78,6 +78,6 @@ class DMC(nn.Module):
         self.head = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64), nn.ReLU(), nn.Linear(64, 1))
 
     def forward(self, x):
-        h = _convs_fast(self.convs, x.unsqueeze(1))  # [B, 64, L]
+        h = convs_fast(self.convs, x.unsqueeze(1))  # [B, 64, L]
         h = self.per_position(h.transpose(1, 2)).mean(dim=1)  # [B, 64]
         return self.head(h).squeeze(-1)

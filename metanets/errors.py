@@ -8,3 +8,7 @@ from zoo.errors import ZooError
 
 class MetanetError(ZooError):
     """A bad metanet name, plugin, option or zoo combination, with a message naming it."""
+
+
+class NotApplicable(MetanetError):
+    """A metanet that cannot run on this zoo at all (reported as n/a with this reason)."""

@@ -13,13 +13,9 @@ import torch
 from zoo.spec import HPARAMS
 
 from .data import InputInfo, WeightSet
-from .errors import MetanetError
+from .errors import NotApplicable
 from .gbm import StatGBM
 from .registry import register
-
-
-class NotApplicable(MetanetError):
-    """A metanet that cannot run on this zoo at all (reported as n/a with this reason)."""
 
 
 def hparam_table(ws: WeightSet) -> tuple[list[str], dict]:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.fs import atomic_path, check_writable_dir, json_default
+
 from . import registry
 from .data import InputInfo
 from .errors import MetanetError
@@ -38,8 +40,6 @@ CONVERT_HINT = ("if you trust where it came from, convert it once with "
 
 def check_writable(path, example: str = "metanet.pt") -> Path:
     """Refuse an output file we could not write, before hours of training."""
-    from zoo.store import check_writable_dir
-
     path = Path(path)
     if path.is_dir():
         raise MetanetError(f"--out {path} is a folder; give a file name such as {path / example}")
@@ -50,8 +50,6 @@ def check_writable(path, example: str = "metanet.pt") -> Path:
 def save(path, name: str, model, info: InputInfo, *, target: str, checkpoint: str = "final",
          meta: dict | None = None) -> Path:
     from safetensors.torch import save as st_save
-
-    from zoo.store import atomic_path
 
     path = Path(path)
     cls = registry.get(name)
@@ -64,16 +62,10 @@ def save(path, name: str, model, info: InputInfo, *, target: str, checkpoint: st
         import skops.io as sio
 
         tensors = {SKLEARN_TENSOR: torch.from_numpy(np.frombuffer(sio.dumps(model.model), np.uint8).copy())}
-    blob = st_save(tensors, metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
+    blob = st_save(tensors, metadata={HEADER_KEY: json.dumps(header, default=json_default)})
     with atomic_path(path) as tmp:
         tmp.write_bytes(blob)
     return path
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _read(path: Path) -> tuple[dict, dict]:

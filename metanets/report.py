@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.store import write_json
+from zoo.fs import write_json
 
 
 

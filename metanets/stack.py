@@ -30,8 +30,8 @@ from torch import nn
 
 from . import registry, train
 from .data import as_view
-from .deepsets import DeepSets, _PooledReLU
-from .dmc import DMC, _convs_fast
+from .deepsets import DeepSets, PooledReLU
+from .dmc import DMC, convs_fast
 from .errors import MetanetError
 from .metrics import r2
 from .mlp import MLP
@@ -185,7 +185,7 @@ class StackedDeepSets(Stack):
         xr = x * r
         # replica by replica: the pooled sum is compute-bound, [b, chunk, h] blocks are as large
         # as any one kernel needs, and one replica's block at a time keeps memory at one run's
-        pooled = torch.stack([_PooledReLU.apply(xr[i], r[i], mix[i], chunk) for i in range(self.R)])
+        pooled = torch.stack([PooledReLU.apply(xr[i], r[i], mix[i], chunk) for i in range(self.R)])
         return self._sequential(self.base.rho, "rho", pooled / d, False).squeeze(-1)
 
 
@@ -229,13 +229,13 @@ class StackedDMC(Stack):
         if alive is None:
             alive = torch.ones(self.R, dtype=torch.bool, device=x.device)
         h = x[:, None, :] if shared else x.transpose(0, 1)  # [B, 1 or R, D]
-        h = _convs_fast(lambda t: self._convs(t, shared, alive), h)  # [B, R*64, L]
+        h = convs_fast(lambda t: self._convs(t, shared, alive), h)  # [B, R*64, L]
         h = h.unflatten(1, (self.R, -1)).permute(1, 0, 3, 2)  # [R, B, L, 64]
         h = self._sequential(self.base.per_position, "per_position", h, False).mean(dim=2)
         return self._sequential(self.base.head, "head", h, False).squeeze(-1)
 
 
-#: Runs per stacked model at most (``train.fit_runs`` stacks more in groups): memory grows with
+#: Runs per stacked model at most (``bench.fit_runs`` stacks more in groups): memory grows with
 #: R (DMC's activations, DeepSets' ``[R, b, d]`` terms); the sweep (6) and 5 seeds fit in one.
 MAX_REPLICAS = 8
 
@@ -245,7 +245,7 @@ STACKED = {MLP: StackedMLP, StatNN: StackedStatNN, StatNNStd: StackedStatNN, Dee
 
 
 def supports(name: str) -> bool:
-    """Whether metanet ``name`` trains stacked (else :func:`train.fit_runs` runs it run by run)."""
+    """Whether metanet ``name`` trains stacked (else :func:`bench.fit_runs` runs it run by run)."""
     return registry.get(name) in STACKED
 
 
@@ -277,7 +277,7 @@ def fit_stacked(name: str, ws, runs, *, epochs: int = train.EPOCHS, batch_size: 
     opt = StackedAdamW(stk.params, [lr for lr, _ in runs], weight_decay)
     seeds = [seed for _, seed in runs]
     shared = len(set(seeds)) == 1
-    orders = [torch.Generator().manual_seed(train._seed(s, "order", name, tag)) for s in seeds[:1 if shared else R]]
+    orders = [torch.Generator().manual_seed(train.run_seed(s, "order", name, tag)) for s in seeds[:1 if shared else R]]
     n = len(feats["train"])
     yv = y["val"].cpu().numpy()
     alive = torch.ones(R, dtype=torch.bool, device=device)  # read on the host once per epoch
@@ -320,7 +320,7 @@ def fit_stacked(name: str, ws, runs, *, epochs: int = train.EPOCHS, batch_size: 
     results = []
     for r, ((lr, seed), model) in enumerate(zip(runs, models)):
         stk.load_into(r, model, best)
-        results.append(train._finish(name, model, seed, lr, best_epoch[r], history[r], feats, y, view, info, t0,
+        results.append(train.finish_run(name, model, seed, lr, best_epoch[r], history[r], feats, y, view, info, t0,
                                      diverged_epoch[r]))
     wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
     for res in results:

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from zoo.nets import derived_seed
+from zoo.seeding import derived_seed
 
 from . import registry
 from .data import InputInfo, WeightSet, as_view
 from .errors import MetanetError
+from .hparams import hparam_features
 from .metrics import kendall_tau, r2
 
 #: The paper's learning-rate grid.
@@ -76,7 +77,7 @@ class FitResult:
         return ""
 
 
-def _seed(seed: int, what: str, name: str, tag: str) -> int:
+def run_seed(seed: int, what: str, name: str, tag: str) -> int:
     return derived_seed(seed, what, name, tag) if tag else derived_seed(seed, what, name)
 
 
@@ -84,7 +85,7 @@ def build(name: str, info: InputInfo, seed: int = 0, device="cpu", tag: str = ""
     """A fresh metanet ``name`` for inputs ``info``, initialised from ``seed`` (and ``tag``)."""
     cls = registry.get(name)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(seed, "init", name, tag))
+        torch.manual_seed(run_seed(seed, "init", name, tag))
         model = cls(info)
     return model.to(device) if cls.kind == "torch" else model
 
@@ -128,8 +129,6 @@ def predict(model, features: torch.Tensor, view: str, info: InputInfo, batch_siz
 def features(ws: WeightSet, split: str, view: str):
     """A split's stored inputs in ``view``; ``hparams`` reads the zoo table, not the weights."""
     if view == "hparams":
-        from .hparams import hparam_features
-
         return hparam_features(ws, split)
     return ws.features(split, view)
 
@@ -159,14 +158,14 @@ def fit(name: str, ws: WeightSet, *, lr: float | None = 1e-3, seed: int = 0, epo
     t0 = time.perf_counter(), time.process_time()
     model = build(name, info, seed, device, tag)
     if cls.kind == "sklearn":
-        model.fit(feats["train"].cpu(), y["train"].cpu().numpy(), seed=_seed(seed, "fit", name, tag) % 2**31)
-        return _finish(name, model, seed, None, None, [], feats, y, view, info, t0)
+        model.fit(feats["train"].cpu(), y["train"].cpu().numpy(), seed=run_seed(seed, "fit", name, tag) % 2**31)
+        return finish_run(name, model, seed, None, None, [], feats, y, view, info, t0)
     check_fit_args(name, epochs, batch_size, [lr])
     check_output(name, model, as_view(feats["train"][:2], view, info.layout))
     if hasattr(model, "prepare"):
         model.prepare(feats["train"])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    order = torch.Generator().manual_seed(_seed(seed, "order", name, tag))
+    order = torch.Generator().manual_seed(run_seed(seed, "order", name, tag))
     n = len(feats["train"])
     best = (-math.inf, 0, copy.deepcopy(model.state_dict()))
     history, diverged_epoch = [], None
@@ -196,10 +195,10 @@ def fit(name: str, ws: WeightSet, *, lr: float | None = 1e-3, seed: int = 0, epo
             diverged_epoch = epoch
             break
     model.load_state_dict(best[2])
-    return _finish(name, model, seed, lr, best[1], history, feats, y, view, info, t0, diverged_epoch)
+    return finish_run(name, model, seed, lr, best[1], history, feats, y, view, info, t0, diverged_epoch)
 
 
-def _finish(name, model, seed, lr, best_epoch, history, feats, y, view, info, t0, diverged_epoch=None):
+def finish_run(name, model, seed, lr, best_epoch, history, feats, y, view, info, t0, diverged_epoch=None):
     preds = {s: predict(model, feats[s], view, info) for s in ("val", "test")}  # train: unused, and costly
     wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
     yt = {s: y[s].cpu().numpy() for s in y}
@@ -207,47 +206,3 @@ def _finish(name, model, seed, lr, best_epoch, history, feats, y, view, info, t0
                      r2(yt["val"], preds["val"]), kendall_tau(yt["val"], preds["val"]),
                      r2(yt["test"], preds["test"]), kendall_tau(yt["test"], preds["test"]),
                      wall, num_parameters(model), preds, history, diverged_epoch, cpu)
-
-
-def fit_runs(name: str, ws: WeightSet, runs, *, stack: bool = True, on_result=None, **kw) -> list[FitResult]:
-    """One :class:`FitResult` per ``(lr, seed)`` of ``runs``, in order, each what
-    ``fit(name, ws, lr=lr, seed=seed, **kw)`` returns. With ``stack`` (default) the runs of a
-    metanet that supports it (:mod:`metanets.stack`) train as one stacked model, which gives
-    the same results faster; other metanets train run by run.
-
-    ``on_result``: optional callable receiving each result as it is ready; ``progress``: an
-    optional callable ``(epoch, val_r2)`` after every epoch of a run, ``val_r2`` a list (one
-    per run still training) when the runs train stacked."""
-    from . import stack as stacking
-
-    runs = [(lr, seed) for lr, seed in runs]
-    if stack and len(runs) > 1 and stacking.supports(name):
-        results = []
-        for a in range(0, len(runs), stacking.MAX_REPLICAS):
-            results += stacking.fit_stacked(name, ws, runs[a:a + stacking.MAX_REPLICAS], **kw)
-            for res in results[a:] if on_result else ():
-                on_result(res)
-        return results
-    results = []
-    for lr, seed in runs:
-        results.append(fit(name, ws, lr=lr, seed=seed, **kw))
-        if on_result:
-            on_result(results[-1])
-    return results
-
-
-def sweep_lr(name: str, ws: WeightSet, lrs=LR_GRID, *, seed: int = 0, on_result=None, stack: bool = True, **kw):
-    """Train one run per learning rate; return (best lr by validation R², all results).
-
-    The runs share initialisation and batches, so by default they train as one stacked
-    model (:func:`fit_runs`). ``on_result``: optional callable receiving each
-    :class:`FitResult` as it finishes."""
-    results = fit_runs(name, ws, [(lr, seed) for lr in lrs], stack=stack, on_result=on_result, **kw)
-    return best_lr(results), results
-
-
-def best_lr(results) -> float | None:
-    """The rate of the usable run with the best validation R²; None if every run diverged
-    or gave non-finite predictions (a diverged run is never selected, whatever its score)."""
-    scored = [r for r in results if r.status == "ok" and np.isfinite(r.val_r2)]
-    return max(scored, key=lambda r: r.val_r2).lr if scored else None

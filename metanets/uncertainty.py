@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from zoo.nets import derived_seed
+from zoo.seeding import derived_seed
 
 from .metrics import undefined_reason, weighted_r2, weighted_tau
 

@@ -48,8 +48,8 @@ from zoo import data as image_data  # noqa: E402
 from zoo.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
 from zoo.nets import build_net  # noqa: E402
 from zoo.spec import load_spec, validate_for_data  # noqa: E402
-from zoo.train import (BETAS, EPS, AloneRun, GroupTrainer, Job, TrainOptions, _aug_sizes,  # noqa: E402
-                       _data_gen, _schedule_tensors, _stack_plans, epoch_plan, lr_factor, smoothed_ce,
+from zoo.train import (BETAS, EPS, AloneRun, GroupTrainer, Job, TrainOptions, aug_sizes,  # noqa: E402
+                       data_generator, schedule_tensors, stack_plans, epoch_plan, lr_factor, smoothed_ce,
                        steps_per_epoch, train_subset)
 
 #: Epochs of the jobs a benchmark trains: nobody finishes (or changes shape) while timed.
@@ -109,13 +109,13 @@ class R1:
         # A tensor lr lets the schedule be written on the device, with no host sync.
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=BETAS, eps=EPS,
                                      weight_decay=hp["weight_decay"], fused=True)
-        self.gen = _data_gen(job)
+        self.gen = data_generator(job)
         self.subset = train_subset(self.gen, len(data.y_train), hp["train_fraction"])
         self.spe = steps_per_epoch(len(data.y_train), hp)
         self.B = int(hp["batch_size"])
-        self.sched = _schedule_tensors([hp], self.spe, device)
+        self.sched = schedule_tensors([hp], self.spe, device)
         self.steps = torch.zeros(1, dtype=torch.float64, device=device)
-        self.translate, self.cutout = _aug_sizes([hp], device)
+        self.translate, self.cutout = aug_sizes([hp], device)
         self.hw = tuple(data.x_train.shape[2:])
         self.bf16 = bf16
         if compile_mode == "reduce-overhead":
@@ -133,7 +133,7 @@ class R1:
             return smoothed_ce(self.net(x), y, self.hp["label_smoothing"])
 
     def start_epoch(self):
-        self.plan = _stack_plans([epoch_plan(self.gen, self.subset, self.hp, self.hw)], self.device)
+        self.plan = stack_plans([epoch_plan(self.gen, self.subset, self.hp, self.hw)], self.device)
         self.s = 0
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
 

@@ -36,7 +36,7 @@ from zoo.benchtools import Spread, Variant, alternate, device_info, timed  # noq
 from zoo.data import grouped_batch  # noqa: E402
 from zoo.errors import ZooError  # noqa: E402
 from zoo.grouped import GroupState  # noqa: E402
-from zoo.train import _aug_sizes, _batch, _data_gen, _stack_plans, epoch_plan, train_subset  # noqa: E402
+from zoo.train import aug_sizes, augmented_batch, data_generator, stack_plans, epoch_plan, train_subset  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -74,10 +74,10 @@ def main(argv=None) -> int:
     hw = tuple(data.x_train.shape[2:])
     plans = []
     for j in jobs:
-        gen = _data_gen(j)
+        gen = data_generator(j)
         plans.append(epoch_plan(gen, train_subset(gen, len(data.y_train), j.hp["train_fraction"]), j.hp, hw))
-    plan = _stack_plans(plans, args.device)
-    translate, cutout = _aug_sizes([j.hp for j in jobs], args.device)
+    plan = stack_plans(plans, args.device)
+    translate, cutout = aug_sizes([j.hp for j in jobs], args.device)
     B = int(jobs[0].hp["batch_size"])
     n_batches = plan["order"].shape[1] // B
     if n_batches < 1:
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
 
     def unfused(s, dtype, cl):
         sl = slice(s * B, (s + 1) * B)
-        x, _ = _batch(data, plan["order"][:, sl], plan, sl, translate, cutout)
+        x, _ = augmented_batch(data, plan["order"][:, sl], plan, sl, translate, cutout)
         return GroupState.layout_input(x, cl, dtype)
 
     builders = {"fused": fused, "unfused": unfused}

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from metanets import data, registry, stack, train
+from metanets import bench, data, registry, stack, train
 from metanets.synthetic import make_zoo
 from zoo.benchtools import Spread, Variant, alternate, device_info, timed
 
@@ -116,7 +116,7 @@ def stack_times(ws, names, device: str, batch_size: int, epochs: int, seeds: int
 
         def runs(which, stacked, name=name, kw=kw):
             def window(k):
-                return timed(device, lambda: train.fit_runs(name, ws, which, epochs=k, stack=stacked, **kw))
+                return timed(device, lambda: bench.fit_runs(name, ws, which, epochs=k, stack=stacked, **kw))
             return window
 
         # the unit is an epoch of every run of the group: epoch-runs per second
@@ -128,7 +128,7 @@ def stack_times(ws, names, device: str, batch_size: int, epochs: int, seeds: int
     alternate(variants, windows)
     print(f"\n## Stacked against run by run ({len(train.LR_GRID)}-rate sweep: one init, shared batches; "
           f"{seeds} seeds: own init and batches; device {device}, batch {batch_size})")
-    print(f"Each window is one train.fit_runs() of {epochs} epochs per run (set-up and final predictions "
+    print(f"Each window is one bench.fit_runs() of {epochs} epochs per run (set-up and final predictions "
           f"included), after a 1-epoch warm-up; variants alternate; median [min, max] n.")
     print("| metanet | runs | run by run (epoch-runs/s) | stacked (epoch-runs/s) | speed-up | "
           "projected cell stacked (s) |\n| --- | --- | --- | --- | --- | --- |")

@@ -153,8 +153,8 @@ def test_the_input_benchmark_times_fused_against_unfused_and_checks_they_agree(c
             bench_input.main(bad)
     # a preset that samples the training fraction still makes one group
     assert bench_input.main(["--preset", "digits-resnet8", "--models", "2", "--steps", "1", "--windows", "1"]) == 0
-    old = bench_input._batch
-    monkeypatch.setattr(bench_input, "_batch", lambda *a: (old(*a)[0].flip(-2), old(*a)[1]))  # rows mirrored
+    old = bench_input.augmented_batch
+    monkeypatch.setattr(bench_input, "augmented_batch", lambda *a: (old(*a)[0].flip(-2), old(*a)[1]))  # rows mirrored
     with pytest.raises(SystemExit, match="unfused fp32: builds another input than fused fp32"):
         bench_input.main(["--models", "2", "--steps", "1", "--windows", "1"])
 

@@ -145,8 +145,8 @@ def _fake(lr, val_r2, diverged=False):
 
 
 def test_the_sweep_never_selects_a_diverged_run():
-    assert train.best_lr([_fake(1e-3, 0.5), _fake(1e-2, 0.9, diverged=True)]) == 1e-3
-    assert train.best_lr([_fake(1e-2, 0.9, diverged=True)]) is None
+    assert bench.best_lr([_fake(1e-3, 0.5), _fake(1e-2, 0.9, diverged=True)]) == 1e-3
+    assert bench.best_lr([_fake(1e-2, 0.9, diverged=True)]) is None
     assert _fake(1, 0.9, diverged=True).status == "diverged"
     assert "epoch 3" in _fake(1, 0.9, diverged=True).note and "seed 0" in _fake(1, 0.9, diverged=True).note
 

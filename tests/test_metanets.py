@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from metanets import data, registry, train
+from metanets import bench, data, registry, train
 from metanets.errors import MetanetError
 from metanets.metrics import kendall_tau, mean_std, r2
 from metanets.synthetic import make_zoo, net_vector
@@ -266,7 +266,7 @@ def test_training_is_seeded_and_keeps_the_best_validation_epoch(zoos):
 
 def test_lr_sweep_picks_the_best_validation_r2(zoos):
     ws = data.load(zoos["shift"])
-    lr, results = train.sweep_lr("statnn", ws, (1e-5, 1e-3), epochs=4, batch_size=16)
+    lr, results = bench.sweep_lr("statnn", ws, (1e-5, 1e-3), epochs=4, batch_size=16)
     assert lr == max(results, key=lambda r: r.val_r2).lr
 
 
@@ -364,10 +364,10 @@ def test_deepsets_chunked_pooled_sum_equals_the_materialised_one_with_its_gradie
     g_old = torch.autograd.grad((old * w).sum(), params)
     for a, b in zip(g_new, g_old):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-    from metanets.deepsets import _PooledReLU
+    from metanets.deepsets import PooledReLU
 
     # the hand-written backward against finite differences, in float64
     inputs = (x.detach().double()[:2, :20].requires_grad_(True),
               torch.rand(2, 20, dtype=torch.float64).add(0.5).requires_grad_(True),
               torch.randn(3, 4, dtype=torch.float64, requires_grad=True))
-    assert torch.autograd.gradcheck(lambda xr, r, mix: _PooledReLU.apply(xr, r, mix, chunk), inputs)
+    assert torch.autograd.gradcheck(lambda xr, r, mix: PooledReLU.apply(xr, r, mix, chunk), inputs)

@@ -108,10 +108,10 @@ def test_fit_runs_stacks_what_it_can_and_trains_the_rest_run_by_run(zoo_path, mo
     real = stack.fit_stacked
     monkeypatch.setattr(stack, "fit_stacked", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     seen = []
-    res = train.fit_runs("statnn", ws, [(1e-3, 0), (1e-2, 0)], epochs=1, batch_size=8, on_result=seen.append)
+    res = bench.fit_runs("statnn", ws, [(1e-3, 0), (1e-2, 0)], epochs=1, batch_size=8, on_result=seen.append)
     assert calls == ["statnn"] and [r.lr for r in res] == [1e-3, 1e-2] and seen == res
-    train.fit_runs("statnn", ws, [(1e-3, 0), (1e-2, 0)], epochs=1, batch_size=8, stack=False)
-    train.fit_runs("statnn-gbm", ws, [(None, 0), (None, 1)])  # sklearn: nothing to stack
+    bench.fit_runs("statnn", ws, [(1e-3, 0), (1e-2, 0)], epochs=1, batch_size=8, stack=False)
+    bench.fit_runs("statnn-gbm", ws, [(None, 0), (None, 1)])  # sklearn: nothing to stack
     assert calls == ["statnn"]
 
 
@@ -123,7 +123,7 @@ def test_more_runs_than_one_stack_holds_train_in_groups_in_order(zoo_path, float
     monkeypatch.setattr(stack, "fit_stacked", lambda n, w, runs, **k: sizes.append(len(runs)) or real(n, w, runs, **k))
     runs = [(1e-3, 0), (1e-2, 0), (3e-3, 1)]
     seen, ticks = [], []
-    res = train.fit_runs("statnn", ws, runs, epochs=2, batch_size=8, on_result=seen.append,
+    res = bench.fit_runs("statnn", ws, runs, epochs=2, batch_size=8, on_result=seen.append,
                          progress=lambda e, scores: ticks.append((e, len(scores))))
     assert sizes == [2, 1] and [(r.lr, r.seed) for r in res] == runs and seen == res
     assert ticks == [(1, 2), (2, 2), (1, 1), (2, 1)]  # every epoch of every group, one score per run
@@ -141,7 +141,7 @@ def test_a_plugin_subclassing_a_builtin_is_never_stacked(zoo_path, monkeypatch):
 
     assert not stack.supports("test-stack-mlp-plugin") and stack.supports("mlp")
     ws = data.load(zoo_path)
-    a = train.fit_runs("test-stack-mlp-plugin", ws, [(1e-3, 0), (1e-2, 0)], epochs=1, batch_size=8)[0]
+    a = bench.fit_runs("test-stack-mlp-plugin", ws, [(1e-3, 0), (1e-2, 0)], epochs=1, batch_size=8)[0]
     b = train.fit("test-stack-mlp-plugin", ws, lr=1e-3, seed=0, epochs=1, batch_size=8)
     np.testing.assert_array_equal(a.predictions["test"], b.predictions["test"])
 

@@ -8,7 +8,7 @@ import torch
 from zoo.data import augment
 from zoo.nets import NetConfig, WAsym
 from zoo.spec import HPARAM_DEFAULTS
-from zoo.train import SCHEDULES, GroupTrainer, Job, _schedule_tensors, lr_factor, train_alone
+from zoo.train import SCHEDULES, GroupTrainer, Job, schedule_tensors, lr_factor, train_alone
 
 CFG = NetConfig(width=0.25, in_channels=1, num_classes=10)
 
@@ -125,13 +125,13 @@ def test_a_diverging_model_is_recorded_and_does_not_disturb_its_group(digits):
 
 def test_lim2024_schedule_warms_up_linearly_then_decays_to_zero():
     total, warm = 100, 20
-    T, W, K = _schedule_tensors([{"epochs": 10, "warmup_epochs": 2, "schedule": "lim2024"}], 10, "cpu")
+    T, W, K = schedule_tensors([{"epochs": 10, "warmup_epochs": 2, "schedule": "lim2024"}], 10, "cpu")
     f = [float(lr_factor(s, T, W, K)[0]) for s in range(total)]
     assert f[0] == pytest.approx(1 / warm) and f[warm - 1] == pytest.approx(1.0)
     assert f[warm] == pytest.approx(1.0) and f[-1] == pytest.approx(1 / (total - warm))
     assert all(b <= a for a, b in zip(f[warm:], f[warm + 1:])), "monotone decay"
     assert np.allclose(np.diff(f[warm:]), -1 / (total - warm))
-    T, W, K = _schedule_tensors([{"epochs": 10, "warmup_epochs": 0, "schedule": "cosine"}], 10, "cpu")
+    T, W, K = schedule_tensors([{"epochs": 10, "warmup_epochs": 0, "schedule": "cosine"}], 10, "cpu")
     c = [float(lr_factor(s, T, W, K)[0]) for s in range(total)]
     assert c[0] == pytest.approx(1.0) and c[50] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert SCHEDULES == ("lim2024", "cosine", "constant")

@@ -2,10 +2,9 @@
 
 ``zoo.open(path)`` reads a zoo; ``zoo generate`` (CLI) makes one.
 """
-__version__ = "0.1.0"
-
-from .errors import SpecError, ZooError  # noqa: E402
-from .layout import Layout, TensorSpec  # noqa: E402
-from .reader import Zoo, open  # noqa: E402,A004
+from ._version import __version__
+from .errors import SpecError, ZooError
+from .layout import Layout, TensorSpec
+from .reader import Zoo, open  # noqa: A004
 
 __all__ = ["Layout", "SpecError", "TensorSpec", "Zoo", "ZooError", "open", "__version__"]

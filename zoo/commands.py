@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .console import human_bytes
 from .errors import ZooError
 
 
@@ -126,11 +127,11 @@ def cmd_generate(args) -> int:
                            "and one task per shard)")
 
         if args.force:
-            from .generate import _remove_zoo
+            from .generate import remove_zoo
             from .lock import lock_dir
 
             with lock_dir(args.out, "zoo generate --force"):
-                _remove_zoo(args.out)
+                remove_zoo(args.out)
         generate_ray(args.spec, args.out, address=None if args.ray == "local" else args.ray, models=args.models,
                      group_size=args.group_size, progress=not args.quiet, device=args.device, refill=args.refill)
     else:
@@ -166,13 +167,6 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not is_temp(f))
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-
-
 def print_info(path: Path, verify: bool = True) -> None:
     import zoo
 
@@ -196,7 +190,7 @@ def print_info(path: Path, verify: bool = True) -> None:
         top = max(hist.max(), 1)
         for h, e in zip(hist, edges):
             print(f"    {e:.1f}-{e + 0.1:.1f} {'#' * int(round(40 * h / top)):40s} {h}")
-    print(f"  on disk     {_human(_size(path))} in {len(m['shards'])} shard(s)")
+    print(f"  on disk     {human_bytes(_size(path))} in {len(m['shards'])} shard(s)")
     if not verify:
         print(NOT_VERIFIED)
 
@@ -210,7 +204,7 @@ def cmd_info(args) -> int:
         print(f"zoo {p['name']!r} at {path}: generation in progress or interrupted")
         print(f"  models done {p['done']} / {p['models']}   shards {p['shards_done']} / {p['shards_total']}   "
               f"group size {p['group_size']}" + (", slot refill" if p["refill"] else ", fixed groups"))
-        print(f"  on disk     {_human(_size(path))}")
+        print(f"  on disk     {human_bytes(_size(path))}")
         return 0
     print_info(path, verify=not args.no_verify)
     return 0

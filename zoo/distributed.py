@@ -60,7 +60,7 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
         import ray
     except ImportError as e:
         raise ZooError("--ray needs Ray: pip install 'metazoo[ray]'") from e
-    from .generate import _check_out_dir
+    from .generate import check_out_dir
     from .spec import ZooSpec, load_spec
     from .store import MANIFEST, PLAN, shard_name
 
@@ -75,7 +75,7 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
     # Workers do not share the driver's working directory; they must get the same absolute path.
     out = Path(out).expanduser().resolve()
     # Refuse a directory holding another zoo before starting (or joining) a cluster.
-    if (_check_out_dir(out, spec) or {}).get("complete"):
+    if (check_out_dir(out, spec) or {}).get("complete"):
         if progress:
             print(f"{out}: zoo already complete ({spec.models} models)")
         return out
@@ -135,10 +135,10 @@ def _cpu_threads(ray, out: Path) -> int:
     ``zoo generate`` in this process would use; refused if no node has that many CPUs."""
     import torch
 
-    from .generate import _read_json
+    from .generate import read_json
     from .store import PLAN
 
-    plan = _read_json(out / PLAN) if (out / PLAN).exists() else {}
+    plan = read_json(out / PLAN) if (out / PLAN).exists() else {}
     threads = int(plan.get("cpu_threads", torch.get_num_threads()))
     # A task that holds fewer CPUs than it computes with would fight the other tasks; one that
     # computed with fewer threads than the plan would make a different zoo: neither is allowed.
@@ -166,10 +166,10 @@ def _wait_all(ray, pending: dict, out: Path, spec, progress: bool) -> list:
     """Wait for every shard task; return ``[(shard, exception)]`` of those that failed for good.
 
     A failed shard does not stop the others: whatever finishes is kept for the rerun."""
-    from .generate import _progress, progress_of
+    from .generate import model_bar, progress_of
 
     start = progress_of(out)["done"]
-    bar = _progress(spec.models - start, progress, spec.name)
+    bar = model_bar(spec.models - start, progress, spec.name)
     failed = []
     try:
         while pending:

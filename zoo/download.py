@@ -25,6 +25,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from . import console
 from .catalogue import UNKNOWN, Card, SourceFile, default_root
 from .errors import ZooError
 from .store import MANIFEST, atomic_path, read_manifest
@@ -133,7 +134,6 @@ def _http_get(url: str, part: Path, f: SourceFile, progress: bool, log) -> bool:
     """Fill ``part`` with the whole body of ``url``, resuming what is there. False: an optional
     file the server does not have."""
     import requests
-    from tqdm.auto import tqdm
 
     host = urllib.parse.urlparse(url).netloc
     for attempt in range(1, ATTEMPTS + 1):
@@ -157,8 +157,8 @@ def _http_get(url: str, part: Path, f: SourceFile, progress: bool, log) -> bool:
                 check_free_disk(part.parent, (total or 0) - have, f.name)
                 try:
                     with open(part, "ab" if have else "wb") as out, \
-                            tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                                 desc=f.name, disable=not progress, file=sys.stderr, leave=False) as bar:
+                            console.progress(total, enabled=progress, desc=f.name, unit="B", initial=have,
+                                             unit_scale=True, unit_divisor=1024, leave=False) as bar:
                         for chunk in r.iter_content(1 << 16):  # small: a lost connection loses < 64 KiB
                             out.write(chunk)
                             bar.update(len(chunk))

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from . import data as image_data
+from .console import progress
 from .errors import ZooError
 from .layout import Layout
 from .nets import FiGLU, build_net
@@ -121,20 +122,20 @@ def auto_group_size(spec: ZooSpec, cfg, data, opts: TrainOptions) -> int:
 
 # ------------------------------------------------------------------ state
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path} is damaged ({e}); delete it to start the generation afresh") from e
 
 
-def _check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
+def check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
     """Refuse a directory holding something else; return the existing plan, if any."""
     fp = spec.fingerprint()
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} is a file, not a folder")
     if (out / MANIFEST).exists():
-        m = _read_json(out / MANIFEST)
+        m = read_json(out / MANIFEST)
         if m.get("spec_fingerprint") != fp:
             raise ZooError(f"{out} already holds a different zoo ({m.get('name')!r}, "
                            f"{m.get('num_models')} models); choose another --out, delete it, or pass --force")
@@ -143,7 +144,7 @@ def _check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
             return {"complete": True}
         # A shard was deleted (it was damaged): regenerate it from the plan, then re-seal.
     if (out / PLAN).exists():
-        plan = _read_json(out / PLAN)
+        plan = read_json(out / PLAN)
         if plan.get("format") != PLAN_FORMAT or plan.get("fingerprint") != fp:
             raise ZooError(f"{out} holds an unfinished generation of a different spec "
                            f"({plan.get('spec', {}).get('name')!r}, {plan.get('spec', {}).get('models')} models); "
@@ -219,7 +220,7 @@ def _expected_sha(out: Path, s: int) -> str | None:
     sha = recorded_sha(_record(out / shard_name(s)))
     if sha is None and (out / MANIFEST).exists():
         try:
-            entries = {e.get("file"): e.get("sha256") for e in _read_json(out / MANIFEST).get("shards", [])}
+            entries = {e.get("file"): e.get("sha256") for e in read_json(out / MANIFEST).get("shards", [])}
             sha = entries.get(shard_name(s))
         except (ZooError, AttributeError):
             pass
@@ -287,7 +288,7 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
 
     A function of its own so that a Ray driver can have the plan written once, by one
     task, before any shard task starts (zoo/distributed.py)."""
-    plan = _check_out_dir(out, spec)
+    plan = check_out_dir(out, spec)
     if plan and plan.get("complete"):
         return plan, None, None
     data = image_data.load(spec.data, opts.device)
@@ -308,7 +309,7 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
             write_json(out / PLAN, mine, exclusive=True)
         except FileExistsError:
             pass
-        plan = _check_out_dir(out, spec) or mine
+        plan = check_out_dir(out, spec) or mine
     else:
         if group_size is not None and group_size != plan["group_size"] and progress:
             print(f"note: resuming with the plan's group size {plan['group_size']} (not {group_size}), "
@@ -359,7 +360,7 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
     check_writable_dir(out, "--out")
     with lock_dir(out, "zoo generate", key=key):
         if force:
-            _remove_zoo(out)
+            remove_zoo(out)
         _remove_stale(out, spec, None if num_shards is None else
                       [s for s in range(spec.num_shards) if s % num_shards == shard])
         return _generate_locked(spec, out, device=device, group_size=group_size, shard=shard,
@@ -386,7 +387,7 @@ def _ours(name: str) -> bool:
         or _LOCK_INSIDE.fullmatch(name) is not None
 
 
-def _remove_zoo(out: Path) -> None:
+def remove_zoo(out: Path) -> None:
     """--force: delete the zoo or unfinished generation in ``out``; refuse a folder (or
     entries in it) that are not ours, before deleting anything."""
     check_replaceable(out, "--force")
@@ -463,7 +464,7 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
             todo.append(s)
     total = sum(len(spec.shard_ids(s)) for s in todo)
     check_writable_dir(out, "--out", need_bytes=estimate_bytes(spec, layout, total))
-    bar = _progress(total, progress, spec.name)
+    bar = model_bar(total, progress, spec.name)
     # as the plan says (ensure_plan already ruled it out for smallcnn zoos and groups of one);
     # one-at-a-time training (a benchmark's) has no slots
     refill = bool(plan.get("refill", False)) and not reference
@@ -579,7 +580,7 @@ def write_manifest(out: Path) -> dict:
     out = Path(out)
     if not (out / PLAN).exists():
         raise ZooError(f"{out} has no {PLAN}: it is not a zoo being generated")
-    plan = _read_json(out / PLAN)
+    plan = read_json(out / PLAN)
     from .spec import spec_from_dict
 
     spec = spec_from_dict(plan["spec"])
@@ -625,39 +626,15 @@ def _check_complete(out: Path) -> None:
                            "`zoo generate` to regenerate its models") from None
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def write(self, msg):
-        print(msg)
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool, name: str):
-    if not enabled or total == 0:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    class Bar(tqdm):
-        """tqdm with models/hour beside the per-second rate and ETA."""
-
-        @property
-        def format_dict(self):
-            d = super().format_dict
-            rate = d["n"] / d["elapsed"] if d["elapsed"] else 0
-            d["postfix"] = f"{rate * 3600:,.0f} models/h"
-            return d
-
-    return Bar(total=total, unit="model", desc=f"generate {name}", smoothing=0.1)
+def model_bar(total: int, enabled: bool, name: str):
+    """The progress bar of a generation: models, with models/hour (a zoo takes hours)."""
+    return progress(total, enabled=enabled, desc=f"generate {name}", unit="model", per_hour=True, smoothing=0.1)
 
 
 def progress_of(out: Path) -> dict:
     """How far a (possibly running) generation is, read from finished shards and parts only."""
     out = Path(out)
-    plan = _read_json(out / PLAN)
+    plan = read_json(out / PLAN)
     per = plan["spec"].get("models_per_shard", 1000)
     total = plan["spec"]["models"]
     done = 0

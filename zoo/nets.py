@@ -8,7 +8,6 @@ can never drift from the single net it claims to train.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SpecError
+from .seeding import derived_seed  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,6 @@ ARCHS = ("resnet", "smallcnn")
 NORMS = ("groupnorm", "batchnorm")
 ACTIVATIONS = ("relu", "figlu")
 WASYM_MODES = ("filters", "entries")
-
-
-def derived_seed(*parts) -> int:
-    """A 63-bit seed from integers and strings, stable across runs and machines.
-
-    Strings go through crc32 (never Python's salted ``hash()``)."""
-    ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
-    return int(np.random.SeedSequence(ints).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 # ---------------------------------------------------------------- layers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+from .console import human_bytes
 from .catalogue import Card, NetCount, SourceFile, write_card
 from .errors import ZooError
 from .store import MANIFEST, atomic_path, read_manifest, sha256_file, verify
@@ -52,7 +53,7 @@ def pack(zoo_dir, out, *, url: str | None = None, card_path=None, name: str | No
         format="metazoo",
         files=(SourceFile(url=url or out.resolve().as_uri(), sha256=sha, filename=out.name, size_bytes=size),),
         nets=(NetCount(int(m["num_models"]), arch, data),),
-        licence=licence, citation=citation, size=_human(size),
+        licence=licence, citation=citation, size=human_bytes(size),
         notes="" if url else "url is this machine's file; replace it with where the archive is hosted",
     )
     card_path = Path(card_path) if card_path else out.with_name(f"{name}.toml")
@@ -67,11 +68,3 @@ def _arch(net: dict, m: dict) -> str:
     kind += "sigma-Asym " if net.get("activation") == "figlu" else ""
     width = "" if net.get("width", 1.0) == 1.0 else f" x{net['width']}"
     return f"{kind}ResNet{net.get('depth', '?')}{width}"
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

@@ -1,20 +1,13 @@
 """The on-disk weight dataset: HDF5 shards plus a JSON manifest (see docs/FORMAT.md).
 
-Every file is written to a temporary name in the same directory, flushed, fsynced
-and then renamed over its final name, so a reader (or a crash) only ever sees a
-whole file. Anything that fails mid-write removes its temporary file and leaves
-what was there before untouched.
+Every file goes through :mod:`zoo.fs` (temporary name, fsync, rename), so a reader (or a
+crash) only ever sees a whole file.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import platform
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import ZooError
+from .fs import (TMP_SUFFIX, atomic_path, check_writable_dir, is_temp, json_default,  # noqa: F401 (re-exported)
+                 remove_stale_temp, write_json, write_text)
 from .integrity import ShardVerifier, check_manifest, sha256_file  # noqa: F401 (re-exported)
 from .layout import Layout
 
@@ -46,95 +41,10 @@ def metric_column(metric: str, checkpoint: str) -> str:
 def versions(device: str | None = None) -> dict:
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return {"metazoo": __version__, "torch": torch.__version__, "h5py": h5py.__version__,
             "python": platform.python_version(), "device": device or "cpu"}
-
-
-# ----------------------------------------------------------- atomic files
-
-@contextlib.contextmanager
-def atomic_path(final: Path, exclusive: bool = False):
-    """Yield a temporary path beside ``final``; on success fsync it and rename it over
-    ``final``; on any error delete it and re-raise. The rename is atomic on POSIX.
-    A failed write (disk full, read-only folder, a file where a folder should be)
-    becomes a ZooError naming ``final`` and the cause.
-
-    ``exclusive``: never replace an existing ``final`` (hard link instead of rename; the
-    first writer wins and later ones raise FileExistsError)."""
-    final = Path(final)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent)
-    except OSError as e:
-        raise ZooError(f"could not write {final}: {e.strerror or e}") from e
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; zoos are shared between users and jobs
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, final)
-            tmp.unlink()
-        else:
-            os.replace(tmp, final)
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            dfd = os.open(final.parent, os.O_RDONLY)
-            os.fsync(dfd)
-            os.close(dfd)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
-            raise ZooError(f"could not write {final}: {e.strerror or e}; nothing was left half-written") from e
-        raise
-
-
-#: Suffix of every temporary file metazoo writes (``.NAME.XXXXXXXX.tmp``); a later run
-#: removes those a killed process left (:func:`remove_stale_temp`).
-TMP_SUFFIX = ".tmp"
-_TMP = re.compile(r"\.(shard-\d+\.h5|group-\d+\.h5|manifest\.json|zoo-plan\.json|[\w.-]+\.sha256)"
-                  r"\.[A-Za-z0-9_]{8}\.tmp")
-
-
-def is_temp(path) -> bool:
-    """True for a temporary file of :func:`atomic_path` (ours by name, never a user's file)."""
-    return bool(_TMP.fullmatch(Path(path).name))
-
-
-def remove_stale_temp(folder: Path, pattern: str = "*") -> list[Path]:
-    """Delete metazoo temporary files in ``folder`` and its ``.parts`` (call it holding the
-    folder's lock: then no live writer owns them). ``pattern`` narrows to one shard's."""
-    folder = Path(folder)
-    removed = []
-    for p in [*folder.glob(f".{pattern}{TMP_SUFFIX}"), *folder.glob(f".parts/**/.{pattern}{TMP_SUFFIX}")]:
-        if is_temp(p) and p.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p)
-    return removed
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_json(path: Path, obj, exclusive: bool = False) -> None:
-    with atomic_path(path, exclusive) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # ----------------------------------------------------------------- shards
@@ -186,11 +96,6 @@ def write_shard(path: Path, content: ShardContent, record: Path | None = None) -
     return sha
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def recorded_sha(record: Path) -> str | None:
     """The sha256 a :func:`write_shard` ``record`` file holds, or None."""
     try:
@@ -200,34 +105,12 @@ def recorded_sha(record: Path) -> str | None:
     return sha if len(sha) == 64 else None
 
 
-def check_writable_dir(folder: Path, what: str = "--out", need_bytes: int = 0) -> None:
-    """Refuse, before long work, a folder we cannot write into or that lacks the space.
-
-    Creates ``folder`` (and parents) if needed and writes a probe file: permission bits
-    alone do not tell (root ignores them; a read-only mount ignores them the other way)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ZooError(f"{what} {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TMP_SUFFIX, dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ZooError(f"{what} {folder} is not writable: {e.strerror or e}") from e
-    if need_bytes:
-        free = shutil.disk_usage(folder).free
-        if free < need_bytes:
-            raise ZooError(f"{what} {folder}: {free / 2**20:,.0f} MiB free, about {need_bytes / 2**20:,.0f} MiB "
-                           "needed (No space left on device); free some space or choose another folder")
-
-
 def _write_contents(f: h5py.File, c: ShardContent) -> None:
     f.attrs["format"] = SHARD_FORMAT
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["layout"] = c.layout.to_json()
     for k, v in (c.attrs or {}).items():
-        f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v, default=_json_default)
+        f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v, default=json_default)
     f.create_dataset("ids", data=c.ids)
     P = c.layout.num_params
     wg = f.create_group("weights")

@@ -132,7 +132,7 @@ def lr_factor(step, total, warmup, kind):
     return torch.where(step < warmup, warm, decay)
 
 
-def _schedule_tensors(hps, spe, device):
+def schedule_tensors(hps, spe, device):
     f64 = dict(dtype=torch.float64, device=device)
     return (torch.tensor([h["epochs"] * spe for h in hps], **f64),
             torch.tensor([h["warmup_epochs"] * spe for h in hps], **f64),
@@ -165,11 +165,11 @@ def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, smoothing, weight=None) -
     return batch_mean(sample_ce(logits, y, smoothing), weight)
 
 
-def _data_gen(job: Job) -> torch.Generator:
+def data_generator(job: Job) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(job.seed, "data"))
 
 
-def _batch(data: ImageData, idx, plan, sl, translate: int, cutout):
+def augmented_batch(data: ImageData, idx, plan, sl, translate: int, cutout):
     """Gather, normalise and augment the images ``idx [M, b]`` (``translate``/``cutout``: see
     :func:`zoo.data.augment`; a per-model ``cutout [M]`` tensor is spread over the images)."""
     M, b = idx.shape
@@ -181,7 +181,7 @@ def _batch(data: ImageData, idx, plan, sl, translate: int, cutout):
     return x.view(M, b, *x.shape[1:]), data.y_train[idx]
 
 
-def _aug_sizes(hps: list[dict], device):
+def aug_sizes(hps: list[dict], device):
     """Host-side augmentation sizes of a group: the translation padding and the cutout side
     (an int when shared by the group, else a per-model tensor)."""
     cut = {int(h["cutout"]) for h in hps}
@@ -189,7 +189,7 @@ def _aug_sizes(hps: list[dict], device):
     return max(int(h["translate"]) for h in hps), cutout
 
 
-def _stack_plans(plans, device):
+def stack_plans(plans, device):
     return {k: torch.stack([p[k] for p in plans]).to(device, non_blocking=True) for k in plans[0]}
 
 
@@ -240,7 +240,7 @@ class GroupRun:
         self.state = {"m": torch.zeros_like(flat), "v": torch.zeros_like(flat)} if self.kind == "adamw" \
             else {"buf": torch.zeros_like(flat)}
         self.jobs: list[Job | None] = list(jobs)
-        self.gens = [_data_gen(j) for j in jobs]
+        self.gens = [data_generator(j) for j in jobs]
         self.subsets = [train_subset(gen, len(data.y_train), j.hp["train_fraction"]) for gen, j in zip(self.gens, jobs)]
         self.epoch = [0] * len(jobs)  # epochs done, per slot
         self.fresh = set(range(len(jobs)))  # slots whose SGD momentum buffer starts at their next step
@@ -265,8 +265,8 @@ class GroupRun:
         # Masked slots keep some finite values: their results are never read.
         filled = [j.hp if j is not None else hps[0] for j in self.jobs]
         self.hp_t = _hp_tensors(filled, dev)
-        self.totals, self.warms, self.kinds = _schedule_tensors(filled, self.spe, dev)
-        self.translate, self.cutout = _aug_sizes(filled, dev)
+        self.totals, self.warms, self.kinds = schedule_tensors(filled, self.spe, dev)
+        self.translate, self.cutout = aug_sizes(filled, dev)
 
     # ---------------------------------------------------------------- slots
     @torch.no_grad()
@@ -278,7 +278,7 @@ class GroupRun:
             for t in self.g.layout.tensors:
                 self.g.block(buf, t)[slot].zero_()
         self.jobs[slot] = job
-        self.gens[slot] = _data_gen(job)
+        self.gens[slot] = data_generator(job)
         self.subsets[slot] = train_subset(self.gens[slot], len(self.data.y_train), job.hp["train_fraction"])
         self.epoch[slot] = 0
         self.fresh.add(slot)
@@ -319,7 +319,7 @@ class GroupRun:
             todo = [(j, self.gens[k], self.subsets[k]) for k, j in live]
             self._ahead = _planner().submit(
                 lambda: {j.model_id: (j, epoch_plan(gen, sub, j.hp, self.hw)) for j, gen, sub in todo})
-        self.plan = _stack_plans(self.plans_cpu, self.opts.device)
+        self.plan = stack_plans(self.plans_cpu, self.opts.device)
         self.s = 0
         self.bad = torch.zeros(self.M, dtype=torch.bool, device=self.opts.device)
 
@@ -330,7 +330,7 @@ class GroupRun:
         if self.opts.fused_input:
             return grouped_batch(self.data, self.data.x_train, batch["order"], batch["flip"], batch["shift"],
                                  batch["center"], self.translate, self.cutout, self.dtype, cl)
-        x, _ = _batch(self.data, batch["order"], batch, slice(None), self.translate, self.cutout)
+        x, _ = augmented_batch(self.data, batch["order"], batch, slice(None), self.translate, self.cutout)
         return self.g.layout_input(x, cl, self.dtype)
 
     def _sample_losses(self, flat, batch, smoothing):
@@ -558,7 +558,7 @@ class AloneRun:
         self.job, self.data, self.opts = job, data, opts
         hp = self.hp = job.hp
         self.net = build_net(cfg, job.seed).to(dev)
-        self.gen = _data_gen(job)
+        self.gen = data_generator(job)
         self.subset = train_subset(self.gen, len(data.y_train), hp["train_fraction"])
         self.spe = steps_per_epoch(len(data.y_train), hp)
         self.B = int(hp["batch_size"])
@@ -569,20 +569,20 @@ class AloneRun:
         else:
             self.opt = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
                                        weight_decay=hp["weight_decay"], foreach=False)
-        self.totals, self.warms, self.kinds = _schedule_tensors([hp], self.spe, "cpu")
-        self.translate, self.cutout = _aug_sizes([hp], dev)
+        self.totals, self.warms, self.kinds = schedule_tensors([hp], self.spe, "cpu")
+        self.translate, self.cutout = aug_sizes([hp], dev)
         self.hw = tuple(data.x_train.shape[2:])
         self.steps = 0
 
     def start_epoch(self):
-        self.plan = _stack_plans([epoch_plan(self.gen, self.subset, self.hp, self.hw)], self.opts.device)
+        self.plan = stack_plans([epoch_plan(self.gen, self.subset, self.hp, self.hw)], self.opts.device)
         self.s = 0
         self.bad = False
 
     def step(self):
         hp, B = self.hp, self.B
         sl = slice(self.s * B, (self.s + 1) * B)
-        x, y = _batch(self.data, self.plan["order"][:, sl], self.plan, sl, self.translate, self.cutout)
+        x, y = augmented_batch(self.data, self.plan["order"][:, sl], self.plan, sl, self.translate, self.cutout)
         loss = smoothed_ce(self.net(x[0]), y[0], hp["label_smoothing"])
         finite = bool(torch.isfinite(loss))
         self.bad |= not finite

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,13 +177,6 @@ def fingerprint_of(fmt: str, src, options: dict, name) -> dict:
              for p in files]
     digest = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
     return {"format": fmt, "source": str(src), "files": digest, "options": options, "name": name}
-
-
-def progress(**kw):
-    """A progress bar on stderr (tqdm), shown only where someone watches (a terminal)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(disable=None, file=sys.stderr, **kw)
 
 
 def batched(items, size: int = SHARD_SIZE):

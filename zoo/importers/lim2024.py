@@ -37,12 +37,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..console import progress
 from ..errors import ZooError
 from ..layout import Layout
 from ..nets import NetConfig, ResNet, WAsym
 from ..safety import Limits
 from ..store import ShardContent
-from .common import SHARD_SIZE, ZooWriter, fingerprint_of, progress
+from .common import SHARD_SIZE, ZooWriter, fingerprint_of
 from .source import Source
 
 MODEL_TYPES = ("resnet8", "sparse_resnet8", "smaller_resnet8", "sigma_asym_resnet8")

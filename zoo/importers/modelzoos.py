@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..console import progress
 from ..errors import ZooError
 from ..layout import Layout, role_of
 from ..safety import Limits
@@ -37,7 +38,6 @@ from .common import (
     check_fraction,
     column_name,
     fingerprint_of,
-    progress,
     table_frame,
 )
 from .source import Source

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from ..console import progress
 from ..errors import ZooError
 from ..layout import Layout
 from ..safety import Limits
@@ -43,7 +44,6 @@ from .common import (
     ZooWriter,
     column_name,
     fingerprint_of,
-    progress,
 )
 from .source import Source
 
