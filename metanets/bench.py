@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from zoo import console
 
@@ -155,8 +156,6 @@ def parse_per_metanet(text, option: str):
 
 
 def check_device(device: str) -> None:
-    import torch
-
     try:
         dev = torch.device(device)
     except RuntimeError:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from zoo.errors import ZooError
 from zoo.fs import check_writable_dir
-from zoo.reader import skip_verification
+from zoo.store.reader import skip_verification
 
 from . import bench, data, persist, registry, report
 from .bench import check_device

@@ -7,7 +7,7 @@ Two sources give the same batches:
   precomputes per-tensor statistics. Used whenever the zoo fits.
 * :class:`ZooDataset` — a ``torch.utils.data.Dataset`` reading one net per item from
   HDF5, for zoos that do not fit; each DataLoader worker opens its own file handles
-  (``zoo.reader.Zoo`` drops open handles when pickled).
+  (``zoo.store.reader.Zoo`` drops open handles when pickled).
 
 Views (what a metanet's ``view`` attribute asks for):
 
@@ -103,12 +103,12 @@ class InputInfo:
         return cls(Layout.from_dict(d["layout"]), d["params"], full, fv)
 
 
-def input_layout(z: zoo.reader.Zoo, params: str) -> Layout:
+def input_layout(z: zoo.store.reader.Zoo, params: str) -> Layout:
     _check_params(params)
     return z.layout.trainable_layout() if params == "trainable" else Layout(z.layout.tensors)
 
 
-def zoo_info(z: zoo.reader.Zoo, params: str) -> InputInfo:
+def zoo_info(z: zoo.store.reader.Zoo, params: str) -> InputInfo:
     """What a metanet reading ``z`` with ``params`` is built for."""
     fv = None if z.fixed_values is None else np.asarray(z.fixed_values, np.float32)
     return InputInfo(input_layout(z, params), params, z.layout, fv)
@@ -164,13 +164,13 @@ class Selection:
     target: str
 
 
-def zoo_target(z: zoo.reader.Zoo, target: str | None) -> str:
+def zoo_target(z: zoo.store.reader.Zoo, target: str | None) -> str:
     """The metric a zoo is read for: ``target`` if given, else the zoo's declared target."""
     name = target or z.manifest.get("target", "test_acc")
     return name
 
 
-def select(z: zoo.reader.Zoo, target: str | None = None, checkpoint: str = "final") -> Selection:
+def select(z: zoo.store.reader.Zoo, target: str | None = None, checkpoint: str = "final") -> Selection:
     """Usable nets per split: not diverged, finite target. Errors if a split is too small."""
     name = zoo_target(z, target)
     col = metric_column(name, checkpoint)
@@ -254,12 +254,12 @@ def memory_budget() -> int:
         return 8 << 30
 
 
-def fits_in_memory(z: zoo.reader.Zoo, budget: int | None = None) -> bool:
+def fits_in_memory(z: zoo.store.reader.Zoo, budget: int | None = None) -> bool:
     # The whole zoo is read once, then the trainable columns are copied: count both.
     return 2 * len(z) * z.layout.num_params * 4 <= (budget or memory_budget())
 
 
-def open_zoo(path) -> zoo.reader.Zoo:
+def open_zoo(path) -> zoo.store.reader.Zoo:
     """``zoo.open`` with the errors a benchmark user needs (a path that is not a zoo)."""
     p = Path(path)
     if p.is_file():

@@ -35,7 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import zoo
 from zoo.fs import check_writable_dir
+from zoo.generate import generate, model_bar, progress_of, write_manifest
+from zoo.generate.spec import load_spec
 
 from . import bench, registry, report
 from .errors import MetanetError
@@ -79,7 +82,6 @@ def zoo_dirs(out: Path, size: str) -> list[tuple[str, Path]]:
 def _complete(path: Path, models: int) -> bool:
     if not (path / "manifest.json").exists():
         return False
-    import zoo
 
     n = len(zoo.open(path))
     if n != models:
@@ -106,7 +108,6 @@ def generate_zoos(zoos: list[tuple[str, Path]], models: int, progress: bool = Tr
             print(f"reusing {path} ({models} models)")
     if not todo:
         return {"wall_s": 0.0, "cpu_s": 0.0, "processes": 0}
-    from zoo.spec import load_spec
 
     cores = max(1, _workers() // len(todo))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -133,7 +134,6 @@ def generate_zoos(zoos: list[tuple[str, Path]], models: int, progress: bool = Tr
     finally:
         for *_, log in procs:
             log.close()
-    from zoo.generate import write_manifest
 
     for _, path in todo:
         if not (path / "manifest.json").exists():
@@ -150,12 +150,6 @@ def ensure_zoo(preset: str, path: Path, models: int, device: str, progress: bool
     if _complete(path, models):
         print(f"reusing {path} ({models} models)")
         return path
-    try:
-        from zoo.generate import generate
-        from zoo.spec import load_spec
-    except ImportError as e:
-        raise MetanetError(f"metanets demo needs zoo.generate to build the digits zoos ({e}); "
-                           f"pass existing zoos to `metanets bench` instead") from None
     print(f"generating {preset} -> {path} ({models} models)")
     return Path(generate(load_spec(preset), path, models=models, device=device, progress=progress))
 
@@ -167,7 +161,6 @@ def _children_cpu() -> float:
 
 def _watch(procs, paths, total: int, progress: bool) -> None:
     """Wait for the generation processes, with one progress bar over all zoos; fail on the first error."""
-    from zoo.generate import model_bar, progress_of
 
     bar = model_bar(total, progress, "demo zoos")
     try:

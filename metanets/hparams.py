@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoo.spec import HPARAMS
+from zoo.generate.spec import HPARAMS
 
-from .data import InputInfo, WeightSet
+from .data import InputInfo, WeightSet, open_zoo
 from .errors import NotApplicable
 from .gbm import StatGBM
 from .registry import register
@@ -26,7 +26,6 @@ def hparam_table(ws: WeightSet) -> tuple[list[str], dict]:
     cached = getattr(ws, "_hparams", None)
     if cached is not None:
         return cached
-    from .data import open_zoo
 
     z = open_zoo(ws.path)
     table = z.table.set_index("model_id")

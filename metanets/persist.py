@@ -20,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
 
 from zoo.fs import atomic_path, check_writable_dir, json_default
 
 from . import registry
 from .data import InputInfo
 from .errors import MetanetError
+from .plugins import load_plugin
 
 FORMAT = "metazoo-metanet"
 VERSION = 2
@@ -49,8 +52,6 @@ def check_writable(path, example: str = "metanet.pt") -> Path:
 
 def save(path, name: str, model, info: InputInfo, *, target: str, checkpoint: str = "final",
          meta: dict | None = None) -> Path:
-    from safetensors.torch import save as st_save
-
     path = Path(path)
     cls = registry.get(name)
     header = {"format": FORMAT, "version": VERSION, "metanet": name, "info": info.to_dict(),
@@ -70,7 +71,6 @@ def save(path, name: str, model, info: InputInfo, *, target: str, checkpoint: st
 
 def _read(path: Path) -> tuple[dict, dict]:
     """(header, tensors) of a metanet file, read as data only."""
-    from safetensors import SafetensorError, safe_open
 
     with open(path, "rb") as f:
         magic = f.read(4)
@@ -178,8 +178,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         for f in args.plugin or []:
-            from .plugins import load_plugin
-
             load_plugin(f)
         out = convert_legacy(args.old, args.new)
     except MetanetError as e:

@@ -10,7 +10,6 @@ import pandas as pd
 from zoo.fs import write_json
 
 
-
 VIEW_TITLES = {"all": "all test nets",
                "matched": "test nets resampled to the zoos' common accuracy histogram (--match-accuracy)",
                "above_chance": "test nets above chance accuracy"}

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zoo import data as image_data  # noqa: E402
-from zoo.spec import load_spec, validate_for_data  # noqa: E402
-from zoo.train import GroupTrainer, Job, TrainOptions, steps_per_epoch  # noqa: E402
+from zoo.generate import images as image_data  # noqa: E402
+from zoo.generate.spec import load_spec, validate_for_data  # noqa: E402
+from zoo.generate.train import GroupTrainer, Job, TrainOptions, steps_per_epoch  # noqa: E402
 
 DEFAULT = ("t2-M8-B64,t1-M8-B64,t1-M16-B64,t1-M32-B64,t1-M16-B32,t1-M32-B32,t1-M16-B128,"
            "t1-M16-B64-cl,t1-M16-B64-compile")
@@ -67,7 +67,7 @@ def bench(spec, cfg, data, v, epochs, fraction, repeats):
     torch.set_num_threads(v["threads"])
     trainer = GroupTrainer(cfg, data, ["final"], TrainOptions(channels_last=v["cl"]))
     if v["compile"]:
-        import zoo.grouped as grouped
+        import zoo.generate.grouped as grouped
 
         # the method the trainer calls for every forward (training steps and evaluation)
         orig = grouped.GroupState.forward_input

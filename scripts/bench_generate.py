@@ -10,7 +10,7 @@ Variants (pick with --variants, comma-separated; all alternate A B A B in one pr
                     transpose, cast, copy; the default gathers straight into the layout),
                     noahead (each epoch's plans drawn at its start, not in a background
                     thread during the epoch before)
-  r0                today's one-net path (zoo.train.AloneRun: eager fp32, torch.optim, a host
+  r0                today's one-net path (zoo.generate.train.AloneRun: eager fp32, torch.optim, a host
                     sync per step for the divergence check and the lr)
   r1                the one-net path given its best shot: bf16 (CUDA; --r1-bf16 on CPU),
                     channels-last, torch.compile (CUDA graphs on CUDA: mode reduce-overhead),
@@ -44,13 +44,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zoo import data as image_data  # noqa: E402
-from zoo.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
+from zoo.generate import images as image_data  # noqa: E402
+from scripts.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
 from zoo.nets import build_net  # noqa: E402
-from zoo.spec import load_spec, validate_for_data  # noqa: E402
-from zoo.train import (BETAS, EPS, AloneRun, GroupTrainer, Job, TrainOptions, aug_sizes,  # noqa: E402
-                       data_generator, schedule_tensors, stack_plans, epoch_plan, lr_factor, smoothed_ce,
-                       steps_per_epoch, train_subset)
+from zoo.generate.spec import load_spec, validate_for_data  # noqa: E402
+from zoo.generate.train import (BETAS, EPS, AloneRun, GroupTrainer, Job, TrainOptions, aug_sizes,
+                                data_generator, schedule_tensors, stack_plans, epoch_plan, lr_factor,
+                                smoothed_ce, steps_per_epoch, train_subset)
 
 #: Epochs of the jobs a benchmark trains: nobody finishes (or changes shape) while timed.
 ENDLESS = 10**6

@@ -5,7 +5,7 @@ One step's input for M models (batch B each) of a CIFAR-shaped preset, built fro
 step's draws (order, flips, translations, cutout centres) into the group's input layout
 ``[B, M*C, H, W]``, the way the trainer does it:
 
-  fused     zoo.data.grouped_batch: each pixel read once as uint8 at its flipped and
+  fused     zoo.generate.images.grouped_batch: each pixel read once as uint8 at its flipped and
             translated source, normalised, padding and cutout set to 0, written in the
             layout (the default since Z3)
   unfused   normalise the gathered batch, flip, pad, two gathers, cutout, transpose,
@@ -32,11 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.bench_generate import jobs_for, load_preset  # noqa: E402
-from zoo.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
-from zoo.data import grouped_batch  # noqa: E402
+from scripts.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
+from zoo.generate.images import grouped_batch  # noqa: E402
 from zoo.errors import ZooError  # noqa: E402
-from zoo.grouped import GroupState  # noqa: E402
-from zoo.train import aug_sizes, augmented_batch, data_generator, stack_plans, epoch_plan, train_subset  # noqa: E402
+from zoo.generate.grouped import GroupState  # noqa: E402
+from zoo.generate.train import (aug_sizes, augmented_batch, data_generator, stack_plans, epoch_plan,
+                                train_subset)  # noqa: E402
 
 
 def parse_args(argv=None):

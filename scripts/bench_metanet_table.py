@@ -25,13 +25,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # scripts.benchtools when run as a file
 METANETS = "mlp,dmc,deepsets,statnn,statnn-gbm"
 GOAL_MIN = 10.0
 
 
 def make_zoos(work: Path, models: int, width: float, in_channels: int) -> list[Path]:
     """The two synthetic zoos (standard, W-Asym) under ``work``, written unless complete."""
-    from metanets.synthetic import make_zoo
+    from zoo.generate.synthetic import make_zoo
 
     paths = []
     for wasym in (False, True):
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     width, in_channels = (0.25, 1) if args.dry_run else (1.0, 3)
     work = args.work or Path(tempfile.mkdtemp(prefix="metanet-table-"))
     work.mkdir(parents=True, exist_ok=True)
-    from zoo.benchtools import device_info
+    from scripts.benchtools import device_info
 
     print(f"# {device_info(args.device)}", flush=True)
     zoos = make_zoos(work, args.models, width, in_channels)

@@ -30,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-import zoo
-from metanets import bench, data, registry, stack, train
-from metanets.synthetic import make_zoo
-from zoo.benchtools import Spread, Variant, alternate, device_info, timed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts.benchtools when run as a file
+
+import zoo  # noqa: E402
+from metanets import bench, data, registry, stack, train  # noqa: E402
+from scripts.benchtools import Spread, Variant, alternate, device_info, timed  # noqa: E402
+from zoo.generate.synthetic import make_zoo  # noqa: E402
 
 
 def _timed(fn, repeat=1):

@@ -37,10 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zoo import train as ztrain  # noqa: E402
-from zoo.benchtools import Spread, Variant, alternate, device_info  # noqa: E402
+from zoo.generate import train as ztrain  # noqa: E402
+from scripts.benchtools import Spread, Variant, alternate, device_info  # noqa: E402
 from zoo.generate import generate  # noqa: E402
-from zoo.spec import load_spec, spec_from_dict  # noqa: E402
+from zoo.generate.spec import load_spec, spec_from_dict  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # scripts.benchtools when run as a file
 GOAL_POINTS = 0.5
 
 
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
         args.device, args.models, args.train_images, epochs = "cpu", 4, 256, (1, 2)
     work = args.work or Path(tempfile.mkdtemp(prefix="bf16-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    from zoo.benchtools import device_info
+    from scripts.benchtools import device_info
 
     print(f"# {device_info(args.device)}", flush=True)
     if args.data == "digits32":

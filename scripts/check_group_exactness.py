@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zoo import data as image_data  # noqa: E402
-from zoo.spec import load_spec, validate_for_data  # noqa: E402
-from zoo.train import GroupTrainer, Job, TrainOptions, train_alone  # noqa: E402
+from zoo.generate import images as image_data  # noqa: E402
+from zoo.generate.spec import load_spec, validate_for_data  # noqa: E402
+from zoo.generate.train import GroupTrainer, Job, TrainOptions, train_alone  # noqa: E402
 
 
 def main():

@@ -62,7 +62,7 @@ def _dmc_profile(device: str, models: int) -> str:
     import torch
 
     from metanets import data, train
-    from metanets.synthetic import make_zoo
+    from zoo.generate.synthetic import make_zoo
     from scripts.profile_generate import categories
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     md = [f"### GPU check {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
           f"`python scripts/gpu_check.py{' --dry-run' if args.dry_run else ''}`", ""]
-    from zoo.benchtools import device_info
+    from scripts.benchtools import device_info
 
     md += ["```", device_info(dev), "```"]
     failed = []

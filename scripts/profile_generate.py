@@ -13,9 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.bench_generate import cifar_shaped, jobs_for  # noqa: E402
-from zoo import data as image_data  # noqa: E402
-from zoo.spec import load_spec, validate_for_data  # noqa: E402
-from zoo.train import GroupTrainer, TrainOptions  # noqa: E402
+from zoo.generate import images as image_data  # noqa: E402
+from zoo.generate.spec import load_spec, validate_for_data  # noqa: E402
+from zoo.generate.train import GroupTrainer, TrainOptions  # noqa: E402
 
 
 def main():

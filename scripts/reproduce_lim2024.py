@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         from zoo.generate import generate
-        from zoo.spec import load_spec
+        from zoo.generate.spec import load_spec
 
         if args.models < 8:
             raise MetanetError(f"--models {args.models} is invalid; allowed: >= 8 (2 nets per split at least)")

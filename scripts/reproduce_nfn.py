@@ -36,7 +36,7 @@ ANCHORS = {"cifar10": {"nfn-hnp": "0.934 ± 0.001", "nfn-np": "0.922 ± 0.001", 
 
 def card_for(dataset: str, base_url: str | None):
     """The catalogue card of the dataset; with ``base_url`` its files come from that mirror."""
-    from zoo.catalogue import find
+    from zoo.hub.catalogue import find
 
     card = find(f"smallcnnzoo-{dataset}")
     if base_url:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", default="auto")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    from zoo.download import download
+    from zoo.hub.download import download
     from zoo.errors import ZooError
 
     try:
@@ -84,8 +84,8 @@ def preset_check(zoo_dir: Path, dataset: str) -> str:
     """The smallcnnzoo-<dataset> preset's distributions against the hyper-parameters the
     downloaded runs used (what `zoo hparams` prints): checks the preset's ranges on the data."""
     import zoo
-    from zoo.hpcheck import SMALLCNNZOO_CONFIG, SMALLCNNZOO_NAMES, compare, format_rows, smallcnnzoo_preset
-    from zoo.spec import load_spec
+    from zoo.generate.hpcheck import SMALLCNNZOO_CONFIG, SMALLCNNZOO_NAMES, compare, format_rows, smallcnnzoo_preset
+    from zoo.generate.spec import load_spec
 
     preset = smallcnnzoo_preset(dataset)
     rows = compare(zoo.open(zoo_dir).table, load_spec(preset), SMALLCNNZOO_NAMES, SMALLCNNZOO_CONFIG)

@@ -60,7 +60,7 @@ def tiny_dict():
 
 @pytest.fixture(scope="session")
 def digits():
-    from zoo import data
+    from zoo.generate import images as data
 
     return data.load({"source": "digits"})
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts import (bench_generate, bench_input, bench_metanets, bench_shard, check_bf16_accuracy,  # noqa: E402
                      gpu_check)
-from zoo.benchtools import Spread, Variant, alternate  # noqa: E402
+from scripts.benchtools import Spread, Variant, alternate  # noqa: E402
 
 
 def test_variants_alternate_after_every_warm_up_and_report_median_min_max():
@@ -204,7 +204,7 @@ def test_r1_under_cuda_graphs_reads_the_training_images_in_place(monkeypatch):
 def test_benchmark_jobs_share_one_training_fraction_where_the_preset_samples_it():
     """A group has one training fraction (a grouping key); digits-resnet8 samples it per
     model, which made `bench_generate.py --variants group:2` fail on its default preset."""
-    from zoo.spec import load_spec
+    from zoo.generate.spec import load_spec
 
     spec = load_spec("digits-resnet8")
     assert len({spec.sample_hparams(i)["train_fraction"] for i in range(8)}) > 1, "the preset samples it"
@@ -221,8 +221,8 @@ def test_the_cpu_lever_benchmark_compiles_the_forward_the_trainer_calls(digits, 
     from torch._dynamo.testing import CompileCounter
 
     from scripts import bench_cpu_generate
-    from zoo.grouped import GroupState
-    from zoo.spec import load_spec, validate_for_data
+    from zoo.generate.grouped import GroupState
+    from zoo.generate.spec import load_spec, validate_for_data
 
     counter, real = CompileCounter(), torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": counter}))

@@ -221,7 +221,7 @@ def test_hparams_control_reads_the_zoo_table_not_the_weights(tmp_path):
 
 
 def test_hparams_on_a_zoo_without_hyperparameter_columns_is_reported_na(tmp_path):
-    from metanets.synthetic import make_zoo
+    from zoo.generate.synthetic import make_zoo
 
     z = make_zoo(tmp_path / "syn", models=24)
     res = bench.run([z], bench.BenchConfig(metanets=("hparams", "statnn-gbm"), seeds=2, bootstrap=50),
@@ -235,7 +235,7 @@ def test_hparams_on_a_zoo_without_hyperparameter_columns_is_reported_na(tmp_path
 # ------------------------------------------------------------------ fresh seeds, strict JSON
 
 def test_final_seeds_are_fresh_runs_not_the_sweep_winner(tmp_path):
-    from metanets.synthetic import make_zoo
+    from zoo.generate.synthetic import make_zoo
 
     z = make_zoo(tmp_path / "s", models=48, mode="shift")
     res = bench.run([z], bench.BenchConfig(metanets=("statnn",), seeds=1, epochs=2, batch_size=16,
@@ -255,7 +255,7 @@ def test_epochs_and_seeds_take_per_metanet_overrides(tmp_path):
         bench.parse_per_metanet("20,dmc=x", "--epochs")
     with pytest.raises(MetanetError, match="seeds=0 for mlp is invalid"):
         bench.BenchConfig(seeds={"*": 2, "mlp": 0}).check()
-    from metanets.synthetic import make_zoo
+    from zoo.generate.synthetic import make_zoo
 
     z = make_zoo(tmp_path / "s", models=40, mode="shift")
     res = bench.run([z], bench.BenchConfig(metanets=("statnn", "statnn-gbm"), seeds={"*": 1, "statnn": 2},
@@ -268,7 +268,7 @@ def test_epochs_and_seeds_take_per_metanet_overrides(tmp_path):
 
 
 def test_lr_paper_picks_the_rate_by_whether_the_zoo_is_wasym(tmp_path):
-    from metanets.synthetic import make_zoo
+    from zoo.generate.synthetic import make_zoo
 
     std, wasym = make_zoo(tmp_path / "std", models=24), make_zoo(tmp_path / "wasym", models=24, wasym=True)
     res = bench.run([std, wasym], bench.BenchConfig(metanets=("mlp",), seeds=1, epochs=1, batch_size=8,

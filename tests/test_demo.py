@@ -15,7 +15,7 @@ from metanets import demo
 from metanets.errors import MetanetError
 from zoo.errors import ZooError
 from zoo.generate import generate
-from zoo.spec import spec_from_dict
+from zoo.generate.spec import spec_from_dict
 
 # Two zoos of 8 nets in 2 shards of 4: given 6 cores, the demo runs 2 shard jobs per zoo (a job owns whole shards).
 SPEC = {**TINY, "models_per_shard": 4}

@@ -21,10 +21,10 @@ from conftest import TINY, write_toml
 import zoo
 from zoo import store
 from zoo.cli import main as zoo_main
-from zoo.distributed import FAIL_ONCE_ENV, generate_ray
 from zoo.errors import ZooError
 from zoo.generate import generate, progress_of
-from zoo.spec import spec_from_dict
+from zoo.generate.distributed import FAIL_ONCE_ENV, generate_ray
+from zoo.generate.spec import spec_from_dict
 
 # 8 models in 4 shards of 2, trained in groups of 2: several tasks, each a real group.
 SPEC = {**TINY, "models_per_shard": 2}

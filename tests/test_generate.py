@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import kill_generate_after_first_part, write_toml
 
 import zoo
-from conftest import kill_generate_after_first_part, write_toml
 from zoo import store
 from zoo.errors import ZooError
 from zoo.generate import generate
-from zoo.spec import spec_from_dict
-from zoo.train import GroupTrainer
+from zoo.generate.spec import spec_from_dict
+from zoo.generate.train import GroupTrainer
 
 
 
@@ -198,29 +198,29 @@ def _plan(out: Path) -> dict:
 def refill_zoos(tmp_path_factory, one_thread):
     """The zoo generated with slot refill and without, in groups of 3, and the group size M of
     every training step of each."""
-    import zoo.train
+    import zoo.generate.train
 
     base = tmp_path_factory.mktemp("refill")
     spec = spec_from_dict(refill_dict())
-    sizes, real_step = [], zoo.train.GroupRun.step
+    sizes, real_step = [], zoo.generate.train.GroupRun.step
 
     def spy(run):
         sizes.append(run.M)
         return real_step(run)
 
-    zoo.train.GroupRun.step = spy
+    zoo.generate.train.GroupRun.step = spy
     try:
         generate(spec, base / "refill", group_size=3, progress=False, refill=True)
         refill_sizes = list(sizes)
         sizes.clear()
         generate(spec, base / "fixed", group_size=3, progress=False, refill=False)
     finally:
-        zoo.train.GroupRun.step = real_step
+        zoo.generate.train.GroupRun.step = real_step
     return spec, base / "refill", base / "fixed", refill_sizes, list(sizes)
 
 
 def _results(z, ids):
-    """A zoo's models as zoo.train.Result-like records (weights and metric columns)."""
+    """A zoo's models as zoo.generate.train.Result-like records (weights and metric columns)."""
     from types import SimpleNamespace
 
     t = z.table.set_index("model_id")
@@ -230,8 +230,8 @@ def _results(z, ids):
 
 def test_a_refilled_zoo_holds_each_model_as_trained_alone(refill_zoos, digits):
     from test_train import assert_same
-    from zoo.spec import validate_for_data
-    from zoo.train import Job, train_alone
+    from zoo.generate.spec import validate_for_data
+    from zoo.generate.train import Job, train_alone
 
     spec, refill, fixed, _, _ = refill_zoos
     assert _plan(refill)["refill"] is True and _plan(fixed)["refill"] is False
@@ -253,7 +253,7 @@ def test_a_refilled_group_keeps_its_shape_while_models_are_queued(refill_zoos, d
     epoch 2 (5 and 6 take their slots), 4 after epoch 3 (1 takes it), 5, 6 and 1 after epoch 4
     (3 takes one slot; one more stays, masked, since a group never drops to one slot). Without
     refill the groups [1 3 0] [2 5 6] [4] run 7 group-epochs, down to one model at a time."""
-    from zoo.train import steps_per_epoch
+    from zoo.generate.train import steps_per_epoch
 
     spec, _, _, refill_sizes, fixed_sizes = refill_zoos
     spe = steps_per_epoch(len(digits.y_train), spec.sample_hparams(0))
@@ -268,7 +268,7 @@ class Killed(Exception):
 def generate_killed_after_parts(monkeypatch, spec, out, n_parts, **kw) -> list:
     """Run generate() and stop it (as a kill would) right after its ``n_parts``-th part file of
     finished models is written; the part files written."""
-    import zoo.generate as gen
+    import zoo.generate.run as gen  # the module that calls write_shard
 
     written, real_write = [], gen.write_shard
 

@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from test_train import ARCHS, CFG, assert_same, float64, jobs  # noqa: F401 (float64: a fixture)
+
+from zoo.generate.train import GroupTrainer, Job, TrainOptions, train_alone
 from zoo.nets import NetConfig, WAsym
-from zoo.train import GroupTrainer, Job, TrainOptions, train_alone
 
 WASYM = NetConfig(width=0.25, in_channels=1, num_classes=10, wasym=WAsym(n_fix=2, n_fix_linear=2))
 
@@ -80,16 +80,16 @@ def test_static_shapes_keep_batchnorms_short_tail_batch(digits, one_thread):
 
 
 def test_static_group_keeps_its_shape_while_models_finish(digits, one_thread, monkeypatch):
-    import zoo.train
+    import zoo.generate.train
 
     js = jobs(optimizer="sgd", momentum=0.9)  # epochs 3, 2, 3, 1
-    seen, real_step = [], zoo.train.GroupRun.step
+    seen, real_step = [], zoo.generate.train.GroupRun.step
 
     def spy(run):
         seen.append(run.M)
         return real_step(run)
 
-    monkeypatch.setattr(zoo.train.GroupRun, "step", spy)
+    monkeypatch.setattr(zoo.generate.train.GroupRun, "step", spy)
     GroupTrainer(CFG, digits, ["final"], TrainOptions(static_shapes=True)).train(js)
     assert set(seen) == {4}, "static: M never shrinks"
     seen.clear()
@@ -121,8 +121,8 @@ def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
     did). The recording backend only traces, so this runs in seconds."""
     import torch
 
-    from zoo.data import augment, grouped_batch
-    from zoo.train import _optimizer_step
+    from zoo.generate.images import augment, grouped_batch
+    from zoo.generate.train import _optimizer_step
 
     torch._dynamo.reset()
     js = jobs(optimizer="adamw")
@@ -165,19 +165,19 @@ def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
 def test_results_stream_out_as_their_models_finish(digits, one_thread, monkeypatch):
     """Slots 3, epochs 3 2 3 | 1 2 1 queued: model 1 finishes after epoch 2 and comes out then,
     while the others still train; every model comes out once."""
-    import zoo.train
+    import zoo.generate.train
 
     js = six_jobs(optimizer="sgd", momentum=0.9)
-    steps, real_step = [0], zoo.train.GroupRun.step
+    steps, real_step = [0], zoo.generate.train.GroupRun.step
 
     def count(run):
         steps[0] += 1
         return real_step(run)
 
-    monkeypatch.setattr(zoo.train.GroupRun, "step", count)
+    monkeypatch.setattr(zoo.generate.train.GroupRun, "step", count)
     stream = GroupTrainer(WASYM, digits, ["final"]).stream(js, slots=3)
     first = next(stream)
-    spe = zoo.train.steps_per_epoch(len(digits.y_train), js[0].hp)
+    spe = zoo.generate.train.steps_per_epoch(len(digits.y_train), js[0].hp)
     assert first.model_id == 1 and steps[0] == 2 * spe and "test_acc" in first.metrics
     rest = list(stream)
     assert sorted(r.model_id for r in [first] + rest) == sorted(j.model_id for j in js)
@@ -190,12 +190,12 @@ def test_from_two_slots_up_a_model_comes_out_bit_for_bit_whoever_shares_its_grou
     models finishing beside them), or the last one alone (beside a stand-in), give identical
     weights and metrics. Evaluation in chunks of 64 // 3 images (eval_batch=1), so chunking by
     how many models finish together would show in the float64 losses."""
-    import zoo.train
+    import zoo.generate.train
 
     js = six_jobs(optimizer="adamw")
     trainer = GroupTrainer(WASYM, digits, [0, 1, "final"], TrainOptions(min_slots=2, eval_batch=1))
-    sizes, real_step = [], zoo.train.GroupRun.step
-    monkeypatch.setattr(zoo.train.GroupRun, "step", lambda run: sizes.append(run.M) or real_step(run))
+    sizes, real_step = [], zoo.generate.train.GroupRun.step
+    monkeypatch.setattr(zoo.generate.train.GroupRun, "step", lambda run: sizes.append(run.M) or real_step(run))
     full = {r.model_id: r for r in trainer.train(js, slots=3)}
     tail = {r.model_id: r for r in trainer.train(js[3:], slots=3)}
     last = trainer.train(js[5:], slots=3)
@@ -212,11 +212,11 @@ def test_static_refill_keeps_the_asked_slots_even_for_a_short_queue(digits, one_
     """Static shapes: two jobs in four slots still run as a group of four (stand-ins fill it),
     so a shard's short last queue is no second shape to compile; their results are as in the
     dynamic run, and only the real jobs come out."""
-    import zoo.train
+    import zoo.generate.train
 
     js = six_jobs(optimizer="sgd", momentum=0.9)[:2]
-    sizes, real_step = [], zoo.train.GroupRun.step
-    monkeypatch.setattr(zoo.train.GroupRun, "step", lambda run: sizes.append(run.M) or real_step(run))
+    sizes, real_step = [], zoo.generate.train.GroupRun.step
+    monkeypatch.setattr(zoo.generate.train.GroupRun, "step", lambda run: sizes.append(run.M) or real_step(run))
     static = GroupTrainer(WASYM, digits, ["final"], TrainOptions(static_shapes=True)).train(js, slots=4)
     assert set(sizes) == {4}
     dynamic = GroupTrainer(WASYM, digits, ["final"]).train(js, slots=4)
@@ -245,7 +245,7 @@ def test_plans_drawn_ahead_in_a_thread_give_the_same_models(digits, one_thread, 
     shrinking groups, or masked slots with static shapes): every model must still see exactly
     the batches it sees with the plans drawn at each epoch start, so weights, losses and
     accuracies are bit for bit equal; and a plan drawn ahead must really be used."""
-    import zoo.train as train
+    import zoo.generate.train as train
 
     js = six_jobs(optimizer="adamw")
     base = TrainOptions(static_shapes=mode.endswith("static"), min_slots=1)
@@ -275,7 +275,7 @@ def test_a_compiled_group_compiles_one_graph_for_the_whole_run(digits, one_threa
     tracing backend counts the graphs Dynamo hands over; no Inductor compile.)"""
     import torch
 
-    import zoo.train as train
+    import zoo.generate.train as train
 
     cfg = WASYM if arch == "wasym" else ARCHS[arch][0]
     compiled, real = [], torch.compile

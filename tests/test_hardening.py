@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, kill_generate_after_first_part, write_toml
 
 import zoo
-from conftest import TINY, kill_generate_after_first_part, write_toml
-from metanets.synthetic import make_zoo
-from zoo import integrity, store
+from zoo import store
 from zoo.errors import SpecError, ZooError
-from zoo.lock import LockedError, lock_dir, lock_path
+from zoo.generate.synthetic import make_zoo
+from zoo.store import integrity
+from zoo.store.lock import LockedError, lock_dir, lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -312,7 +313,7 @@ def test_non_finite_weights_of_a_model_not_marked_diverged_are_refused_with_its_
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, one_thread):
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     out = tmp_path_factory.mktemp("ref") / "zoo"
     generate(spec_from_dict(TINY), out, group_size=2, progress=False)
@@ -332,7 +333,7 @@ def killed_after_first_part(out: Path, tmp_path: Path) -> Path:
 
 def test_a_part_damaged_while_stopped_is_retrained_not_sealed(reference, tmp_path, one_thread):
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     out = tmp_path / "z"
     part = killed_after_first_part(out, tmp_path)
@@ -344,7 +345,7 @@ def test_a_part_damaged_while_stopped_is_retrained_not_sealed(reference, tmp_pat
 
 def test_a_finished_zoo_with_a_damaged_shard_is_not_complete_and_regenerates(reference, tmp_path, one_thread):
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     out = tmp_path / "z"
     shutil.copytree(reference, out)
@@ -358,7 +359,7 @@ def test_a_finished_zoo_with_a_damaged_shard_is_not_complete_and_regenerates(ref
 
 def test_a_sealed_shard_damaged_before_the_zoo_is_finished_is_named(tmp_path, one_thread):
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     out = tmp_path / "z"
     generate(spec_from_dict(TINY), out, shard=0, num_shards=2, group_size=2, progress=False)
@@ -387,7 +388,7 @@ def test_force_never_deletes_a_foreign_folder(tmp_path, capsys):
 
 def test_force_replaces_a_zoo_of_another_spec(tmp_path, one_thread):
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     out = tmp_path / "z"
     generate(spec_from_dict({**TINY, "models": 2, "seed": 5}), out, group_size=2, progress=False)
@@ -447,9 +448,9 @@ def test_shard_jobs_share_a_folder_but_not_a_shard(tmp_path):
 
 
 def test_temp_files_of_killed_writers_are_removed_and_never_counted(reference, tmp_path, capsys, one_thread):
-    from zoo.commands import _size
+    from zoo.cli.zoos import _size
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     out = tmp_path / "z"
     shutil.copytree(reference, out)
@@ -533,7 +534,7 @@ def read_only_folder(tmp_path):
 
 
 def test_a_read_only_output_folder_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
-    from zoo.train import GroupTrainer
+    from zoo.generate.train import GroupTrainer
 
     ro, cleanup = read_only_folder(tmp_path)
     monkeypatch.setattr(GroupTrainer, "train", lambda *a: pytest.fail("trained before checking --out"))
@@ -551,8 +552,8 @@ def test_a_read_only_output_folder_is_refused_before_any_training(tmp_path, caps
 
 def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch):
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
-    from zoo.train import GroupTrainer
+    from zoo.generate.spec import spec_from_dict
+    from zoo.generate.train import GroupTrainer
 
     monkeypatch.setattr(GroupTrainer, "train", lambda *a: pytest.fail("trained before checking the space"))
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1000))
@@ -589,7 +590,7 @@ def test_bad_paths_and_devices_are_one_line_errors(tmp_path, capsys):
     ({"hparams": {**TINY["hparams"], "weight_decay": float("nan")}}, "hparams.weight_decay"),
 ])
 def test_out_of_bounds_spec_values_name_the_field(tmp_path, change, field, capsys):
-    from zoo.spec import LIMITS, spec_from_dict
+    from zoo.generate.spec import LIMITS, spec_from_dict
 
     with pytest.raises(SpecError, match=rf"spec field '{field}'") as e:
         spec_from_dict({**TINY, **change})
@@ -602,7 +603,7 @@ def test_out_of_bounds_spec_values_name_the_field(tmp_path, change, field, capsy
 
 
 def test_allow_large_lifts_the_bounds_and_keeps_other_fingerprints(tmp_path):
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     big = spec_from_dict({**TINY, "allow_large": True, "hparams": {**TINY["hparams"], "epochs": 5000}})
     assert big.sample_hparams(0)["epochs"] == 5000 and spec_from_dict(big.to_dict()) == big

@@ -4,9 +4,9 @@ import pandas as pd
 from hub_fixtures import tar_folder, write_smallcnnzoo
 
 from zoo.cli import main
-from zoo.hpcheck import SMALLCNNZOO_NAMES, compare
-from zoo.importers import run_import
-from zoo.spec import load_spec
+from zoo.generate.hpcheck import SMALLCNNZOO_NAMES, compare
+from zoo.generate.spec import load_spec
+from zoo.hub.importers import run_import
 
 KERAS_NAMES = {"random_normal": "RandomNormal", "truncated_normal": "TruncatedNormal"}
 
@@ -95,7 +95,7 @@ def test_cli_without_a_spec_to_compare_with_says_how_to_name_one(tmp_path, capsy
 
 
 def test_an_upstream_setting_that_varies_but_the_spec_does_not_sample_is_reported():
-    from zoo.hpcheck import SMALLCNNZOO_CONFIG
+    from zoo.generate.hpcheck import SMALLCNNZOO_CONFIG
 
     spec = load_spec("smallcnnzoo-cifar10")
     t = _upstream_like(spec)
@@ -107,7 +107,7 @@ def test_an_upstream_setting_that_varies_but_the_spec_does_not_sample_is_reporte
 
 
 def test_a_small_zoo_drawn_from_its_spec_is_not_flagged_for_the_gaps_any_small_sample_has():
-    from zoo.hpcheck import p_coverage_below
+    from zoo.generate.hpcheck import p_coverage_below
 
     spec = load_spec("smallcnnzoo-cifar10")
     for n in (3, 8, 20):

@@ -21,12 +21,12 @@ from hub_fixtures import (
 )
 
 import zoo
-from zoo.catalogue import card_from_dict, cards, find, load_card
-from zoo.download import download
 from zoo.errors import ZooError
-from zoo.importers import run_import
-from zoo.pack import pack
-from zoo.safety import load_tensors, safe_extract
+from zoo.hub.catalogue import card_from_dict, cards, find, load_card
+from zoo.hub.download import download
+from zoo.hub.importers import run_import
+from zoo.hub.pack import pack
+from zoo.hub.safety import load_tensors, safe_extract
 from zoo.store import verify
 
 
@@ -406,7 +406,7 @@ def test_an_optional_file_the_server_lacks_is_skipped(tmp_path):
 def test_a_full_disk_during_a_download_is_a_clear_error_and_keeps_the_partial_file(tmp_path, monkeypatch):
     import errno
 
-    import zoo.download as dl
+    import zoo.hub.download as dl
 
     serve = tmp_path / "www"
     serve.mkdir()

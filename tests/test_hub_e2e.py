@@ -17,9 +17,9 @@ from hub_fixtures import (
 )
 
 import zoo
-from zoo.catalogue import card_from_dict, find
-from zoo.download import download
 from zoo.errors import ZooError
+from zoo.hub.catalogue import card_from_dict, find
+from zoo.hub.download import download
 
 
 def _serve_lim(www: Path, tmp: Path, kind: str, n: int) -> None:

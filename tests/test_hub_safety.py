@@ -22,8 +22,8 @@ from hub_fixtures import (
 
 import zoo
 from zoo.errors import ZooError
-from zoo.importers import run_import
-from zoo.safety import Limits, load_tensors
+from zoo.hub.importers import run_import
+from zoo.hub.safety import Limits, load_tensors
 
 TESTS = Path(__file__).resolve().parent
 
@@ -228,8 +228,8 @@ def test_importing_a_folder_that_holds_a_zoo_copies_it_and_leaves_the_source_in_
 
 
 def test_an_interrupted_import_is_not_resumed_on_a_changed_source(tmp_path, monkeypatch):
-    import zoo.importers.lim2024 as lim
-    from zoo.importers import common
+    import zoo.hub.importers.lim2024 as lim
+    from zoo.hub.importers import common
 
     write_lim_record(tmp_path / "rec", {"resnet8": 4}, mask_files=False)
     monkeypatch.setattr(lim, "SHARD_SIZE", 2)
@@ -254,7 +254,7 @@ def test_a_second_import_into_the_same_out_gets_the_lock_message(tmp_path):
     """Two imports into one --out would share one partial folder: the second is refused,
     naming the process that writes, and the first goes on untouched."""
     from zoo.errors import ZooError
-    from zoo.importers.common import ZooWriter
+    from zoo.hub.importers.common import ZooWriter
 
     out = tmp_path / "zoo"
     with ZooWriter(out, fingerprint={"a": 1}) as first:

@@ -15,7 +15,7 @@ from hub_fixtures import (
 
 import zoo
 from zoo.errors import ZooError
-from zoo.importers import run_import
+from zoo.hub.importers import run_import
 from zoo.store import verify
 
 ALL = {"resnet8": 3, "sparse_resnet8": 3, "smaller_resnet8": 2, "sigma_asym_resnet8": 3}

@@ -5,7 +5,7 @@ from hub_fixtures import modelzoos_dir, write_modelzoos
 
 import zoo
 from zoo.errors import ZooError
-from zoo.importers import run_import
+from zoo.hub.importers import run_import
 from zoo.store import verify
 
 

@@ -13,7 +13,7 @@ from hub_fixtures import (
 
 import zoo
 from zoo.errors import ZooError
-from zoo.importers import run_import
+from zoo.hub.importers import run_import
 from zoo.store import metric_column, verify
 
 

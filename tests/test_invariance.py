@@ -6,7 +6,7 @@ import torch
 
 from metanets import train
 from metanets.data import InputInfo
-from zoo.generate import _fixed_arrays
+from zoo.generate import fixed_arrays
 from zoo.layout import Layout
 from zoo.nets import NetConfig, WAsym, build_net
 
@@ -117,7 +117,7 @@ def test_on_a_wasym_smallcnn_nfn_reads_the_net_it_computes_and_only_the_graph_se
     net = build_net(cfg, 0, {"w_init": "glorot_uniform"})
     lay = Layout.from_module(net)
     mask = torch.from_numpy(lay.fixed_mask)
-    fixed = torch.from_numpy(_fixed_arrays(net, lay)[0])  # what the store writes as fixed/values
+    fixed = torch.from_numpy(fixed_arrays(net, lay)[0])  # what the store writes as fixed/values
     _, raw = _flat(net)
     raw[lay["conv2d.bias"].slice] = torch.randn(16, generator=torch.Generator().manual_seed(1))
     full = torch.where(mask, fixed, raw)  # what the net computes with: the stored vector

@@ -10,7 +10,7 @@ import torch
 from metanets import bench, data, registry, train
 from metanets.errors import MetanetError
 from metanets.metrics import kendall_tau, mean_std, r2
-from metanets.synthetic import make_zoo, net_vector
+from zoo.generate.synthetic import make_zoo, net_vector
 from zoo.layout import Layout
 from zoo.nets import NetConfig, build_net
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metanets.cli import main
-from metanets.synthetic import make_zoo
+from zoo.generate.synthetic import make_zoo
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_metanet.py"
 FAST = ["--epochs", "3", "--batch-size", "16", "--no-progress"]

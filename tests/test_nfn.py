@@ -9,7 +9,7 @@ import torch
 from metanets import bench, registry, report, train
 from metanets.data import InputInfo
 from metanets.errors import MetanetError
-from metanets.synthetic import make_zoo
+from zoo.generate.synthetic import make_zoo
 from zoo.layout import Layout
 from zoo.nets import NetConfig, build_net
 
@@ -111,7 +111,7 @@ def test_reproduce_nfn_reports_an_unreachable_mirror(tmp_path, capsys):
 
 def test_a_synthetic_smallcnn_zoo_has_the_small_cnn_zoo_layout_for_speed_benchmarks(tmp_path):
     import zoo
-    from metanets.synthetic import make_zoo
+    from zoo.generate.synthetic import make_zoo
 
     z = zoo.open(make_zoo(tmp_path / "syn", models=12, arch="smallcnn", shard_size=6))
     assert len(z) == 12 and z.layout.num_params == 4970 and z.net_config.arch == "smallcnn"

@@ -8,16 +8,17 @@ import pytest
 import torch
 
 import zoo
-from zoo import data as image_data
 from zoo.errors import SpecError
-from zoo.generate import _fixed_arrays
-from zoo.importers.smallcnnzoo import _torch_shape, read_layout
+from zoo.generate import images as image_data
+from zoo.generate import fixed_arrays
+from zoo.generate.spec import load_spec, presets, spec_from_dict
+from zoo.generate.train import Job
+from zoo.generate.train_smallcnn import SmallCNNGroup, _opt_state, _step, train_smallcnn_group
+from zoo.hub.importers.smallcnnzoo import _torch_shape, read_layout
 from zoo.layout import Layout
 from zoo.nets import NetConfig, WAsym, build_net
-from zoo.smallcnn import SmallCNNGroup, _opt_state, _step, build_smallcnn, train_smallcnn_group
-from zoo.spec import load_spec, presets, spec_from_dict
+from zoo.nets.smallcnn import build_smallcnn
 from zoo.store import metric_column
-from zoo.train import Job
 
 CFG = NetConfig(arch="smallcnn", in_channels=1, num_classes=10, padding="same")
 
@@ -118,7 +119,7 @@ def test_generated_smallcnn_zoo_rebuilds_and_is_read_by_every_applicable_metanet
     z = zoo.open(out)
     assert z.layout.num_params == 4970 and z.checkpoints == ["epoch_0", "epoch_2", "final"]
     plan = json.loads((out / "zoo-plan.json").read_text())
-    assert plan["refill"] is False, "smallcnn zoos train in fixed groups (zoo/smallcnn.py has no slot refill)"
+    assert plan["refill"] is False, "smallcnn zoos train in fixed groups (their trainer has no slot refill)"
     assert {"optimizer", "dropout", "w_init", "init_std", "activation", "train_fraction"} <= set(z.table.columns)
     d = image_data.load({"source": "digits"})
     row = z.table.iloc[3]
@@ -230,7 +231,7 @@ def test_wasym_fixed_entries_do_not_move_in_grouped_training_for_any_optimizer()
     template = build_net(cfg)
     lay = Layout.from_module(template)
     mask = torch.from_numpy(lay.fixed_mask)
-    values = torch.from_numpy(_fixed_arrays(template, lay)[0])  # what the store writes as fixed/values
+    values = torch.from_numpy(fixed_arrays(template, lay)[0])  # what the store writes as fixed/values
     hps = {i: spec.sample_hparams(i) for i in range(40)}
     for opt in ("sgd", "adam", "rmsprop"):
         first = next(i for i in hps if hps[i]["optimizer"] == opt)

@@ -1,10 +1,10 @@
 """Zoo specs: validation names the field; per-model hyper-parameters are a function of (seed, id)."""
 import numpy as np
 import pytest
-
 from conftest import write_toml
+
 from zoo.errors import SpecError, ZooError
-from zoo.spec import load_spec, presets, spec_from_dict
+from zoo.generate.spec import load_spec, presets, spec_from_dict
 
 
 def test_shipped_presets_load_and_include_the_papers_three():

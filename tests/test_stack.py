@@ -8,7 +8,7 @@ import torch
 
 from metanets import bench, data, registry, stack, train
 from metanets.mlp import MLP
-from metanets.synthetic import make_zoo
+from zoo.generate.synthetic import make_zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

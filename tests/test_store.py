@@ -11,6 +11,7 @@ from zoo import store
 from zoo.errors import ZooError
 from zoo.layout import Layout
 from zoo.nets import NetConfig, WAsym, build_net
+from zoo.store import format as store_format
 
 
 def tiny_zoo(root, n=6, per_shard=3, wasym=True):
@@ -94,7 +95,7 @@ def test_a_failed_write_leaves_no_half_written_shard_and_keeps_the_old_one(tmp_p
         f.create_dataset("ids", data=c.ids)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "_write_contents", disk_full)
+    monkeypatch.setattr(store_format, "_write_contents", disk_full)  # write_shard calls it there
     with pytest.raises(ZooError, match="No space left on device.*nothing was left half-written"):
         store.write_shard(path, content)
     assert path.read_bytes() == before

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.data import augment
+from zoo.generate.images import augment
+from zoo.generate.spec import HPARAM_DEFAULTS
+from zoo.generate.train import SCHEDULES, GroupTrainer, Job, schedule_tensors, lr_factor, train_alone
 from zoo.nets import NetConfig, WAsym
-from zoo.spec import HPARAM_DEFAULTS
-from zoo.train import SCHEDULES, GroupTrainer, Job, schedule_tensors, lr_factor, train_alone
 
 CFG = NetConfig(width=0.25, in_channels=1, num_classes=10)
 
@@ -94,13 +94,13 @@ def test_fp32_group_equals_alone_with_sgd(digits, arch):
 
 def test_fixed_entries_are_bit_identical_after_training(digits):
     cfg = NetConfig(width=0.25, in_channels=1, num_classes=10, wasym=WAsym(n_fix=2, n_fix_linear=2, kappa=2.0))
-    from zoo.generate import _fixed_arrays
+    from zoo.generate import fixed_arrays
     from zoo.layout import Layout
     from zoo.nets import build_net
 
     net = build_net(cfg)
     lay = Layout.from_module(net)
-    fixed, _ = _fixed_arrays(net, lay)  # what the store writes as fixed/values
+    fixed, _ = fixed_arrays(net, lay)  # what the store writes as fixed/values
     res = GroupTrainer(cfg, digits, [0, "final"]).train(jobs(lr=5e-2))
     mask = lay.fixed_mask
     for r in res:
@@ -152,7 +152,7 @@ def test_augmentation_translates_flips_and_cuts_out_per_image():
 
 def _reference_input(data, idx, flip, shift, center, translate, cutout, dtype, channels_last):
     """The group's input the long way: normalise, augment image by image, transpose, cast."""
-    from zoo.grouped import GroupState
+    from zoo.generate.grouped import GroupState
 
     M, b = idx.shape
     x = data.normalize(data.x_train[idx])
@@ -171,7 +171,7 @@ def test_fused_input_equals_normalise_augment_and_layout_bit_for_bit(channels_la
     memory layout (strides) must be those of the long way, for translations 0-3, flips,
     cutout off / shared / one side per model (0 = off for that model), and without
     augmentation (evaluation)."""
-    from zoo.data import ImageData, grouped_batch
+    from zoo.generate.images import ImageData, grouped_batch
 
     g = torch.Generator().manual_seed(0)
     N, C, H, W, M, b = 40, 3, 8, 9, 4, 7  # H != W: rows and columns cannot be swapped unnoticed
@@ -205,7 +205,7 @@ def test_fused_and_unfused_input_train_the_same_models(digits):
     cutout on)."""
     import dataclasses
 
-    from zoo.train import TrainOptions
+    from zoo.generate.train import TrainOptions
 
     js = jobs(optimizer="adamw")
     ckpts = [1, "final"]
@@ -226,9 +226,9 @@ def test_fused_input_keeps_the_layout_of_a_one_model_grayscale_group(digits):
     same as without it."""
     import dataclasses
 
-    from zoo.data import grouped_batch
-    from zoo.grouped import GroupState
-    from zoo.train import TrainOptions
+    from zoo.generate.images import grouped_batch
+    from zoo.generate.grouped import GroupState
+    from zoo.generate.train import TrainOptions
 
     idx = torch.arange(5)[None]
     for dtype in (torch.float32, torch.bfloat16):

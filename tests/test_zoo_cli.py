@@ -1,8 +1,8 @@
 """The zoo CLI: clear one-line errors with exit code 2, no tracebacks; info and verify."""
 import numpy as np
 import pytest
-
 from conftest import write_toml
+
 from zoo.cli import main
 
 
@@ -62,7 +62,7 @@ def test_generate_info_verify_and_a_corrupted_shard(capsys, tmp_path, tiny_dict)
 
 def test_info_on_an_unfinished_generation_shows_progress(capsys, tmp_path, tiny_dict):
     from zoo.generate import generate
-    from zoo.spec import spec_from_dict
+    from zoo.generate.spec import spec_from_dict
 
     out = tmp_path / "z"
     generate(spec_from_dict(tiny_dict), out, shard=0, num_shards=2, group_size=2, progress=False)
@@ -73,7 +73,7 @@ def test_info_on_an_unfinished_generation_shows_progress(capsys, tmp_path, tiny_
 
 
 def test_npz_source_reads_user_arrays_in_any_layout(tmp_path):
-    from zoo import data
+    from zoo.generate import images as data
 
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.npz"
@@ -97,7 +97,7 @@ def test_npz_source_reads_user_arrays_in_any_layout(tmp_path):
 def test_torchvision_sources_give_a_clear_message_when_unavailable(tmp_path, monkeypatch):
     import builtins
 
-    from zoo import data
+    from zoo.generate import images as data
     from zoo.errors import ZooError
 
     real_import = builtins.__import__
@@ -116,7 +116,7 @@ def test_offline_download_names_the_folder_to_fill(tmp_path, monkeypatch):
     import sys
     import types
 
-    from zoo import data
+    from zoo.generate import images as data
     from zoo.errors import ZooError
 
     class Offline:

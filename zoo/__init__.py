@@ -5,6 +5,6 @@
 from ._version import __version__
 from .errors import SpecError, ZooError
 from .layout import Layout, TensorSpec
-from .reader import Zoo, open  # noqa: A004
+from .store.reader import Zoo, open  # noqa: A004
 
 __all__ = ["Layout", "SpecError", "TensorSpec", "Zoo", "ZooError", "open", "__version__"]
