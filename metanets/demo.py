@@ -161,7 +161,6 @@ def _children_cpu() -> float:
 
 def _watch(procs, paths, total: int, progress: bool) -> None:
     """Wait for the generation processes, with one progress bar over all zoos; fail on the first error."""
-
     bar = model_bar(total, progress, "demo zoos")
     try:
         while True:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +62,7 @@ def save(path, name: str, model, info: InputInfo, *, target: str, checkpoint: st
     if cls.kind == "torch":
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     else:
-        import skops.io as sio
+        import skops.io as sio  # deferred: seconds to import (it scans scikit-learn's types)
 
         tensors = {SKLEARN_TENSOR: torch.from_numpy(np.frombuffer(sio.dumps(model.model), np.uint8).copy())}
     blob = st_save(tensors, metadata={HEADER_KEY: json.dumps(header, default=json_default)})
@@ -71,7 +73,6 @@ def save(path, name: str, model, info: InputInfo, *, target: str, checkpoint: st
 
 def _read(path: Path) -> tuple[dict, dict]:
     """(header, tensors) of a metanet file, read as data only."""
-
     with open(path, "rb") as f:
         magic = f.read(4)
     # torch.save writes a zip (local file header first) or, in its legacy mode, a bare pickle
@@ -127,7 +128,7 @@ def load(path, device="cpu"):
 
 
 def _load_estimator(path: Path, tensors: dict):
-    import skops.io as sio
+    import skops.io as sio  # deferred: seconds to import (it scans scikit-learn's types)
 
     if SKLEARN_TENSOR not in tensors:
         raise MetanetError(f"{path}: no stored estimator ({SKLEARN_TENSOR!r} missing)")
@@ -145,12 +146,30 @@ def _load_estimator(path: Path, tensors: dict):
                            f"({type(e).__name__}: {e})") from e
 
 
+#: Where the metanet classes a 0.1 pickle names (scikit-learn kinds pickle the whole metanet
+#: object) live now: ``metanets.gbm.StatGBM`` is ``metanets.models.statnn_gbm.StatGBM``.
+LEGACY_MODULES = {"metanets.gbm": "metanets.models.statnn_gbm", "metanets.registry": "metanets.models._registry",
+                  **{f"metanets.{m}": f"metanets.models.{m}"
+                     for m in ("mlp", "dmc", "deepsets", "statnn", "nfn", "graph", "hparams", "structure")}}
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        return super().find_class(LEGACY_MODULES.get(module, module), name)
+
+
+#: ``pickle`` as torch.load uses it, with the 0.1 module paths mapped to today's.
+_legacy_pickle = types.SimpleNamespace(Unpickler=_LegacyUnpickler, __name__="pickle",
+                                       load=lambda f, **kw: _LegacyUnpickler(f, **kw).load())
+
+
 def convert_legacy(src, dst) -> Path:
     """Rewrite a metazoo 0.1 (pickle) metanet file in the weights-only format.
 
     Unpickles ``src``: which runs any code it carries. Use only on files you trust."""
     src = Path(src)
-    rec = torch.load(src, map_location="cpu", weights_only=False)  # trusted by the caller, see docstring
+    # trusted by the caller, see docstring; classes found under their 0.1 module paths too
+    rec = torch.load(src, map_location="cpu", weights_only=False, pickle_module=_legacy_pickle)
     if not isinstance(rec, dict) or rec.get("format") != FORMAT or rec.get("version") != 1:
         raise MetanetError(f"{src} is not a metazoo 0.1 metanet file")
     name = rec["metanet"]

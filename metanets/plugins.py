@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import registry
 from .errors import MetanetError
+from .models import _registry
 
 
 def load_plugin(path) -> list[str]:
@@ -24,8 +25,8 @@ def load_plugin(path) -> list[str]:
     # A stable module name per file (crc32, never the salted hash()), so loading the
     # same file twice re-registers the same classes instead of clashing.
     mod_name = f"metanets_plugin_{p.stem}_{zlib.crc32(str(p.resolve()).encode()):08x}"
-    # Built-ins first, so a plugin reusing a built-in name is the one refused (and blamed).
-    registry._load_builtins()
+    # (The built-ins registered when metanets.registry was imported, so a plugin reusing a
+    # built-in name is the one refused, and blamed.)
     spec = importlib.util.spec_from_file_location(mod_name, p)
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
@@ -37,11 +38,11 @@ def load_plugin(path) -> list[str]:
     except Exception as e:  # the user's code: report it against the file, one line
         sys.modules.pop(mod_name, None)
         raise MetanetError(f"plugin {p} failed to import: {type(e).__name__}: {e}") from e
-    names = [n for n, cls in registry._REGISTRY.items() if cls.__module__ == mod_name]
+    names = [n for n, cls in _registry.REGISTRY.items() if cls.__module__ == mod_name]
     if not names:
         raise MetanetError(f"plugin {p} registered no metanet: decorate an nn.Module class with "
                            f"@metanets.register(\"name\") and give it a view attribute "
                            f"({', '.join(registry.VIEWS)})")
     for n in names:
-        registry._REGISTRY[n].plugin_path = str(p.resolve())
+        _registry.REGISTRY[n].plugin_path = str(p.resolve())
     return names

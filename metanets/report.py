@@ -163,10 +163,10 @@ def write(result: dict, out) -> dict:
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: only the figures need it, and Agg must be chosen before pyplot loads
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
 
     return plt
 

@@ -1,4 +1,4 @@
-"""Several runs of one metanet trained as one stacked model (HFTA-style; GPU_PLAN N2).
+"""Several runs of one metanet trained as one stacked model (HFTA-style).
 
 The lr sweep's runs share their initialisation and every batch (both derive from seed,
 name and tag, not from lr), so R of them train as one model whose parameters are stacked
@@ -30,12 +30,12 @@ from torch import nn
 
 from . import registry, train
 from .data import as_view
-from .deepsets import DeepSets, PooledReLU
-from .dmc import DMC, convs_fast
 from .errors import MetanetError
 from .metrics import r2
-from .mlp import MLP
-from .statnn import StatNN, StatNNStd
+from .models.deepsets import DeepSets, PooledReLU
+from .models.dmc import DMC, convs_fast
+from .models.mlp import MLP
+from .models.statnn import StatNN, StatNNStd
 
 
 class StackedAdamW:

@@ -25,8 +25,8 @@ from zoo.seeding import derived_seed
 from . import registry
 from .data import InputInfo, WeightSet, as_view
 from .errors import MetanetError
-from .hparams import hparam_features
 from .metrics import kendall_tau, r2
+from .models.hparams import hparam_features
 
 #: The paper's learning-rate grid.
 LR_GRID = (1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)

@@ -6,7 +6,7 @@ Variants (pick with --variants, comma-separated; all alternate A B A B in one pr
   group:<M>:<opts>  the group trainer with M models; opts joined by '+': fp32 (default), bf16,
                     cl (channels-last), static (padded tail, fixed M), compile (torch.compile),
                     graph (with compile: CUDA graphs for forward + backward),
-                    unfused (the input pipeline before GPU_PLAN Z3: normalise, augment,
+                    unfused (the input pipeline before the fused gather: normalise, augment,
                     transpose, cast, copy; the default gathers straight into the layout),
                     noahead (each epoch's plans drawn at its start, not in a background
                     thread during the epoch before)
@@ -98,7 +98,7 @@ def epochs_of(run, n_epochs: int):
 
 
 class R1:
-    """One net given its best shot (GPU_PLAN section 4, R1): see the module docstring."""
+    """One net given its best shot: see ``r1`` in the module docstring."""
 
     def __init__(self, job: Job, cfg, data, device: str, bf16: bool, compile_mode: str | None):
         hp = self.hp = job.hp

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The group trainer's input pipeline alone: fused gather (GPU_PLAN Z3) against the old path.
+"""The group trainer's input pipeline alone: fused gather (``grouped_batch``) against the old path.
 
 One step's input for M models (batch B each) of a CIFAR-shaped preset, built from the
 step's draws (order, flips, translations, cutout centres) into the group's input layout
@@ -7,9 +7,9 @@ step's draws (order, flips, translations, cutout centres) into the group's input
 
   fused     zoo.generate.images.grouped_batch: each pixel read once as uint8 at its flipped and
             translated source, normalised, padding and cutout set to 0, written in the
-            layout (the default since Z3)
+            layout (the default)
   unfused   normalise the gathered batch, flip, pad, two gathers, cutout, transpose,
-            cast and layout copy (before Z3; TrainOptions(fused_input=False))
+            cast and layout copy (the earlier path; TrainOptions(fused_input=False))
   fused+compile   (CUDA; --compile) grouped_batch under torch.compile(dynamic=False): one kernel
 
 Each variant in fp32 and in bf16 + channels-last (the CUDA default), alternated A B A B,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The paper-scale metanet table, really run and timed (issue 12: "< 10 minutes on one H100").
+"""The paper-scale metanet table, really run and timed (the goal: under 10 minutes on one H100).
 
 Writes two synthetic zoos of CIFAR-10-shaped ResNet8s (78,042 parameters; standard and
 W-Asym, ``--models`` nets each; reused when already there), then times one

@@ -1,6 +1,6 @@
 """Timing for scripts/bench_*.py: fixed windows of whole steps, after warm-up, alternated.
 
-The method (docs/BENCHMARKS.md, GPU_PLAN section 6): every variant first runs its warm-up
+The method (docs/BENCHMARKS.md): every variant first runs its warm-up
 (one pass over every shape that is timed: cuDNN autotuning, compilation, allocator growth),
 then one untimed unit of work tells how many units make a window of at least
 ``min_window_s``; then the variants take turns, one window each (A B A B ...), so that

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Does bf16 keep the fp32 accuracy distribution? (issue 12: 64 models, mean |Δacc| < 0.5 points)
+"""Does bf16 keep the fp32 accuracy distribution? (the bar: 64 models, mean |Δacc| < 0.5 points)
 
 Trains the same models twice with `zoo generate` -- the lim2024-resnet8 recipe (its
 hyper-parameter distributions, augmentation, schedule), same seeds, so the same inits and

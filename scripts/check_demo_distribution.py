@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the demo's two digits zoos at a demo size and check issue 13's accuracy targets.
+"""Generate the demo's two digits zoos at a demo size and check the demo's accuracy targets.
 
 Targets, for each zoo: 10th percentile of test accuracy <= 0.35, 90th >= 0.90; and the
 two medians within 0.10 of each other. The zoos are made exactly as ``metanets demo``

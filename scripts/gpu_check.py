@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One prepared GPU session: GPU_PLAN section 7 plus every figure issue 12 still waits for,
+"""One prepared GPU session: every GPU figure docs/BENCHMARKS.md still waits for,
 each printed with its command, then one markdown block ready to paste into
 docs/BENCHMARKS.md (also written to --out). The default --minutes 8 covers the sections most
 needed (about a to f and l, then i and k; compile times on the GPU are the unknown); --minutes 22 runs them all.
@@ -11,9 +11,9 @@ Sections, most important first; each runs as its own process with a time limit, 
 failure or a hang costs that section only, and sections left when --minutes is spent are
 listed as skipped:
 
-  a  does F.group_norm keep a channels-last input channels-last (GPU_PLAN F1)?
+  a  does F.group_norm keep a channels-last input channels-last?
   b  group trainer vs R0 for lim2024-resnet8 and lim2024-wasym-resnet8 (bf16+cl, M=128 and 32;
-     resnet8 also as before GPU_PLAN Z3: unfused input, plans drawn at each epoch start)
+     resnet8 also as before the fused input gather: unfused input, plans drawn at each epoch start)
   c  R1 (compiled, CUDA-graphed one net) and R2 (k=4 R1 processes) in one run with R0
   d  the static-shape group step eager vs torch.compile(dynamic=False), M=128 and M=32
   e  a 20-step profile of M=128 bf16+cl with kernel categories and copy/transpose counts
@@ -23,8 +23,8 @@ listed as skipped:
   h  metanet epoch times on a synthetic ResNet8 zoo, and a 2-epoch DMC profile
   i  the metanets' lr sweep and seeds trained stacked (metanets.stack) against run by run
   k  bf16 against fp32 on 64 models: per-model and distribution |Δacc| (scripts/check_bf16_accuracy.py)
-  j  NFN-NP/HNP and graph metanet epoch times on synthetic smallcnns (issue 11)
-  l  the input pipeline alone: fused gather (Z3) vs the old path vs compiled, M=128 (bench_input.py)
+  j  NFN-NP/HNP and graph metanet epoch times on synthetic smallcnns
+  l  the input pipeline alone: fused gather vs the old path vs compiled, M=128 (bench_input.py)
 
 Not in this session (it alone takes about 10 minutes): the paper-scale metanet table, really
 run on two 10,000-net zoos -- `python scripts/bench_metanet_table.py --device cuda`.
@@ -93,10 +93,10 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
         r1 = []
     out = [("a", "GroupNorm keeps channels-last?", None, 60)]
     for i, p in enumerate(presets):
-        # the first preset also runs the group as it was before GPU_PLAN Z3 (input pipeline
+        # the first preset also runs the group as it was before the fused input gather (input pipeline
         # unfused, plans drawn at each epoch start), alternated with today's
         before = f",group:{big}:bf16+cl+unfused+noahead" if i == 0 else ""
-        out.append(("b", f"group trainer vs R0, {p}" + (" (and before Z3)" if before else ""),
+        out.append(("b", f"group trainer vs R0, {p}" + (" (and before the fused gather)" if before else ""),
                     bg + common + ["--preset", p, "--variants",
                                    f"r0,group:{big}:bf16+cl{before},group:{small}:bf16+cl"], 150))
     out.append(("c", "R1 and R2 against R0", bg + common + r1 + [
@@ -142,13 +142,13 @@ def sections(dry: bool) -> list[tuple[str, str, list[str] | None, int]]:
     # training images), each model's test accuracy compared: about 4 minutes on an H100 (est.)
     out.append(("k", "bf16 keeps the fp32 accuracy distribution? (64 models)",
                 [PY, "scripts/check_bf16_accuracy.py"] + (["--dry-run"] if dry else ["--device", "cuda"]), 360))
-    # issue 11's GPU epoch times: NFN and the graph metanet read plain CNNs (synthetic smallcnns)
+    # GPU epoch times: NFN and the graph metanet read plain CNNs (synthetic smallcnns)
     out.append(("j", "NFN and graph metanet epoch times on smallcnns", [
         PY, "scripts/bench_metanets.py", "--device", dev, "--arch", "smallcnn", "--in-channels", "1",
         "--models", "64" if dry else "2000", "--metanets", "mlp,nfn-np,nfn-hnp,graph", "--epochs", "1",
         "--windows", "2" if dry else "3", "--no-read", "--no-stack"], 120))
-    # GPU_PLAN Z3: the fused input gather against the old path, alone (about 30 s with a compile)
-    out.append(("l", "input pipeline: fused gather (Z3) vs the old path", [
+    # the fused input gather against the old path, alone (about 30 s with a compile)
+    out.append(("l", "input pipeline: fused gather vs the old path", [
         PY, "scripts/bench_input.py", "--device", dev, "--models", "4" if dry else "128", "--windows",
         "2" if dry else "5"], 90))
     # Most needed first: when the budget runs out, what is left is what matters least. The order:

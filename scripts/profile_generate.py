@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the group trainer spends its time: a torch.profiler table of one short group run,
 then the device time and kernel count per step in categories (conv, norm, pointwise,
-copy/transpose, memcpy, other), the attribution GPU_PLAN section 6 asks for.
+copy/transpose, memcpy, other), the attribution docs/BENCHMARKS.md reports.
 
   python scripts/profile_generate.py --device cuda --group-size 128 --bf16 --channels-last
 """

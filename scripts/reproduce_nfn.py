@@ -13,7 +13,7 @@ internet once and, for 50 epochs over ~15,000 training nets, a GPU.
 Protocol differences to the papers, so the numbers are comparable in rank, not to the
 third digit: we predict the *final* checkpoint's test accuracy with the zoo's stored
 split (the papers use their own splits, and NFN filters runs by accuracy); our NFN is
-our own implementation of the NP/HNP layers (metanets/nfn.py).
+our own implementation of the NP/HNP layers (metanets/models/nfn.py).
 """
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def two_threads(one_thread):
 
 
 def test_zoo_generate_with_ray_equals_the_plain_command_at_its_thread_count(ray_cluster, two_threads, tmp_path):
-    # Issue 13 item 7: a Ray task used to compute with the one CPU Ray assigned it while a plain
+    # A Ray task used to compute with the one CPU Ray assigned it while a plain
     # run used all the process's threads, so weights differed by up to 0.02. Both now plan and
     # compute with the driver's thread count (here 2, not the module's 1).
     spec = write_toml(tmp_path / "spec.toml", SPEC)

@@ -292,7 +292,7 @@ def test_a_refilled_shard_killed_after_a_part_resumes_to_the_uninterrupted_zoo(r
                                                                                 capsys, parts_before_kill):
     """Killed once 3 (or 6) of the 7 models are in parts: the rerun trains only the other 4
     (or the last one, beside a stand-in), in groups unlike the first run's, and writes the
-    same zoo, bit for bit (on one thread: zoo/generate.py says why)."""
+    same zoo, bit for bit (on one thread: zoo/generate/run.py says why)."""
     import zoo.generate as gen
 
     spec, refill, _, _, _ = refill_zoos

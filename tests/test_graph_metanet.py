@@ -5,7 +5,7 @@ import torch
 
 from metanets import data, registry, train
 from metanets.data import InputInfo
-from metanets.graph import EDGE_FLAGS, build_graph, graph_for
+from metanets.models.graph import EDGE_FLAGS, build_graph, graph_for
 from zoo.generate.synthetic import make_zoo
 from zoo.layout import Layout
 from zoo.nets import NetConfig, WAsym, build_net

@@ -1,4 +1,4 @@
-"""Hardening (issue 9): no code from files, no damaged zoo read as good, nothing deleted that
+"""Hardening: no code from files, no damaged zoo read as good, nothing deleted that
 is not ours, every write failure an error. Each test builds the fault the issue reports."""
 import contextlib
 import json
@@ -165,6 +165,33 @@ def test_a_trusted_legacy_file_converts_and_predicts_like_the_original(good_zoo,
     _, loaded, _, _ = persist.load(tmp_path / "new.pt")
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("name, module", [("statnn-gbm", "metanets.gbm"), ("hparams", "metanets.hparams")])
+def test_a_legacy_sklearn_metanet_naming_its_0_1_module_converts(good_zoo, tmp_path, monkeypatch, name, module):
+    """0.1 pickled scikit-learn metanets whole, so the file names the class by its 0.1 module
+    path (metanets.gbm.StatGBM, metanets.hparams.HParamsGBM); convert still finds it."""
+    import types
+
+    from test_bench_stats import _hparam_zoo
+
+    from metanets import data, persist, registry, train
+
+    ws = data.load(good_zoo if name != "hparams" else _hparam_zoo(tmp_path / "hp"))  # the control needs hparams
+    cls = registry.get(name)
+    model = train.fit(name, ws, lr=None, seed=0).model
+    legacy = tmp_path / "old.pt"
+    with monkeypatch.context() as m:  # pickle the class under its 0.1 module path
+        m.setattr(cls, "__module__", module)
+        m.setitem(sys.modules, module, types.SimpleNamespace(**{cls.__qualname__: cls}))
+        torch.save({"format": "metazoo-metanet", "version": 1, "metanet": name, "info": ws.info.to_dict(),
+                    "target": "test_acc", "checkpoint": "final", "plugin": None, "meta": {}, "state": model}, legacy)
+    assert module.encode() in legacy.read_bytes(), "the file names the old module"
+    assert module not in sys.modules
+    assert persist.main(["convert", str(legacy), str(tmp_path / "new.pt")]) == 0
+    _, loaded, _, _ = persist.load(tmp_path / "new.pt")
+    x = train.features(ws, "test", cls.view)
+    assert np.array_equal(train.predict(loaded, x, cls.view, ws.info), train.predict(model, x, cls.view, ws.info))
 
 
 # ------------------------------------------------------------ 2. a zoo is checked before use
@@ -404,7 +431,7 @@ def test_force_replaces_a_zoo_of_another_spec(tmp_path, one_thread):
 def lock_held_by_child(path: Path, key=None):
     """A process that holds ``path``'s lock (as `zoo generate`) until it is killed (-9) on
     leaving the block."""
-    code = ("import sys, time; from zoo.lock import lock_dir\n"
+    code = ("import sys, time; from zoo.store.lock import lock_dir\n"
             f"with lock_dir({str(path)!r}, 'zoo generate', key={key!r}):\n"
             "    print('locked', flush=True); time.sleep(600)\n")
     p = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)

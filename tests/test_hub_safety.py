@@ -1,4 +1,4 @@
-"""Hub hardening (issue 9): foreign folders are never replaced, archives are bounded,
+"""Hub hardening: foreign folders are never replaced, archives are bounded,
 leftovers are cleaned, folders are shareable, pickles never run, a killed import resumes."""
 import io
 import os
@@ -176,7 +176,7 @@ def test_a_missing_file_is_reported_as_missing_not_as_corrupt(tmp_path):
 
 _KILLER = """
 import os, signal, sys
-from zoo.importers import common, run_import
+from zoo.hub.importers import common, run_import
 done = []
 add = common.ZooWriter.add
 def add_then_die(self, *a, **k):

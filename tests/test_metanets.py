@@ -180,7 +180,7 @@ def test_metanets_match_the_paper_architectures():
 
 
 def test_dmc_rejects_a_vector_shorter_than_its_receptive_field():
-    from metanets.dmc import min_length, output_length
+    from metanets.models.dmc import min_length, output_length
 
     assert output_length(min_length()) == 1 and output_length(min_length() - 1) == 0
     with pytest.raises(MetanetError, match=f"at least {min_length()} entries"):
@@ -288,7 +288,7 @@ def test_a_forward_returning_the_wrong_shape_is_rejected(zoos):
 
 
 def test_deepsets_closed_form_phi_equals_linear_layernorm_relu():
-    from metanets.deepsets import DeepSets
+    from metanets.models.deepsets import DeepSets
 
     info = data.InputInfo(Layout.from_shapes([("w", (300,), "linear_weight")]))
     model = train.build("deepsets", info, seed=3)
@@ -364,7 +364,7 @@ def test_deepsets_chunked_pooled_sum_equals_the_materialised_one_with_its_gradie
     g_old = torch.autograd.grad((old * w).sum(), params)
     for a, b in zip(g_new, g_old):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-    from metanets.deepsets import PooledReLU
+    from metanets.models.deepsets import PooledReLU
 
     # the hand-written backward against finite differences, in float64
     inputs = (x.detach().double()[:2, :20].requires_grad_(True),

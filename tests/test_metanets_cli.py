@@ -224,7 +224,7 @@ def test_a_diverging_plugin_is_reported_diverged_and_its_seeds_not_counted(zoos,
 def test_a_plugin_reusing_a_builtin_name_is_refused_and_blamed(tmp_path, capsys):
     plug = _plugin(tmp_path, "mlp", "return self.lin(x).squeeze(-1)")
     err = _error(capsys, ["list", "--plugin", str(plug)])
-    assert str(plug) in err and "'mlp'" in err and "already taken by the built-in metanets.mlp.MLP" in err
+    assert str(plug) in err and "'mlp'" in err and "already taken by the built-in metanets.models.mlp.MLP" in err
 
 
 def test_out_that_is_a_file_is_refused_before_any_training(zoos, tmp_path, capsys, monkeypatch):

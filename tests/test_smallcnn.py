@@ -271,7 +271,7 @@ def test_wasym_smallcnn_spec_errors_name_the_field():
 
 def test_generated_wasym_smallcnn_zoo_stores_flags_and_is_benchmarked_by_every_metanet(tmp_path):
     from metanets import bench, data
-    from metanets.graph import EDGE_FLAGS, graph_for
+    from metanets.models.graph import EDGE_FLAGS, graph_for
     from zoo.generate import generate
 
     out = generate(_wasym_spec(16), tmp_path / "z", progress=False)

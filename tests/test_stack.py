@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from metanets import bench, data, registry, stack, train
-from metanets.mlp import MLP
+from metanets.models import _registry
+from metanets.models.mlp import MLP
 from zoo.generate.synthetic import make_zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,7 +133,7 @@ def test_more_runs_than_one_stack_holds_train_in_groups_in_order(zoo_path, float
 
 
 def test_a_plugin_subclassing_a_builtin_is_never_stacked(zoo_path, monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin leaves with the test
+    monkeypatch.setattr(_registry, "REGISTRY", dict(_registry.REGISTRY))  # the plugin leaves with the test
 
     @registry.register("test-stack-mlp-plugin")
     class Doubled(MLP):

@@ -105,7 +105,6 @@ def cmd_catalogue(args) -> int:
 def _check(all_cards, mirror) -> int:
     """Per file: reachable, size (against the card's), checksum known. Exit 1 if any
     required file is unreachable; offline (no host answers) one line and exit 2."""
-
     results = {name: check_card_urls(c, mirror) for name, c in sorted(all_cards.items())}
     rows = [r for rs in results.values() for r in rs]
     if rows and all(r["error"] == "ConnectionError" or (r["error"] and not r["reachable"]) for r in rows):

@@ -155,7 +155,6 @@ def cmd_merge(args) -> int:
 
 def _size(path: Path) -> int:
     """Bytes of the zoo's own files: temporary files of writers (live or killed) do not count."""
-
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not is_temp(f))
 
 

@@ -63,7 +63,7 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
     CPUs, since CPU reductions round differently with the thread count. ``refill``: as
     :func:`zoo.generate.generate` (it goes into a new plan, which every shard task follows)."""
     try:
-        import ray
+        import ray  # deferred: an optional extra (metazoo[ray]), needed only with --ray
     except ImportError as e:
         raise ZooError("--ray needs Ray: pip install 'metazoo[ray]'") from e
 
@@ -135,7 +135,6 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
 def _cpu_threads(ray, out: Path) -> int:
     """The thread count of every CPU task: the plan's when resuming, else what a plain
     ``zoo generate`` in this process would use; refused if no node has that many CPUs."""
-
     plan = read_json(out / PLAN) if (out / PLAN).exists() else {}
     threads = int(plan.get("cpu_threads", torch.get_num_threads()))
     # A task that holds fewer CPUs than it computes with would fight the other tasks; one that
@@ -164,7 +163,6 @@ def _wait_all(ray, pending: dict, out: Path, spec, progress: bool) -> list:
     """Wait for every shard task; return ``[(shard, exception)]`` of those that failed for good.
 
     A failed shard does not stop the others: whatever finishes is kept for the rerun."""
-
     start = progress_of(out)["done"]
     bar = model_bar(spec.models - start, progress, spec.name)
     failed = []

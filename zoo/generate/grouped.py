@@ -115,7 +115,7 @@ class GroupState:
     @staticmethod
     def layout_input(x: torch.Tensor, channels_last: bool = False, dtype=torch.float32) -> torch.Tensor:
         """``[M, B, C, H, W]`` -> the group's input ``[B, M*C, H, W]`` in ``dtype`` (a copy;
-        :func:`zoo.data.grouped_batch` writes this layout directly)."""
+        :func:`zoo.generate.images.grouped_batch` writes this layout directly)."""
         M, B = x.shape[:2]
         h = x.transpose(0, 1).reshape(B, M * x.shape[2], *x.shape[3:]).to(dtype)
         return h.contiguous(memory_format=torch.channels_last) if channels_last else h

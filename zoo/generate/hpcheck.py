@@ -36,7 +36,6 @@ SMALLCNNZOO_CONFIG = ("activation", "b_init", "dataset", "dnn_architecture", "dr
 
 def smallcnnzoo_preset(dataset: str | None) -> str | None:
     """The preset imitating the Small CNN Zoo on ``dataset`` (upstream's TFDS name), if any."""
-
     name = f"smallcnnzoo-{ {'svhn_cropped': 'svhn'}.get(str(dataset), dataset) }"
     return name if name in presets() else None
 
@@ -180,7 +179,6 @@ def compare(table: pd.DataFrame, spec: ZooSpec, names: dict | None = None, confi
 
 def _as_text(dist):
     """A numeric choice with its values as ``%g`` text (0.25 and '0.25' compare equal)."""
-
     return Dist("choice", {"values": [f"{float(v):g}" for v in dist.params["values"]]})
 
 

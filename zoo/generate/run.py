@@ -290,7 +290,7 @@ def ensure_plan(spec: ZooSpec, out: Path, opts: TrainOptions, group_size: int | 
     existed: no refill).
 
     A function of its own so that a Ray driver can have the plan written once, by one
-    task, before any shard task starts (zoo/distributed.py)."""
+    task, before any shard task starts (zoo/generate/distributed.py)."""
     plan = check_out_dir(out, spec)
     if plan and plan.get("complete"):
         return plan, None, None
@@ -331,7 +331,7 @@ def generate(spec, out, *, models: int | None = None, device: str = "cpu", group
              force: bool = False, refill: bool | None = None) -> Path:
     """Generate (or resume) the zoo of ``spec`` into ``out``; return ``out``.
 
-    ``out`` is locked while this runs (zoo/lock.py). ``force`` first deletes the zoo or
+    ``out`` is locked while this runs (zoo/store/lock.py). ``force`` first deletes the zoo or
     unfinished generation ``out`` holds; never a folder holding anything else.
 
     ``shard``/``num_shards`` make this call one of ``num_shards`` jobs: it does the
@@ -381,7 +381,7 @@ def check_device(device: str) -> None:
         raise ZooError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
 
 
-_LOCK_INSIDE = re.compile(r"\.metazoo(\.[\w-]+)?\.lock")  # zoo/lock.py, when the parent is not writable
+_LOCK_INSIDE = re.compile(r"\.metazoo(\.[\w-]+)?\.lock")  # zoo/store/lock.py, when the parent is not writable
 
 
 def _ours(name: str) -> bool:
@@ -551,7 +551,7 @@ def _train_shard_refill(spec, s, gs, trainer, parts_dir, write_part, bar,
     """With refill: the models no valid part holds yet, queued per group key through ``gs``
     slots; a part is written whenever ``gs`` models have finished, and at the end of each queue.
 
-    (smallcnn zoos keep fixed groups: their trainer, zoo/smallcnn.py, counts optimizer steps
+    (smallcnn zoos keep fixed groups: their trainer, zoo/generate/train_smallcnn.py, counts optimizer steps
     per group, not per model, so a refilled slot would start Adam mid-count.)"""
     ids = list(spec.shard_ids(s))
     parts, done = _refill_parts(parts_dir, ids, bar, progress)

@@ -4,7 +4,7 @@ Both paths draw the same random numbers for a model (init from its seed, data or
 and augmentation from its own generator), use the same schedule and the same loss,
 and differ only in how the arithmetic is batched: the reference uses plain
 ``nn.Module`` layers and ``torch.optim``; the group runs M models as one wide net
-(``zoo.grouped``) with a vectorised optimizer. ``tests/test_train.py`` checks that a
+(``zoo.generate.grouped``) with a vectorised optimizer. ``tests/test_train.py`` checks that a
 model comes out the same either way.
 
 Entry points: :class:`GroupTrainer` ``.train(jobs, slots=None)`` (whole models, with slot
@@ -172,7 +172,7 @@ def data_generator(job: Job) -> torch.Generator:
 
 def augmented_batch(data: ImageData, idx, plan, sl, translate: int, cutout):
     """Gather, normalise and augment the images ``idx [M, b]`` (``translate``/``cutout``: see
-    :func:`zoo.data.augment`; a per-model ``cutout [M]`` tensor is spread over the images)."""
+    :func:`zoo.generate.images.augment`; a per-model ``cutout [M]`` tensor is spread over the images)."""
     M, b = idx.shape
     x = data.normalize(data.x_train[idx])  # [M, b, C, H, W]
     if not isinstance(cutout, int):

@@ -140,7 +140,7 @@ def _step(group: SmallCNNGroup, st: dict, kind: str, lr: torch.Tensor, mom: torc
 def train_smallcnn_group(jobs, cfg: NetConfig, data, checkpoints: list, device: str = "cpu",
                          eval_batch: int = 1024):
     """Train ``jobs`` (sharing batch size, train fraction and optimizer) as one group; return
-    :class:`zoo.train.Result` per job, in order."""
+    :class:`zoo.generate.train.Result` per job, in order."""
     check_input_size(cfg, tuple(data.x_train.shape[2:]))
     hp0 = jobs[0].hp
     kind = hp0["optimizer"]

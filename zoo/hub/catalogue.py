@@ -104,13 +104,9 @@ class Card:
 
 
 def catalogue_dirs() -> list[Path]:
-    """Where cards are read from: the wheel's copy (package ``zoo._catalogue``), else the
+    """Where cards are read from: the wheel's copy (package data ``zoo._catalogue``), else the
     clone's ``datasets/cards``. Found through importlib.resources, not this file's place."""
-    dirs = []
-    try:
-        dirs.append(Path(str(resources.files("zoo._catalogue"))))
-    except ModuleNotFoundError:  # a clone: datasets/cards is not a package there
-        pass
+    dirs = [Path(str(resources.files("zoo") / "_catalogue"))]  # absent in a clone
     if _clone_root() is not None:
         dirs.append(_clone_root() / "datasets" / "cards")
     return [p for p in dirs if p.is_dir()]

@@ -138,7 +138,6 @@ def _local_path(url: str) -> Path | None:
 def _http_get(url: str, part: Path, f: SourceFile, progress: bool, log) -> bool:
     """Fill ``part`` with the whole body of ``url``, resuming what is there. False: an optional
     file the server does not have."""
-
     host = urllib.parse.urlparse(url).netloc
     for attempt in range(1, ATTEMPTS + 1):
         have = part.stat().st_size if part.exists() else 0
@@ -217,7 +216,6 @@ def download(card: Card, to=None, *, force: bool = False, progress: bool = True,
     """Fetch ``card``'s files and import them into a zoo at ``to`` (default ``<root>/<name>``).
 
     Returns the zoo's manifest. An existing zoo there is kept unless ``force``."""
-
     dest = target_for(card, to)
     if (dest / MANIFEST).is_file() and not force:
         log(f"{card.name}: already here at {dest} (pass --force to download and import again)")
@@ -269,7 +267,6 @@ def _gather(folder: Path, paths: list[Path]) -> Path:
 def check_card_urls(card: Card, mirror: str | None = None) -> list[dict]:
     """Ask the server about each of ``card``'s files (HEAD, else a one-byte range request):
     one dict per file with ``url``, ``reachable``, ``status``, ``size`` (bytes or None)."""
-
     rows = []
     for f in card.files:
         url = source_url(f, mirror)
@@ -297,7 +294,6 @@ def check_card_urls(card: Card, mirror: str | None = None) -> list[dict]:
 
 def card_for_url(url: str, sha256: str, fmt: str = "metazoo", name: str | None = None) -> Card:
     """An ad-hoc card for ``zoo download --url URL --sha256 HASH``."""
-
     check_url(url, "--url")
     stem = urllib.parse.urlparse(url).path.rstrip("/").rsplit("/", 1)[-1] or "download"
     for suffix in (".tar.gz", ".tgz", ".tar.xz", ".tar", ".zip"):

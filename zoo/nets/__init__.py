@@ -11,11 +11,15 @@ from torch import nn
 
 from ..errors import SpecError
 from . import resnet, smallcnn
-from .asym import (WASYM_MODES, AsymConv2d, AsymLinear, FiGLU, fixed_buffers, fixed_entries,  # noqa: F401
-                   validate_wasym, weight_layers)
-from .config import NetConfig, WAsym  # noqa: F401
-from .family import Family, HParam  # noqa: F401
-from .resnet import ACTIVATIONS, NORMS, BasicBlock, PlainOps, ResNet  # noqa: F401
+from .asym import (WASYM_MODES, AsymConv2d, AsymLinear, FiGLU, fixed_buffers, fixed_entries, validate_wasym,
+                   weight_layers)
+from .config import NetConfig, WAsym
+from .family import Family, HParam
+from .resnet import ACTIVATIONS, NORMS, BasicBlock, PlainOps, ResNet
+
+__all__ = ["ACTIVATIONS", "ARCHS", "NORMS", "WASYM_MODES", "AsymConv2d", "AsymLinear", "BasicBlock", "Family", "FiGLU",
+           "HParam", "NetConfig", "PlainOps", "ResNet", "WAsym", "build_net", "family", "fixed_buffers",
+           "fixed_entries", "validate_net", "validate_wasym", "weight_layers"]
 
 #: Architecture families by ``net.arch``.
 ARCHS: dict[str, Family] = {f.name: f for f in (resnet.FAMILY, smallcnn.FAMILY)}

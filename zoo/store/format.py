@@ -18,10 +18,9 @@ import torch
 
 from .._version import __version__
 from ..errors import ZooError
-from ..fs import (TMP_SUFFIX, atomic_path, check_writable_dir, is_temp, json_default, remove_stale_temp,
-                  write_json, write_text)
+from ..fs import atomic_path, json_default, write_json, write_text
 from ..layout import Layout
-from .integrity import ShardVerifier, check_manifest, sha256_file  # noqa: F401 (re-exported)
+from .integrity import ShardVerifier, check_manifest, sha256_file
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMAS = (1,)
@@ -241,7 +240,7 @@ def build_manifest(*, name: str, layout: Layout, shards: list[dict], checkpoints
 
 
 def read_manifest(root: Path, check: bool = True) -> dict:
-    """The manifest of the zoo at ``root``, validated (:func:`zoo.integrity.check_manifest`)."""
+    """The manifest of the zoo at ``root``, validated (:func:`zoo.store.integrity.check_manifest`)."""
     root = Path(root)
     path = root / MANIFEST
     if not root.exists():

@@ -38,7 +38,7 @@ def importer(fmt: str):
 def run_import(fmt: str, src, out, *, options: dict | None = None, force: bool = False,
                name: str | None = None, source: dict | None = None, limits=None) -> dict:
     """Run the importer for ``fmt``; returns the written manifest. ``limits``: how far
-    archives may expand (:class:`zoo.safety.Limits`, default from the environment)."""
+    archives may expand (:class:`zoo.hub.safety.Limits`, default from the environment)."""
     fn = importer(fmt)
     options = dict(options or {})
     allowed = options_of(fmt)

@@ -47,16 +47,6 @@ _METRICS = {"test_acc": ("test_accuracy", "test_acc"), "train_acc": ("train_accu
 _RUN_COLUMNS = ("modeldir", "model_dir", "run", "run_id")
 
 
-def tf_to_torch(kernel: np.ndarray) -> np.ndarray:
-    """A TensorFlow kernel in PyTorch order: conv ``[kh, kw, in, out] -> [out, in, kh, kw]``,
-    dense ``[in, out] -> [out, in]``; anything else (biases) unchanged. Leading batch axes kept."""
-    if kernel.ndim == 4:
-        return np.transpose(kernel, (3, 2, 0, 1))
-    if kernel.ndim == 2:
-        return kernel.T
-    return kernel
-
-
 def _parse_shape(text, where: str) -> tuple[int, ...]:
     nums = re.findall(r"-?\d+", str(text))
     if not nums or any(int(n) <= 0 for n in nums):

@@ -13,7 +13,7 @@ of their files (one model type of four), so members are read where they lie:
   temporary folder.
 
 Every member name is checked (no absolute path, no ``..``, no links) and every read is
-bounded by :class:`zoo.safety.Limits`, so a bomb is refused as such.
+bounded by :class:`zoo.hub.safety.Limits`, so a bomb is refused as such.
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import InputInfo
-from .errors import MetanetError
-from .registry import register
+from ..data import InputInfo
+from ..errors import MetanetError
+from ._registry import register
 
 #: Output channels of the ten conv layers.
 CHANNELS = (2, 4, 8, 16, 32, 64, 64, 64, 64, 64)

@@ -8,8 +8,8 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
-from .data import InputInfo
-from .registry import register
+from ..data import InputInfo
+from ._registry import register
 
 
 @register("statnn-gbm")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import STATS, InputInfo
-from .registry import register
+from ..data import STATS, InputInfo
+from ._registry import register
 
 
 def unbiased_variance_factor(info: InputInfo) -> torch.Tensor:

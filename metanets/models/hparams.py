@@ -12,10 +12,10 @@ import torch
 
 from zoo.generate.spec import HPARAMS
 
-from .data import InputInfo, WeightSet, open_zoo
-from .errors import NotApplicable
-from .gbm import StatGBM
-from .registry import register
+from ..data import InputInfo, WeightSet, open_zoo
+from ..errors import NotApplicable
+from ._registry import register
+from .statnn_gbm import StatGBM
 
 
 def hparam_table(ws: WeightSet) -> tuple[list[str], dict]:

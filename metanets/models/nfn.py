@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import InputInfo
-from .errors import MetanetError
-from .registry import register
+from ..data import InputInfo
+from ..errors import MetanetError
+from ._registry import register
 from .structure import has_norm, plain_chain
 
 

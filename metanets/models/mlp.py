@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .data import InputInfo
-from .registry import register
+from ..data import InputInfo
+from ._registry import register
 
 
 @register("mlp")

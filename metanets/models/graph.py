@@ -11,7 +11,7 @@ nodes and nodes from their incoming and outgoing edges; the readout averages nod
 edges, so the prediction is invariant to any relabelling of nodes — in particular to
 the hidden-channel permutations that leave a standard net's function unchanged.
 
-The structure is recognised from the layout (:mod:`metanets.structure`: plain chains,
+The structure is recognised from the layout (:mod:`metanets.models.structure`: plain chains,
 with norm layers and flattens; metazoo ResNets) and built once per layout, cached; a
 batch of nets is one batched graph (all nets of a zoo share the structure, so only
 the features differ). σ-Asym (FiGLU) nets are read like standard ones: the FiGLU mixing
@@ -29,9 +29,9 @@ from torch import nn
 
 from zoo.layout import Layout
 
-from .data import InputInfo
-from .errors import MetanetError
-from .registry import register
+from ..data import InputInfo
+from ..errors import MetanetError
+from ._registry import register
 from .structure import Layer, is_resnet, plain_chain, resnet_blocks
 
 #: static edge flags: conv, linear, residual
@@ -155,7 +155,7 @@ def _mlp(d_in, d, d_out=None):
 def _edge_node_layer():
     """The message-passing layer class, defined on first use: importing torch-geometric costs
     about a second, which every ``metanets`` command would otherwise pay at start-up."""
-    from torch_geometric.nn import MessagePassing
+    from torch_geometric.nn import MessagePassing  # deferred: ~1 s to import (see the docstring)
 
     class EdgeNodeLayer(MessagePassing):
         """Edges updated from their two end nodes; nodes from the mean message of their incoming

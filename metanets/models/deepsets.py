@@ -8,8 +8,8 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
-from .data import InputInfo
-from .registry import register
+from ..data import InputInfo
+from ._registry import register
 
 
 class PooledReLU(torch.autograd.Function):
