@@ -26,7 +26,7 @@ def test_sizes_put_the_default_zoos_in_out_and_the_others_in_their_own_folders(t
     assert [p for _, p in demo.zoo_dirs(tmp_path, "quick")] == [tmp_path / "quick" / "digits-std",
                                                                  tmp_path / "quick" / "digits-wasym"]
     assert [z for z, _ in demo.zoo_dirs(tmp_path, "full")] == ["digits-resnet8", "digits-wasym-resnet8"]
-    # The default demo has the 250 test nets per zoo that issue 13's CI target needs.
+    # The default demo has the 250 test nets per zoo that the τ interval of ± 0.08 needs.
     assert demo.SIZES["default"]["models"] * 0.25 >= 250
     assert demo.SIZES["quick"]["models"] < demo.SIZES["default"]["models"] < demo.SIZES["full"]["models"]
     with pytest.raises(MetanetError, match="demo size 'huge' is unknown; allowed: quick, default, full"):

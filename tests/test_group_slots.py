@@ -1,4 +1,4 @@
-"""Slot refill, static shapes and the compiled step of the group trainer (GPU_PLAN Z1, Z2, Z5).
+"""Slot refill, static shapes and the compiled step of the group trainer.
 
 Each changes how a group is scheduled or run, never what a model computes: a model comes out
 as it does trained alone (and, on the CPU, bit for bit as the plain group path gives it)."""
@@ -115,7 +115,7 @@ def test_compiled_step_equals_the_eager_step(digits, one_thread):
 
 
 def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
-    """No host sync inside a step (GPU_PLAN F2): augmentation, forward + loss and the optimizer
+    """No host sync inside a step: augmentation, forward + loss and the optimizer
     update each trace as ONE graph (fullgraph: no data-dependent Python branch) with no op
     that reads a value back to the host (.item(), as int(translate.max()) in augment() once
     did). The recording backend only traces, so this runs in seconds."""
@@ -142,11 +142,11 @@ def test_the_group_step_reads_nothing_back_from_the_device(digits, one_thread):
     strict = dict(fullgraph=True, backend=record, dynamic=False)
     for cutout in (run.cutout, torch.full((n,), 2)):  # group-constant int, or one size per image
         torch.compile(augment, **strict)(x, flat("flip"), flat("shift"), flat("center"), run.translate, cutout)
-    for cutout in (run.cutout, torch.full((len(js),), 2)):  # the same for the fused gather (Z3)
+    for cutout in (run.cutout, torch.full((len(js),), 2)):  # the same for the fused gather
         draws = [run.plan[k][:, sl] for k in ("order", "flip", "shift", "center")]
         torch.compile(grouped_batch, **strict)(digits, digits.x_train, *draws, 2, cutout, torch.float32, True)
     batch = {k: v[:, sl] for k, v in run.plan.items()}
-    # the step from its draws to the loss: the fused input pipeline (Z3) and the old one
+    # the step from its draws to the loss: the fused input pipeline and the old one
     for fused in (True, False):
         run.opts = dataclasses.replace(run.opts, fused_input=fused)
         per = torch.compile(run._sample_losses, **strict)(run.g.flat, batch, run.hp_t["label_smoothing"][:, None])
@@ -269,7 +269,7 @@ def test_plans_drawn_ahead_in_a_thread_give_the_same_models(digits, one_thread, 
 
 @pytest.mark.parametrize("arch, graphs", [("wasym", 1), ("batchnorm", 2)])
 def test_a_compiled_group_compiles_one_graph_for_the_whole_run(digits, one_thread, monkeypatch, arch, graphs):
-    """GPU_PLAN Z1/Z2: with static shapes one compiled graph serves every step of a run,
+    """With static shapes one compiled graph serves every step of a run,
     the padded tail of each epoch and refilled slots included, for GroupNorm nets; a
     BatchNorm net keeps its short tail batch, a second shape and so a second graph. (A
     tracing backend counts the graphs Dynamo hands over; no Inductor compile.)"""

@@ -166,7 +166,7 @@ def _reference_input(data, idx, flip, shift, center, translate, cutout, dtype, c
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_fused_input_equals_normalise_augment_and_layout_bit_for_bit(channels_last, dtype):
-    """GPU_PLAN Z3: grouped_batch computes each input pixel once, from the uint8 source pixel
+    """grouped_batch computes each input pixel once, from the uint8 source pixel
     its flip and translation point at, straight into the group's layout. Every value and the
     memory layout (strides) must be those of the long way, for translations 0-3, flips,
     cutout off / shared / one side per model (0 = off for that model), and without

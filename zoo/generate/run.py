@@ -10,7 +10,7 @@ same way and so computes bit-for-bit the same models.
 Slot refill (the default on CUDA, ``--refill`` elsewhere; ``refill`` in the plan): each
 such set of models is one queue, longest first, fed through ``group size`` slots: a
 finished model's slot takes the next queued one, so the group keeps its shape over the
-whole shard (GPU_PLAN Z5) -- what a compiled or CUDA-graphed step needs. Models finish
+whole shard -- what a compiled or CUDA-graphed step needs. Models finish
 one at a time; whenever a group's worth has finished, and at the end of each queue,
 they are written atomically as a part file (any set of ids). A resumed run keeps the
 valid parts and queues the models they lack, in groups unlike the first run's. On one

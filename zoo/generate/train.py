@@ -68,7 +68,7 @@ class TrainOptions:
     # cuDNN's default heuristics pick poor kernels for grouped convs with few channels per
     # group; benchmarking once per shape is far faster over a zoo's thousands of steps.
     cudnn_benchmark: bool = True
-    # Static shapes (GPU_PLAN Z1): every step of a group has the same shapes, so one compiled
+    # Static shapes: every step of a group has the same shapes, so one compiled
     # or CUDA-graphed step serves the whole run. The tail batch of an epoch is padded to the
     # full batch with weight-0 samples (exact for GroupNorm nets, which normalise each image
     # alone; BatchNorm nets keep their short tail batch, a second shape), and a model that
@@ -79,8 +79,8 @@ class TrainOptions:
     # torch.compile(dynamic=False) of the group's forward + loss (implies static_shapes).
     compile: bool = False
     # With compile on CUDA: replay forward + backward as CUDA graphs (mode "reduce-overhead"),
-    # so a step costs a few launches whatever the depth of the net (GPU_PLAN Z4, in part:
-    # the optimizer update stays eager). No effect on the CPU.
+    # so a step costs a few launches whatever the depth of the net (the optimizer
+    # update stays eager). No effect on the CPU.
     cuda_graphs: bool = False
     # A group never shrinks below this many slots (finished models stay in them, masked). On
     # the CPU a one-slot group runs oneDNN's plain convolution, which rounds differently from
@@ -89,12 +89,12 @@ class TrainOptions:
     # a refilled shard with whatever models are left and still write the uninterrupted zoo.
     min_slots: int = 1
     # Gather, normalise and augment each batch straight into the group's input layout, one
-    # pass (GPU_PLAN Z3; with compile, fused into the compiled step). False: the earlier
+    # pass (with compile, fused into the compiled step). False: the earlier
     # path (normalise, augment, transpose, cast, layout copy), kept for A/B benchmarks. The
     # inputs are bit for bit the same either way.
     fused_input: bool = True
     # Draw each model's next epoch of data order and augmentation in a background thread while
-    # this epoch trains (GPU_PLAN Z3): the draws come from the same per-model generators in the
+    # this epoch trains: the draws come from the same per-model generators in the
     # same order, so the plans are the same; the device no longer waits for them at every
     # epoch start. False: drawn at the epoch start (for A/B benchmarks).
     plan_ahead: bool = True
@@ -224,7 +224,7 @@ class GroupRun:
     Per-model state lives in ``[M]`` device tensors: hyper-parameters, the lr schedule, the
     optimizer step count (Adam's bias correction), so a step never reads a value back to the
     host. A finished model's slot can take a new job (:meth:`place`): fresh init, zeroed
-    optimizer state, its own generator, so the group keeps its shape (GPU_PLAN Z5)."""
+    optimizer state, its own generator, so the group keeps its shape."""
 
     def __init__(self, cfg: NetConfig, data: ImageData, jobs: list[Job], opts: TrainOptions):
         self.cfg, self.data, self.opts = cfg, data, opts
@@ -344,7 +344,7 @@ class GroupRun:
     def _compiled_loss(self):
         # dynamic=False: static shapes are the point. A GroupNorm group compiles one graph for
         # the whole run (a padded tail has the full shape and the same strides); a BatchNorm
-        # tail is a second shape and compiles once more instead of going symbolic (GPU_PLAN F3).
+        # tail is a second shape and compiles once more instead of going symbolic.
         mode = "reduce-overhead" if self.opts.cuda_graphs else None
         if self.opts.cuda_graphs and self.opts.device.startswith("cuda"):
             # The training images are read inside the graph (the fused input): a graph input
