@@ -206,6 +206,7 @@ def _hparam_zoo(root, n=120, seed=0):
     return root
 
 
+@pytest.mark.exactness
 def test_hparams_control_reads_the_zoo_table_not_the_weights(tmp_path):
     ws = data.load(_hparam_zoo(tmp_path / "hp"))
     from metanets.models.hparams import hparam_table

@@ -25,6 +25,7 @@ def _offsets():
     return out
 
 
+@pytest.mark.exactness
 def test_a_tf_kernel_becomes_the_pytorch_kernel_computing_the_same_convolution(tmp_path):
     up = write_smallcnnzoo(tmp_path / "up", runs=3)
     run_import("smallcnnzoo", tar_folder(tmp_path / "up", tmp_path / "cifar10.tar.xz"), tmp_path / "zoo")
@@ -60,6 +61,7 @@ def test_the_last_epoch_by_default_and_config_columns_in_the_table(tmp_path):
         assert {"train_acc", "train_loss", "test_loss", "diverged"} <= set(row.index)
 
 
+@pytest.mark.exactness
 @pytest.mark.parametrize("epochs", ["all", "0,20,86", "3"])
 def test_every_checkpoint_epoch_is_selectable_and_holds_that_epochs_weights(tmp_path, epochs):
     up = write_smallcnnzoo(tmp_path / "up", runs=3)

@@ -269,6 +269,7 @@ def test_wasym_smallcnn_spec_errors_name_the_field():
         spec_from_dict({**base, "net": {**base["net"], "wasym": {**base["net"]["wasym"], "kappa": 0.0}}})
 
 
+@pytest.mark.exactness
 def test_generated_wasym_smallcnn_zoo_stores_flags_and_is_benchmarked_by_every_metanet(tmp_path):
     from metanets import bench, data
     from metanets.models.graph import EDGE_FLAGS, graph_for
