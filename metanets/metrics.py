@@ -43,11 +43,12 @@ def kendall_tau(y_true, y_pred) -> float:
 
 
 def mean_std(values) -> tuple[float, float]:
-    """Mean and population std (ddof=0) over seeds, ignoring nan runs; (nan, nan) if none."""
+    """Mean and sample std (ddof 1) over seeds, ignoring nan runs; (nan, nan) if none, std nan
+    for one run."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
     if not len(v):
         return math.nan, math.nan
-    return float(v.mean()), float(v.std())
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else math.nan)
 
 
 # ------------------------------------------------------------------ weighted, batched

@@ -9,6 +9,8 @@ import pandas as pd
 
 from zoo.fs import write_json
 
+from .bench import PAPER_LR
+
 
 VIEW_TITLES = {"all": "all test nets",
                "matched": "test nets resampled to the zoos' common accuracy histogram (--match-accuracy)",
@@ -31,7 +33,8 @@ def _fmt(v) -> str:
 def _cell(r, k: str) -> str:
     if not _num(r[f"{k}_mean"]):
         return "n/a"
-    text = f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}"
+    # one counted seed has no spread to show
+    text = f"{r[f'{k}_mean']:.3f}" + (f" ± {r[f'{k}_std']:.3f}" if _num(r[f"{k}_std"]) else "")
     if _num(r[f"{k}_lo"]):
         text += f" [{r[f'{k}_lo']:.2f}, {r[f'{k}_hi']:.2f}]"
     if r["seeds_counted"] < r["seeds_total"]:
@@ -82,13 +85,22 @@ def markdown(result: dict) -> str:
             lines.append(f"| {m} | {z} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     lr = cfg["lr"]
-    how = (", ".join(f"{k} {v}" for k, v in lr.items()) + "; others auto") if isinstance(lr, dict) else str(lr)
+    # what ran: metanets with a learning rate (not the gradient-boosted ones) whose rate was swept
+    names = cfg.get("metanets") or list(dict.fromkeys(r["metanet"] for r in result["runs"]))
+    with_lr = [m for m in names if any(r["metanet"] == m and r.get("lr") is not None for r in result["runs"])]
+    given = lr if isinstance(lr, dict) else {m: lr for m in with_lr}
+    swept = [m for m in with_lr if given.get(m, "auto") == "auto"
+             or (given.get(m) == "paper" and m not in PAPER_LR)]
+    fixed = {m: v for m, v in given.items() if m in with_lr and m not in swept}
+    how = ", ".join(f"{k} {v}" for k, v in fixed.items())
+    if swept:
+        how = (how + "; " if how else "") + (f"auto for {', '.join(swept)} (best validation R² over "
+                                             f"{cfg['lr_grid']}, one sweep run per rate, then fresh seeds)")
     notes = [f"Test-split R² and Kendall τ predicting `{target}` from weights ({cfg['params']} parameters): "
-             f"mean ± std over the seeds counted (runs that diverged or predicted nan are not counted), "
+             f"mean ± sample std (ddof 1) over the seeds counted (runs that diverged or predicted nan are not counted), "
              f"[95% bootstrap CI over test nets, {cfg['bootstrap']} seeded resamples]; "
              f"seeds {_per(cfg['seeds'])}, epochs {_per(cfg['epochs'])}, batch {cfg['batch_size']}, AdamW wd {cfg.get('weight_decay', 1e-2):g}, "
-             f"lr {how} (auto = best validation R² over {cfg['lr_grid']}, one sweep run per rate, "
-             f"then fresh seeds); protocol {cfg.get('protocol', 'custom')}."]
+             f"lr {how or 'none (no metanet with a learning rate)'}; protocol {cfg.get('protocol', 'custom')}."]
     if result.get("match"):
         mt = result["match"]
         notes.append(f"- matched: {mt['bins']} equal-width bins of the pooled test-target range; the common "

@@ -152,7 +152,8 @@ def summarize(result: dict, *, B: int = 1000, seed: int = 0, match: bool = False
                     lo, hi = interval(_nanmean(draws))
                     finite = point[np.isfinite(point)]
                     row.update({f"{k}_mean": float(finite.mean()) if len(finite) else None,
-                                f"{k}_std": float(finite.std()) if len(finite) else None,
+                                # sample std (ddof 1): a few seeds stand for all of them
+                                f"{k}_std": float(finite.std(ddof=1)) if len(finite) > 1 else None,
                                 f"{k}_lo": _none(lo), f"{k}_hi": _none(hi)})
                     if not len(finite):
                         keep = w > 0

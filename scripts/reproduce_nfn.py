@@ -102,7 +102,10 @@ def anchor_table(result: dict, dataset: str) -> str:
     for m in result["config"]["metanets"]:
         row = s[s.metanet == m] if len(s) else s
         here = f"n/a ({skipped[m]})" if m in skipped else \
-            (f"{row.iloc[0].tau_mean:.3f} ± {row.iloc[0].tau_std:.3f}" if len(row) else "")
+            (f"{row.iloc[0].tau_mean:.3f}" + (f" ± {row.iloc[0].tau_std:.3f}"
+                                               if row.iloc[0].tau_std is not None and row.iloc[0].tau_std == row.iloc[0].tau_std
+                                               else "")
+             if len(row) else "")
         lines.append(f"| {m} | {here} | {ANCHORS.get(dataset, {}).get(m, '—')} |")
     return "\n".join(lines) + "\n"
 

@@ -47,6 +47,7 @@ def test_each_model_type_imports_as_shipped_and_rebuild_computes_what_the_upstre
     # hparams.csv joined: row i+1 <-> i.pt
     np.testing.assert_allclose(z.table["lr"], [1e-3 * (i + 1) for i in kept])
     assert list(z.table["epochs"]) == [20 + i for i in kept]
+    assert z.hparam_columns == ["lr", "weight_decay", "label_smoothing", "epochs"], "what the hparams control reads"
     np.testing.assert_allclose(z.table["label_smoothing"], [0.1 * (i % 3) for i in kept])
     x = torch.randn(3, 3, 32, 32)
     for mid, i in enumerate(kept):

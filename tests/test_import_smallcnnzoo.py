@@ -59,6 +59,9 @@ def test_the_last_epoch_by_default_and_config_columns_in_the_table(tmp_path):
         assert row["epoch"] == 86 and row["test_acc"] == pytest.approx(0.1 + 0.007 * 86 + 0.01 * r)
         assert {"w_init", "activation", "init_std", "l2reg", "train_fraction", "dropout"} <= set(row.index)
         assert {"train_acc", "train_loss", "test_loss", "diverged"} <= set(row.index)
+    # what the hparams control reads: the config.* columns, never a metric or the run name
+    assert {"w_init", "activation", "init_std", "l2reg", "train_fraction", "dropout", "learning_rate"} <= \
+        set(z.hparam_columns) and not {"run", "epoch", "test_acc", "diverged"} & set(z.hparam_columns)
 
 
 @pytest.mark.exactness

@@ -49,8 +49,10 @@ def test_kendall_tau_matches_hand_computation():
     assert math.isnan(kendall_tau([1, 2, 3], [0.5, 0.5, 0.5]))
 
 
-def test_mean_std_is_population_std_over_finite_runs():
-    assert mean_std([0.5, 0.7, np.nan]) == (pytest.approx(0.6), pytest.approx(0.1))
+def test_mean_std_is_the_sample_std_over_finite_runs():
+    assert mean_std([0.5, 0.7, np.nan]) == (pytest.approx(0.6), pytest.approx(0.1 * np.sqrt(2)))
+    m, s = mean_std([0.5, np.nan])
+    assert m == 0.5 and np.isnan(s), 'one run has no spread'
 
 
 # ------------------------------------------------------------------ registry
