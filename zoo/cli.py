@@ -27,6 +27,7 @@ def main(argv=None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import commands, hub_cli
+    from .analyze import cli as analyze_cli
 
     parser = argparse.ArgumentParser(
         prog="zoo",
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.register(sub)
     hub_cli.register(sub)
+    analyze_cli.register(sub)
     return parser
 
 
