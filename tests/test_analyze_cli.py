@@ -126,3 +126,11 @@ def test_errors_are_one_line_and_name_the_input(capsys, zoos, tmp_path, argv, ne
     assert code == 2
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+def test_the_bench_script_checks_and_times_both_variants(capsys, one_thread):
+    from scripts import bench_analyze
+
+    assert bench_analyze.main(["--arch", "smallcnn", "--images", "64", "--alphas", "5", "--windows", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "batched" in out and "one-at-a-time" in out and "max |dloss| between the variants" in out
