@@ -59,7 +59,7 @@ def lmc_summary(results: list[dict], B: int = 2000, seed: int = 0) -> list[dict]
             ends = per.apply(lambda x: np.mean([x["acc_a"].mean(), x["acc_b"].mean()]), include_groups=False)
             for k, v in metrics.summarize(ends.to_numpy(), B, seed).items():
                 row[f"end_acc_{k}"] = v
-            for col in LMC_COLS + (["max_abs_dlogits", "distance_before", "distance_after"]
+            for col in LMC_COLS + (["max_abs_dlogits", "distance_before", "distance_after", "moved_channels"]
                                    if "max_abs_dlogits" in g else []):
                 for k, v in metrics.summarize(per[col].mean().to_numpy(), B, seed).items():
                     row[f"{col}_{k}"] = v
@@ -120,12 +120,15 @@ def lmc_markdown(results, summary, comparisons, command: str = "") -> str:
                      f"| {_cell(_sub(r, 'max_chord_loss'))} | {_cell(_sub(r, 'mid_err'))} |")
     aligned = [r for r in summary if _num(r.get("max_abs_dlogits_mean"))]
     if aligned:
-        lines += ["", "Weight matching: L2 distance between the nets before and after, and the function check "
-                  "(max |dlogits| between net B and permuted B on 256 test images; largest over pairs).", "",
-                  "| zoo | method | distance before | distance after | max abs dlogits |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "Weight matching: L2 distance between the nets before and after, channels of B that moved, "
+                  "and the function check (max |dlogits| between net B and permuted B on 256 test images; "
+                  "largest over pairs).", "",
+                  "| zoo | method | distance before | distance after | channels moved | max abs dlogits |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in aligned:
             lines.append(f"| {r['zoo']} | {r['method']} | {_cell(_sub(r, 'distance_before'), 2)} "
-                         f"| {_cell(_sub(r, 'distance_after'), 2)} | {_max_dlogits(results, r):.2g} |")
+                         f"| {_cell(_sub(r, 'distance_after'), 2)} | {_cell(_sub(r, 'moved_channels'), 1)} "
+                         f"| {_max_dlogits(results, r):.2g} |")
     if comparisons:
         lines += ["", f"Differences against {comparisons[0]['reference']} (versus minus reference; 95% bootstrap "
                   "CI; paired over tuples with the same hyper-parameters where the zoos have them).", "",
@@ -322,7 +325,9 @@ def plot_curves(curves: list[dict], path, key, panels) -> Path:
     groups: dict = {}
     for c in curves:
         groups.setdefault(tuple(c[k] for k in key), []).append(c)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    rows = -(-len(groups) // 2)  # legend rows, under the panels
+    height = 3.8 + 0.18 * rows + 0.1
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), height), squeeze=False)
     for ax, (field, title) in zip(axes[0], panels):
         for g, cs in groups.items():
             a = np.asarray(cs[0]["alpha"])
@@ -332,8 +337,9 @@ def plot_curves(curves: list[dict], path, key, panels) -> Path:
             ax.fill_between(a, lo, hi, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("alpha")
         ax.set_title(f"{title}: mean, 95% CI band", fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, (0.18 * rows + 0.1) / height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
