@@ -100,7 +100,8 @@ def _options(args):
                    bn_reset=args.bn_reset, restarts=getattr(args, "restarts", 3), seed=args.seed, batch=args.batch,
                    max_nets=args.max_nets, max_pairs=args.limit, data=args.data, device=args.device,
                    tol=getattr(args, "tol", 0.0), upstream_compat=getattr(args, "upstream_compat", False),
-                   subset=getattr(args, "subset", None), split=getattr(args, "split", "test"))
+                   subset=getattr(args, "subset", None), split=getattr(args, "split", "test"),
+                   verify=not args.no_verify)
 
 
 def _command() -> str:
@@ -110,13 +111,8 @@ def _command() -> str:
 
 
 def _run(args, fn):
-    import contextlib
-
-    from ..reader import skip_verification
-
     opts = _options(args)
-    with skip_verification() if args.no_verify else contextlib.nullcontext():
-        return [fn(z, opts, args.quiet) for z in args.zoos]
+    return [fn(z, opts, args.quiet) for z in args.zoos]
 
 
 def _emit(args, rep) -> int:

@@ -26,8 +26,8 @@ class Pair:
     b: int
 
 
-def open_zoo(path) -> "zoo.Zoo":
-    z = zoo.open(path)
+def open_zoo(path, verify: bool = True) -> "zoo.Zoo":
+    z = zoo.open(path, verify=verify)
     try:
         z.net_config
     except ZooError as e:

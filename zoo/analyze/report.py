@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..store import write_json
 from . import metrics
 
 LMC_COLS = [f"{b}_{m}" for m in ("loss", "err") for b in metrics.BARRIERS]
@@ -365,6 +364,12 @@ def plot_bars(summary: list[dict], path, key, cols) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def write_json(path: Path, obj) -> None:
+    import json
+
+    Path(path).write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def _strict(obj):

@@ -34,6 +34,7 @@ class Options:
     upstream_compat: bool = False
     subset: int | None = 1024
     split: str = "test"
+    verify: bool = True  # shard checksums (--no-verify skips them)
 
 
 def alphas_of(n: int) -> np.ndarray:
@@ -67,7 +68,7 @@ def _methods(z, opts: Options, variant: str) -> tuple[list[str], list[str]]:
 def run_lmc(path, opts: Options, quiet: bool = False) -> dict:
     """Test loss and accuracy along the line between the nets of every pair, barriers, and
     (``opts.align``) the same after weight matching."""
-    z = open_zoo(path)
+    z = open_zoo(path, opts.verify)
     alphas = alphas_of(opts.alphas)
     pairs, notes = pairs_of(z, opts.max_pairs)
     variant = variant_of(z)
@@ -122,7 +123,7 @@ def _pair_hparams(z, pairs) -> dict:
 def run_align(path, opts: Options, quiet: bool = False) -> dict:
     """Weight matching of every pair: distance before and after, matching objective, sweeps,
     and max |dlogits| between a net and its permuted copy (the function-preservation check)."""
-    z = open_zoo(path)
+    z = open_zoo(path, opts.verify)
     pairs, notes = pairs_of(z, opts.max_pairs)
     variant = variant_of(z)
     fold = opts.fold_asym and variant == "W-Asym"
@@ -148,7 +149,7 @@ def run_align(path, opts: Options, quiet: bool = False) -> dict:
 def run_mli(path, opts: Options, quiet: bool = False) -> dict:
     """Train loss along the line from each net's epoch-0 weights to its final ones, on a fixed
     unaugmented subset of the training images, and the MLI statistics."""
-    z = open_zoo(path)
+    z = open_zoo(path, opts.verify)
     if "epoch_0" not in z.checkpoints:
         raise ZooError(f"{z.path}: no epoch_0 checkpoint (stored: {', '.join(z.checkpoints)}); MLI needs each "
                        "net's initialisation: generate with checkpoints = [0, \"final\"]")
