@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoo.spec import HPARAMS
-
 from .data import InputInfo, WeightSet
 from .errors import MetanetError
 from .gbm import StatGBM
@@ -25,8 +23,10 @@ class NotApplicable(MetanetError):
 def hparam_table(ws: WeightSet) -> tuple[list[str], dict]:
     """``(column names, split -> [n, k] float32 tensor)`` of the hyper-parameters that vary.
 
-    Numbers as they are, booleans as 0/1, strings (optimizer, schedule) one-hot; columns
-    constant over the whole zoo carry no information and are dropped."""
+    The columns are the zoo's own hyper-parameters (``Zoo.hparam_columns``: its spec's, or an
+    imported table's). Numbers as they are, booleans as 0/1, strings (optimizer, activation,
+    initialiser) one-hot; columns constant over the whole zoo carry no information and are
+    dropped."""
     cached = getattr(ws, "_hparams", None)
     if cached is not None:
         return cached
@@ -34,10 +34,11 @@ def hparam_table(ws: WeightSet) -> tuple[list[str], dict]:
 
     z = open_zoo(ws.path)
     table = z.table.set_index("model_id")
+    sampled = z.hparam_columns  # every hyper-parameter of the zoo's own spec, any architecture
     z.close()
     cols, names = [], []
-    for k in HPARAMS:
-        if k not in table or table[k].nunique(dropna=False) < 2:
+    for k in sampled:
+        if table[k].nunique(dropna=False) < 2:
             continue
         v = table[k]
         if v.dtype == object or isinstance(v.iloc[0], str):
@@ -49,7 +50,7 @@ def hparam_table(ws: WeightSet) -> tuple[list[str], dict]:
             names.append(k)
     if not cols:
         raise NotApplicable(f"{ws.path}: the zoo table has no hyper-parameter columns that vary "
-                            f"(looked for {', '.join(HPARAMS)})")
+                            f"(looked for {', '.join(sampled) or 'none: no spec and no such column'})")
     x = np.stack(cols, 1)
     row = {int(m): i for i, m in enumerate(table.index)}
     out = {s: torch.from_numpy(x[[row[int(m)] for m in ws.ids(s)]]) for s in ("train", "val", "test")}

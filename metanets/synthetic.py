@@ -85,5 +85,5 @@ def make_zoo(root, *, models: int = 64, wasym: bool = False, width: float = 0.25
                                    table=table.iloc[sl].reset_index(drop=True), layout=layout,
                                    fixed_values=fixed))
     write_zoo(Path(root), shards, name=name or Path(root).name, net=cfg.to_dict(),
-              source={"kind": "synthetic", "seed": seed}, split_seed=seed)
+              source={"kind": "synthetic", "seed": seed, "hparam_columns": []}, split_seed=seed)
     return Path(root)

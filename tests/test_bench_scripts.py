@@ -108,6 +108,7 @@ def test_the_metanet_table_script_times_one_real_bench_of_two_zoos(tmp_path, cap
     assert "wrote " not in capsys.readouterr().out.split("$ ")[0]
 
 
+@pytest.mark.exactness
 def test_the_bf16_accuracy_check_trains_both_precisions_and_compares_them(tmp_path, capsys):
     from scripts import check_bf16_accuracy
 

@@ -33,6 +33,7 @@ def test_sizes_put_the_default_zoos_in_out_and_the_others_in_their_own_folders(t
         demo.run_demo(tmp_path, size="huge")
 
 
+@pytest.mark.exactness
 def test_parallel_single_thread_shard_jobs_make_the_one_process_zoo(tmp_path, monkeypatch, one_thread):
     spec_a = write_toml(tmp_path / "a.toml", SPEC)
     spec_b = write_toml(tmp_path / "b.toml", {**SPEC, "name": "tiny-b", "seed": 4})

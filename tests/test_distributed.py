@@ -88,6 +88,7 @@ def snapshot(root: Path) -> dict:
             for p in sorted(root.iterdir()) if p.is_file()}
 
 
+@pytest.mark.exactness
 def test_ray_zoo_with_a_failed_and_retried_task_equals_the_one_process_zoo(one_process_zoo, ray_zoo):
     out, marker = ray_zoo
     assert marker.exists(), "the test hook did not make a task fail"
@@ -96,6 +97,7 @@ def test_ray_zoo_with_a_failed_and_retried_task_equals_the_one_process_zoo(one_p
     assert_same_zoo(one_process_zoo, out)
 
 
+@pytest.mark.exactness
 def test_shard_jobs_run_at_once_then_zoo_merge_equal_the_one_process_zoo(one_process_zoo, tmp_path):
     # Two jobs of an array started together, as Slurm would (docs/SCALE.md): they race to
     # write the plan, which is harmless when they are given the same group size and threads.
@@ -122,6 +124,7 @@ def test_ray_rerun_of_a_complete_zoo_changes_no_file(ray_zoo, tmp_path, capsys):
     assert snapshot(out) == before
 
 
+@pytest.mark.exactness
 def test_ray_rerun_after_a_killed_driver_redoes_only_the_missing_shard(one_process_zoo, ray_zoo, tmp_path):
     out = tmp_path / "zoo"
     shutil.copytree(ray_zoo[0], out)
@@ -159,6 +162,7 @@ def two_threads(one_thread):
     torch.set_num_threads(1)
 
 
+@pytest.mark.exactness
 def test_zoo_generate_with_ray_equals_the_plain_command_at_its_thread_count(ray_cluster, two_threads, tmp_path):
     # Issue 13 item 7: a Ray task used to compute with the one CPU Ray assigned it while a plain
     # run used all the process's threads, so weights differed by up to 0.02. Both now plan and

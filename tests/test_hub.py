@@ -267,6 +267,7 @@ def test_an_http_error_names_the_status(tmp_path):
 
 # ------------------------------------------------------------------ pack
 
+@pytest.mark.exactness
 def test_pack_output_round_trips_through_download_card(tmp_path, capsys):
     write_lim_zoo(tmp_path / "up", 3, wasym=False)
     run_import("lim2024", tmp_path / "up", tmp_path / "mine", name="my-zoo")

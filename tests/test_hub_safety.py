@@ -189,6 +189,7 @@ run_import(sys.argv[1], sys.argv[2], sys.argv[3], options={"model_type": "sparse
 """
 
 
+@pytest.mark.exactness
 def test_an_import_killed_with_sigkill_resumes_and_gives_the_same_zoo(tmp_path):
     write_lim_record(tmp_path / "rec", {"sparse_resnet8": 7}, nan_ids=(2,))
     with zipfile.ZipFile(tmp_path / "rec.zip", "w") as zf:
@@ -218,6 +219,7 @@ def test_an_import_killed_with_sigkill_resumes_and_gives_the_same_zoo(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "rec", "rec.zip", "straight"]
 
 
+@pytest.mark.exactness
 def test_importing_a_folder_that_holds_a_zoo_copies_it_and_leaves_the_source_in_place(tmp_path):
     write_smallcnnzoo(tmp_path / "up", runs=2)
     run_import("smallcnnzoo", tmp_path / "up", tmp_path / "shared" / "zoo")

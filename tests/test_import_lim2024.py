@@ -47,6 +47,7 @@ def test_each_model_type_imports_as_shipped_and_rebuild_computes_what_the_upstre
     # hparams.csv joined: row i+1 <-> i.pt
     np.testing.assert_allclose(z.table["lr"], [1e-3 * (i + 1) for i in kept])
     assert list(z.table["epochs"]) == [20 + i for i in kept]
+    assert z.hparam_columns == ["lr", "weight_decay", "label_smoothing", "epochs"], "what the hparams control reads"
     np.testing.assert_allclose(z.table["label_smoothing"], [0.1 * (i % 3) for i in kept])
     x = torch.randn(3, 3, 32, 32)
     for mid, i in enumerate(kept):
@@ -86,6 +87,7 @@ def test_other_types_files_are_skipped_before_they_are_parsed(tmp_path):
     assert m["num_models"] == 2 and not _Payload.ran
 
 
+@pytest.mark.exactness
 def test_upstream_mask_files_are_read_and_must_agree_with_the_nets_buffers(tmp_path):
     root = tmp_path / "rec"
     up = write_lim_record(root, {"sparse_resnet8": 2})
@@ -110,6 +112,7 @@ def test_a_standard_import_never_reads_the_mask_files(tmp_path):
     assert run_import("lim2024", root, tmp_path / "zoo", options={"model_type": "resnet8"})["num_models"] == 2
 
 
+@pytest.mark.exactness
 def test_the_zipped_record_is_read_in_place_and_gives_the_same_zoo(tmp_path):
     root = tmp_path / "rec"
     write_lim_record(root, {"resnet8": 2, "sparse_resnet8": 3})
@@ -160,6 +163,7 @@ def test_standard_nets_import_with_accuracy_as_fraction_and_rebuild_computes_the
         torch.testing.assert_close(z.rebuild(i)(x), upstream_forward(sd, x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.exactness
 def test_wasym_nets_store_effective_weights_whose_fixed_entries_equal_the_fixed_values(tmp_path):
     write_lim_zoo(tmp_path / "up", 2, wasym=True)
     m = run_import("lim2024", tmp_path / "up", tmp_path / "zoo")

@@ -9,6 +9,7 @@ from zoo.importers import run_import
 from zoo.store import verify
 
 
+@pytest.mark.exactness
 def test_per_net_folders_become_a_zoo_with_epochs_hyper_parameters_and_buffers(tmp_path):
     saved = write_modelzoos(tmp_path / "cifar_seed.zip", nets=4)
     m = run_import("modelzoos", tmp_path / "cifar_seed.zip", tmp_path / "zoo")
@@ -61,6 +62,7 @@ def test_hyper_parameters_come_from_result_json_config_when_params_json_is_absen
     assert a.drop(columns="split").equals(b.drop(columns="split"))
 
 
+@pytest.mark.exactness
 @pytest.mark.parametrize("epochs", ["0", "1,2", "0,1,2"])
 def test_every_epoch_is_selectable(tmp_path, epochs):
     saved = write_modelzoos(tmp_path / "z.zip", nets=2)

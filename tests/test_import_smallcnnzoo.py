@@ -25,6 +25,7 @@ def _offsets():
     return out
 
 
+@pytest.mark.exactness
 def test_a_tf_kernel_becomes_the_pytorch_kernel_computing_the_same_convolution(tmp_path):
     up = write_smallcnnzoo(tmp_path / "up", runs=3)
     run_import("smallcnnzoo", tar_folder(tmp_path / "up", tmp_path / "cifar10.tar.xz"), tmp_path / "zoo")
@@ -58,8 +59,12 @@ def test_the_last_epoch_by_default_and_config_columns_in_the_table(tmp_path):
         assert row["epoch"] == 86 and row["test_acc"] == pytest.approx(0.1 + 0.007 * 86 + 0.01 * r)
         assert {"w_init", "activation", "init_std", "l2reg", "train_fraction", "dropout"} <= set(row.index)
         assert {"train_acc", "train_loss", "test_loss", "diverged"} <= set(row.index)
+    # what the hparams control reads: the config.* columns, never a metric or the run name
+    assert {"w_init", "activation", "init_std", "l2reg", "train_fraction", "dropout", "learning_rate"} <= \
+        set(z.hparam_columns) and not {"run", "epoch", "test_acc", "diverged"} & set(z.hparam_columns)
 
 
+@pytest.mark.exactness
 @pytest.mark.parametrize("epochs", ["all", "0,20,86", "3"])
 def test_every_checkpoint_epoch_is_selectable_and_holds_that_epochs_weights(tmp_path, epochs):
     up = write_smallcnnzoo(tmp_path / "up", runs=3)

@@ -80,6 +80,7 @@ def test_diverged_models_are_excluded_and_counted_and_stored_split_is_used(zoos)
         assert ((ws.selection.y[s] >= 0) & (ws.selection.y[s] <= 1)).all()
 
 
+@pytest.mark.exactness
 def test_trainable_view_drops_exactly_the_fixed_entries_of_a_wasym_zoo(zoos):
     import zoo
 
@@ -253,6 +254,7 @@ def test_each_metanet_learns_a_simple_synthetic_target(zoos, name):
     assert res.test_tau > 0.5, f"{name}: test tau {res.test_tau:.3f}"
 
 
+@pytest.mark.exactness
 def test_training_is_seeded_and_keeps_the_best_validation_epoch(zoos):
     ws = data.load(zoos["shift"])
     a = train.fit("statnn", ws, lr=1e-3, seed=1, epochs=6, batch_size=16)
@@ -306,6 +308,7 @@ def test_deepsets_closed_form_phi_equals_linear_layernorm_relu():
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.exactness
 @pytest.mark.parametrize("name", ["mlp", "statnn"])
 def test_streaming_from_hdf5_trains_exactly_like_the_in_memory_fast_path(zoos, name):
     mem = data.load(zoos["wasym"])
@@ -316,6 +319,7 @@ def test_streaming_from_hdf5_trains_exactly_like_the_in_memory_fast_path(zoos, n
     np.testing.assert_array_equal(a.predictions["test"], b.predictions["test"])
 
 
+@pytest.mark.exactness
 def test_another_table_metric_can_be_the_target(zoos):
     import zoo
 

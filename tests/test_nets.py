@@ -99,6 +99,7 @@ def test_n_fix_error_names_the_layer_and_allowed_range():
         validate_net(NetConfig(wasym=WAsym(n_fix=16)))
 
 
+@pytest.mark.exactness
 def test_layout_round_trips_a_state_dict():
     net = build_net(NetConfig(norm="batchnorm"), seed=0)
     lay = Layout.from_module(net)

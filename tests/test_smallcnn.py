@@ -133,6 +133,19 @@ def test_generated_smallcnn_zoo_rebuilds_and_is_read_by_every_applicable_metanet
     for name in ("nfn-np", "nfn-hnp", "graph"):
         res = train.fit(name, ws, lr=1e-3, epochs=1, batch_size=2)
         assert len(res.predictions["test"]) == len(ws.ids("test")) and np.isfinite(res.predictions["test"]).all()
+    # The weight-blind control reads every hyper-parameter this zoo sampled, not only the
+    # ResNet recipe's: one feature per varying column (one-hot per value for text columns).
+    from metanets.hparams import hparam_table
+
+    names, _ = hparam_table(ws)
+    sampled = [k for k, v in spec.to_dict()["hparams"].items() if isinstance(v, dict)]
+    varying = [k for k in sampled if z.table[k].nunique() > 1]
+    assert {"activation", "dropout", "w_init", "init_std", "optimizer", "lr"} <= set(varying)
+    for k in varying:
+        text = not pd.api.types.is_numeric_dtype(z.table[k]) and not pd.api.types.is_bool_dtype(z.table[k])
+        want = [f"{k}={v}" for v in sorted(z.table[k].astype(str).unique())] if text else [k]
+        assert set(want) <= set(names), f"the control ignores sampled column {k!r}"
+    assert not {n.split("=")[0] for n in names} - set(varying), "it reads only sampled hyper-parameters"
 
 
 def test_spec_errors_name_the_field():
@@ -268,6 +281,7 @@ def test_wasym_smallcnn_spec_errors_name_the_field():
         spec_from_dict({**base, "net": {**base["net"], "wasym": {**base["net"]["wasym"], "kappa": 0.0}}})
 
 
+@pytest.mark.exactness
 def test_generated_wasym_smallcnn_zoo_stores_flags_and_is_benchmarked_by_every_metanet(tmp_path):
     from metanets import bench, data
     from metanets.graph import EDGE_FLAGS, graph_for

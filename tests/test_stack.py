@@ -131,6 +131,7 @@ def test_more_runs_than_one_stack_holds_train_in_groups_in_order(zoo_path, float
         assert_same_run(r, train.fit("statnn", ws, lr=r.lr, seed=r.seed, epochs=2, batch_size=8), f"lr {r.lr}")
 
 
+@pytest.mark.exactness
 def test_a_plugin_subclassing_a_builtin_is_never_stacked(zoo_path, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin leaves with the test
 
@@ -165,6 +166,7 @@ def test_bench_gives_the_same_tables_stacked_or_not(zoo_path):
     assert on["config"]["stack"] is True and off["config"]["stack"] is False
 
 
+@pytest.mark.exactness
 def test_a_streamed_zoo_trains_stacked_exactly_like_the_in_memory_one(tmp_path):
     path = make_zoo(tmp_path / "z", models=24, seed=2, mode="shift", shard_size=8)
     mem, streamed = data.load(path), data.load(path, in_memory=False)

@@ -34,6 +34,7 @@ def tiny_zoo(root, n=6, per_shard=3, wasym=True):
     return W, cfg
 
 
+@pytest.mark.exactness
 def test_reader_gives_table_weights_views_and_layout(tmp_path):
     W, _ = tiny_zoo(tmp_path)
     z = zoo.open(tmp_path)

@@ -92,6 +92,7 @@ def test_fp32_group_equals_alone_with_sgd(digits, arch):
     assert_same(group, alone)
 
 
+@pytest.mark.exactness
 def test_fixed_entries_are_bit_identical_after_training(digits):
     cfg = NetConfig(width=0.25, in_channels=1, num_classes=10, wasym=WAsym(n_fix=2, n_fix_linear=2, kappa=2.0))
     from zoo.generate import _fixed_arrays
@@ -199,6 +200,7 @@ def test_fused_input_equals_normalise_augment_and_layout_bit_for_bit(channels_la
     assert seen_pad and seen_hole, "the trials reach the padding and the per-model cutout"
 
 
+@pytest.mark.exactness
 def test_fused_and_unfused_input_train_the_same_models(digits):
     """The trainer with the fused input (the default) and with the old path: fp32 weights,
     losses and accuracies at every checkpoint bit for bit equal (translation, flips and
@@ -218,6 +220,7 @@ def test_fused_and_unfused_input_train_the_same_models(digits):
         assert a.metrics == b.metrics
 
 
+@pytest.mark.exactness
 def test_fused_input_keeps_the_layout_of_a_one_model_grayscale_group(digits):
     """One grayscale model (M*C = 1: a shrunk group, or `zoo generate` with one model per
     group on CUDA, where channels-last is on): its contiguous input already counts as

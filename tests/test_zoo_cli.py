@@ -72,6 +72,7 @@ def test_info_on_an_unfinished_generation_shows_progress(capsys, tmp_path, tiny_
     assert code == 2
 
 
+@pytest.mark.exactness
 def test_npz_source_reads_user_arrays_in_any_layout(tmp_path):
     from zoo import data
 

@@ -36,7 +36,8 @@ def register(sub) -> None:
     refill.add_argument("--refill", dest="refill", action="store_true", default=None,
                         help="slot refill (default on CUDA): each finished model's slot takes the next queued "
                              "one, so the group keeps one shape for the whole shard (what a compiled step "
-                             "needs). On the CPU a resumed shard is then bit-identical only with one thread")
+                             "needs). A resumed shard is bit-identical on the CPU (each model keeps its planned "
+                             "slot in a group of fixed shape)")
     refill.add_argument("--no-refill", dest="refill", action="store_false",
                         help="fixed groups of models sorted by epochs, which shrink as their members finish "
                              "(default on the CPU: a resume is bit-identical at any thread count). A resumed "

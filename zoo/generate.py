@@ -8,17 +8,20 @@ so every process that works on the directory, now or after a crash, trains the
 same way and so computes bit-for-bit the same models.
 
 Slot refill (the default on CUDA, ``--refill`` elsewhere; ``refill`` in the plan): each
-such set of models is one queue, longest first, fed through ``group size`` slots: a
-finished model's slot takes the next queued one, so the group keeps its shape over the
-whole shard (GPU_PLAN Z5) -- what a compiled or CUDA-graphed step needs. Models finish
-one at a time; whenever a group's worth has finished, and at the end of each queue,
-they are written atomically as a part file (any set of ids). A resumed run keeps the
-valid parts and queues the models they lack, in groups unlike the first run's. On one
-CPU thread, from two slots up, a model's result does not depend on which models share
-its group (``TrainOptions.min_slots``), so the resumed zoo equals the uninterrupted one
-bit for bit; with several threads (the CPU splits a grouped convolution's work by the
-group's size) or on CUDA it equals it up to float rounding, which fp32 training can
-amplify in single models. That is why the CPU default stays without refill.
+such set of models is one queue, longest first, dealt to ``group size`` lanes, one per slot
+(``zoo.train.plan_lanes``: each model to the lane that frees first by epoch count): a
+finished model's slot takes the next model of its lane, so the group keeps its shape over
+the whole shard -- what a compiled or CUDA-graphed step needs. Models finish one at a time;
+whenever a group's worth has finished, and at the end of each queue, they are written
+atomically as a part file (any set of ids). A resumed run keeps the valid parts and trains
+the models they lack, each in the slot its lane gives it, beside other models than the first
+run's. On the CPU the group runs with exact slots (``TrainOptions.exact_slots``): the same
+shape at every step, finished slots masked, whole-group evaluations, so every kernel sees
+what it saw in the first run and a model's arithmetic cannot depend on its companions: the
+resumed zoo equals the uninterrupted one bit for bit, on any CPU and at any thread count (the
+CPU's own; another CPU rounds differently in both runs alike). On CUDA it equals it up to
+float rounding, which fp32 training can amplify in single models. The CPU default stays
+without refill: fixed groups are the cheaper way to the same guarantee there.
 
 Without refill (the CPU default, ``--no-refill``, and plans written before refill
 existed, which have no ``refill`` field) each set is sorted by epoch count and cut into fixed
@@ -54,7 +57,7 @@ from .store import (MANIFEST, PLAN, ShardContent, ShardVerifier, build_manifest,
                     check_writable_dir, concat_contents, is_temp, make_splits, open_shard, read_manifest, read_shard,
                     recorded_sha, remove_stale_temp, sha256_file, shard_entry, shard_name, versions, write_json,
                     write_shard)
-from .train import GroupTrainer, Job, TrainOptions, train_alone
+from .train import GroupTrainer, Job, TrainOptions, plan_lanes, train_alone
 
 PLAN_FORMAT = "metazoo-plan"
 PARTS = ".parts"
@@ -82,9 +85,9 @@ def plan_groups(spec: ZooSpec, shard: int, group_size: int) -> list[list[int]]:
 
 
 def plan_queues(spec: ZooSpec, ids) -> list[list[int]]:
-    """Refill queues of model ids (a shard's, or those a resumed run still lacks): one per
-    set of models that can share a group, longest first, so that the shortest ones finish
-    the queue and the slots run out nearly together."""
+    """Refill queues of a shard's model ids: one per set of models that can share a group,
+    longest first, so that the shortest ones finish the queue and the slots run out nearly
+    together."""
     hps, sets = _by_group_key(spec, list(ids))
     return [sorted(q, key=lambda i: (-hps[i]["epochs"], i)) for q in sets]
 
@@ -469,8 +472,8 @@ def _generate_locked(spec: ZooSpec, out: Path, *, device, group_size, shard, num
     # as the plan says (ensure_plan already ruled it out for smallcnn zoos and groups of one);
     # one-at-a-time training (a benchmark's) has no slots
     refill = bool(plan.get("refill", False)) and not reference
-    if refill:
-        opts = replace(opts, min_slots=2)
+    if refill and opts.device == "cpu":
+        opts = replace(opts, exact_slots=True)
     trainer = GroupTrainer(cfg, data, list(spec.checkpoints), opts)
 
     def write_part(part: Path, results, t0: float):
@@ -564,9 +567,13 @@ def _train_shard_refill(spec, s, gs, trainer, parts_dir, write_part, bar,
         finished.clear()
         n, t0 = n + 1, time.perf_counter()
 
-    for queue in plan_queues(spec, [i for i in ids if i not in done]):
-        jobs = [Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in queue]
-        for result in trainer.stream(jobs, slots=gs):
+    for queue in plan_queues(spec, ids):
+        # the lanes of the whole queue, as the first run dealt them, less the finished models
+        lanes = plan_lanes([Job(i, spec.model_seed(i), spec.sample_hparams(i)) for i in queue], gs)
+        lanes = [[j for j in lane if j.model_id not in done] for lane in lanes]
+        if not any(lanes):
+            continue
+        for result in trainer.stream([], lanes=lanes):
             finished.append(result)
             bar.update(1)
             if len(finished) >= gs:

@@ -21,7 +21,7 @@ import torch
 
 from .errors import ZooError
 from .layout import Layout
-from .store import ShardVerifier, metric_column, open_shard, read_manifest, read_table
+from .store import METRICS, ShardVerifier, metric_column, open_shard, read_manifest, read_table
 
 
 class Zoo:
@@ -92,6 +92,26 @@ class Zoo:
         split_of = {i: k for k in ("train", "val", "test") for i in self.manifest["splits"].get(k, [])}
         df["split"] = df["model_id"].map(split_of).fillna("none")
         return df.sort_values("model_id").reset_index(drop=True)
+
+    # Table columns that record how a net came out or where it came from, never how it was trained.
+    NOT_HPARAMS = frozenset({"model_id", "split", "seed", "diverged", "diverged_epoch", "run",
+                             "source_file", "upstream_index", "epoch"})
+
+    @property
+    def hparam_columns(self) -> list[str]:
+        """The table's hyper-parameter columns: for a generated zoo, every hyper-parameter its
+        spec samples or sets, whatever the architecture; for an imported one, those its importer
+        recorded (``source.hparam_columns``); for a zoo imported before that was recorded, every
+        column that is neither a metric (``test_acc``, ``train_loss@epoch_3``, ...) nor
+        bookkeeping (:attr:`NOT_HPARAMS`)."""
+        cols = list(self.table.columns)
+        spec, source = self.manifest.get("spec"), self.manifest.get("source")
+        named = spec.get("hparams") if isinstance(spec, dict) else None
+        if named is None and isinstance(source, dict):
+            named = source.get("hparam_columns")
+        if isinstance(named, (dict, list)):
+            return [c for c in named if isinstance(c, str) and c in cols]
+        return [c for c in cols if c not in self.NOT_HPARAMS and "@" not in c and c not in METRICS]
 
     @property
     def ids(self) -> np.ndarray:

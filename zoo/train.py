@@ -81,12 +81,17 @@ class TrainOptions:
     # so a step costs a few launches whatever the depth of the net (GPU_PLAN Z4, in part:
     # the optimizer update stays eager). No effect on the CPU.
     cuda_graphs: bool = False
-    # A group never shrinks below this many slots (finished models stay in them, masked). On
-    # the CPU a one-slot group runs oneDNN's plain convolution, which rounds differently from
-    # the grouped one; from two slots up a model's result does not depend on which models
-    # share its group or when (measured bit for bit), which is what lets `zoo generate` resume
-    # a refilled shard with whatever models are left and still write the uninterrupted zoo.
-    min_slots: int = 1
+    # Exact slots: the group keeps the shape it was asked for (``slots``) from the first step to
+    # the last, finished slots masked and empty lanes filled with stand-ins, and every
+    # checkpoint evaluates the whole group. Every kernel then sees the same shapes in every
+    # run, and a model's own slot (its lane, :func:`plan_lanes`) is the same too: its
+    # arithmetic cannot depend on which models share the group, on any CPU (a grouped
+    # kernel's rounding may depend on the group's size and on the slot's position, as oneDNN's
+    # AVX2 kernels do, but never on the other slots' values). This is what lets `zoo
+    # generate` resume a refilled shard with whatever models are left and still write the
+    # uninterrupted zoo bit for bit. It costs masked slots at the end of a queue and
+    # whole-group evaluations.
+    exact_slots: bool = False
     # Gather, normalise and augment each batch straight into the group's input layout, one
     # pass (GPU_PLAN Z3; with compile, fused into the compiled step). False: the earlier
     # path (normalise, augment, transpose, cast, layout copy), kept for A/B benchmarks. The
@@ -410,15 +415,31 @@ def _optimizer_step(g: GroupState, st: dict, hp_t: dict, factor, t, kind: str, f
     g.flat.grad = None
 
 
+def plan_lanes(jobs: list[Job], slots: int) -> list[list[Job]]:
+    """Which slot trains which jobs, in which order: ``jobs`` (longest first, as a shard's
+    queue is) dealt to ``slots`` lanes, each job to the lane that frees first by epoch count
+    (the lowest slot on a tie); with fewer jobs than slots, the last lanes are empty. A lane whose model diverges early starts its next one early;
+    it never takes another lane's jobs, so each model's slot is known before training starts
+    and is the same in a resumed run (``TrainOptions.exact_slots``)."""
+    lanes: list[list[Job]] = [[] for _ in range(max(1, slots))]
+    slots = len(lanes)
+    free = [0] * slots
+    for j in jobs:
+        k = min(range(slots), key=lambda i: (free[i], i))
+        lanes[k].append(j)
+        free[k] += int(j.hp["epochs"])
+    return lanes
+
+
 class GroupTrainer:
     """Trains jobs that share batch size, training fraction and optimizer, all at once.
 
     Models may have different epoch counts. With ``slots`` below the number of jobs, the
-    first ``slots`` jobs start and each later one takes the slot of a model that finished
-    (slot refill): the group keeps its shape for the whole queue. A model that finishes with
-    no job waiting leaves the group at the end of its epoch (or, with static shapes or below
-    ``TrainOptions.min_slots``, stays in its slot, masked). Either way each model's result
-    equals it trained alone."""
+    first ``slots`` jobs start and each later one takes the slot of a model that finished in
+    its lane (slot refill, :func:`plan_lanes`): the group keeps its shape for the whole queue.
+    A model that finishes with nothing left in its lane leaves the group at the end of its
+    epoch (or, with static shapes or exact slots, stays in its slot, masked). Either way each
+    model's result equals it trained alone."""
 
     def __init__(self, cfg: NetConfig, data: ImageData, checkpoints: list, opts: TrainOptions = TrainOptions()):
         self.cfg, self.data, self.opts = cfg, data, opts
@@ -434,29 +455,42 @@ class GroupTrainer:
         results = {r.model_id: r for r in self.stream(jobs, slots)}
         return [results[j.model_id] for j in jobs]
 
-    def stream(self, jobs: list[Job], slots: int | None = None) -> Iterator[Result]:
+    def stream(self, jobs: list[Job], slots: int | None = None,
+               lanes: list[list[Job]] | None = None) -> Iterator[Result]:
         """Train ``jobs`` in ``slots`` slots (default: all at once), yielding each model's
         result as soon as it has finished (its final checkpoint recorded), in finishing order:
         a caller can store finished models while the others train (``zoo generate`` writes a
-        part file whenever a group's worth has finished)."""
-        slots = slots or len(jobs)
-        M = min(slots, len(jobs))
-        queue = list(jobs[M:])
-        # Fewer jobs than min_slots (static shapes: than slots, so that a short queue is not a
-        # second shape to compile): stand-ins, copies of the first job under ids no job has,
-        # their results dropped, fill the group up to it.
+        part file whenever a group's worth has finished).
+
+        Slot ``k`` trains the jobs of lane ``k`` one after another: ``lanes`` as given (a
+        resumed shard passes its planned lanes less the finished models; a lane may be
+        empty), else :func:`plan_lanes` of ``jobs``."""
+        if lanes is None:
+            lanes = plan_lanes(jobs, slots or len(jobs))
+        queues = [list(lane) for lane in lanes]
+        jobs = [j for lane in queues for j in lane]
+        if not jobs:
+            return
         ours = {j.model_id for j in jobs}
-        target = slots if self.opts.static else min(self.opts.min_slots, slots)
-        stand_ins = [Job(min(ours) - 1 - k, jobs[0].seed, jobs[0].hp) for k in range(target - M)]
-        run = self.start(jobs[:M] + stand_ins)
+        fixed = self.opts.static or self.opts.exact_slots
+        if not fixed:  # nothing depends on a slot's position: empty lanes are dropped
+            queues = [q for q in queues if q]
+        # An empty lane of a fixed-shape group (static shapes: a short queue would be a second
+        # shape to compile; exact slots: the shape and each model's slot are the point) holds a
+        # stand-in, a copy of the first job under an id no job has; its result is dropped.
+        stand_ins = []
+        for q in queues:
+            if not q:
+                stand_ins.append(Job(min(ours) - 1 - len(stand_ins), jobs[0].seed, jobs[0].hp))
+                q.append(stand_ins[-1])
+        run = self.start([q.pop(0) for q in queues])
         # Evaluation chunks are sized by the slots asked for, not by how many models a
         # checkpoint records or how many jobs were left: a model's float64 loss then sums in
         # the same order whoever finishes beside it.
-        run.capacity = slots
-        M = run.M
+        run.capacity = len(lanes)
         results = {j.model_id: Result(j.model_id, j.hp) for j in jobs + stand_ins}
         if 0 in self.ckpt_epochs:
-            self._record(run, "epoch_0", results, range(M))
+            self._record(run, "epoch_0", results, range(run.M))
         while any(j is not None for j in run.jobs):
             run.start_epoch()
             for _ in range(run.spe):
@@ -482,21 +516,17 @@ class GroupTrainer:
             done = [r for r in (results.pop(run.jobs[k].model_id) for k in finals) if r.model_id in ours]
             for k in finals:
                 run.release(k)
-            placed = []
-            for k in finals:
-                if queue:
-                    run.place(k, queue.pop(0))
-                    placed.append(k)
+            placed = [k for k in finals if queues[k]]
+            for k in placed:
+                run.place(k, queues[k].pop(0))
             if placed and 0 in self.ckpt_epochs:
                 self._record(run, "epoch_0", results, placed)
-            if not self.opts.static:
+            if not fixed:
+                # dynamic shapes: finished slots with nothing left in their lane leave the group
                 keep = [k for k, j in enumerate(run.jobs) if j is not None]
-                # at least min_slots slots: the first finished ones stay, masked
-                floor = min(self.opts.min_slots, run.M)
-                if keep and len(keep) < floor:
-                    keep = sorted(keep + [k for k in range(run.M) if k not in keep][:floor - len(keep)])
                 if keep and len(keep) < run.M:
                     run.keep(keep)
+                    queues = [queues[k] for k in keep]
             yield from done
 
     @torch.no_grad()
@@ -504,18 +534,21 @@ class GroupTrainer:
         """Store weights and metrics at checkpoint ``ckpt`` for the models in slots ``sel``."""
         sel = list(sel)
         g = run.g
-        keep = torch.tensor(sel, device=g.flat.device)
-        sub, _ = g.subset(keep) if len(sel) != g.M else (g, {})
+        # Exact slots evaluate the whole group (a subset would be a group of another size,
+        # which some CPUs round differently); otherwise only the models that record.
+        rows = list(range(g.M)) if self.opts.exact_slots else sel
+        sub, _ = g.subset(torch.tensor(rows, device=g.flat.device)) if len(rows) != g.M else (g, {})
         w = sub.effective_rows().cpu().numpy()
         bn = sub.bn_rows()
         bn = bn.cpu().numpy() if bn is not None else None
         data = self.data
         dev = g.flat.device
-        tr_idx = torch.stack([run.subsets[k] for k in sel]).to(dev)
-        te_idx = torch.arange(len(data.y_test), device=dev).expand(len(sel), -1)
+        tr_idx = torch.stack([run.subsets[k] for k in rows]).to(dev)
+        te_idx = torch.arange(len(data.y_test), device=dev).expand(len(rows), -1)
         tr = _evaluate(sub, data.x_train, data.y_train, tr_idx, data, self.opts, run.capacity)
         te = _evaluate(sub, data.x_test, data.y_test, te_idx, data, self.opts, run.capacity)
-        for r, k in enumerate(sel):
+        for k in sel:
+            r = rows.index(k)
             res = results[run.jobs[k].model_id]
             res.weights[ckpt] = w[r]
             if bn is not None:

@@ -365,6 +365,7 @@ def import_lim2024(src, out, *, model_type: str | None = None, hparams: str | No
             name=name or f"lim2024-{kind.replace('_', '-')}", net=cfg.to_dict(), data={"name": "cifar10"},
             source={"kind": "import", "format": "lim2024", "path": str(src), "model_type": kind,
                     "mask_constant": kappa if kind == "sparse_resnet8" else None, "num_files": len(files),
-                    "hparams": hp_label, "dropped": state["dropped"],
+                    "hparams": hp_label, "hparam_columns": list(HPARAMS) if hp is not None else [],
+                    "dropped": state["dropped"],
                     "dropped_reason": "NaN weights or accuracy (as upstream's metanet/data_utils.py)",
                     **(source or {})})

@@ -228,6 +228,7 @@ def import_modelzoos(src, out, *, epochs: str | None = None, name: str | None = 
             name=name or f"modelzoos-{Path(src).name.split('.')[0]}", net=None,
             source={"kind": "import", "format": "modelzoos", "path": str(src),
                     "epochs": wanted, "dropped": dropped, "skipped_tensors": skipped,
+                    "hparam_columns": [],  # the zips hold weights and per-epoch metrics only
                     **(source or {})})
 
 

@@ -240,6 +240,7 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
             source={"kind": "import", "format": "smallcnnzoo", "path": str(src), "runs_grouped_by": key_kind,
                     "epochs": chosen, "checkpoints_per_run": len(full), "dropped": dropped,
                     "dropped_reason": "run cut short (NaN): fewer checkpoints than the others",
+                    "hparam_columns": list(hp_names.values()),
                     "kernel_order": "converted from TensorFlow [kh, kw, in, out] to PyTorch [out, in, kh, kw]",
                     **(source or {})})
 
