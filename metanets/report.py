@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.fs import write_json
+from zoo.console import pyplot
+from zoo.fs import strict_json, write_json
 
 from .bench import PAPER_LR
 
@@ -130,27 +131,13 @@ def _per(v) -> str:
     return f"{v.get('*')} ({rest})" if rest else str(v.get("*"))
 
 
-def strict(obj):
-    """``obj`` with every non-finite float replaced by None, so it dumps as strict JSON."""
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return strict(obj.tolist())
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
 
 def write(result: dict, out) -> dict:
     """Write every result file into ``out``; return name -> path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    body = strict({k: v for k, v in result.items() if k != "predictions"})
+    body = strict_json({k: v for k, v in result.items() if k != "predictions"})
     write_json(out / "results.json", body)
     files["json"] = out / "results.json"
     pd.DataFrame(result["runs"]).to_csv(out / "results.csv", index=False)
@@ -174,18 +161,10 @@ def write(result: dict, out) -> dict:
     return files
 
 
-def _plt():
-    import matplotlib  # deferred: only the figures need it, and Agg must be chosen before pyplot loads
-
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
-
-    return plt
-
 
 def plot_scatter(result: dict, path) -> Path:
     """Predicted vs true target on the test split, one panel per (metanet, zoo), seed 0."""
-    plt = _plt()
+    plt = pyplot()
     zoos = [z["zoo"] for z in result["zoos"]]
     mets = list(dict.fromkeys(p["metanet"] for p in result["predictions"]))
     fig, axes = plt.subplots(len(mets), len(zoos), figsize=(3.2 * len(zoos), 3.0 * len(mets)), squeeze=False)
@@ -214,7 +193,7 @@ def plot_scatter(result: dict, path) -> Path:
 
 def plot_bars(result: dict, path) -> Path:
     """Test R² and tau (seed mean, error bar = 95% bootstrap CI) of each metanet, one bar per zoo."""
-    plt = _plt()
+    plt = pyplot()
     s = summary(result)
     s = s[s.view == "all"].astype({c: float for c in ("r2_mean", "r2_lo", "r2_hi", "tau_mean", "tau_lo", "tau_hi")})
     zoos = [z["zoo"] for z in result["zoos"]]

@@ -12,6 +12,7 @@ import torch
 
 from metanets import bench, data, registry, report, train, uncertainty
 from metanets.errors import MetanetError
+from zoo.fs import strict_json
 from metanets.metrics import kendall_tau, r2, undefined_reason, weighted_r2, weighted_tau
 from zoo.layout import Layout
 
@@ -246,7 +247,7 @@ def test_final_seeds_are_fresh_runs_not_the_sweep_winner(tmp_path):
     run = res["runs"][0]
     won = next(s for s in res["sweeps"] if s["lr"] == run["lr"])
     assert run["test_r2"] != won["test_r2"]
-    body = json.loads(json.dumps(report.strict(res | {"x": float("nan")})),
+    body = json.loads(json.dumps(strict_json(res | {"x": float("nan")})),
                       parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     assert body["x"] is None
 

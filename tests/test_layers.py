@@ -18,6 +18,7 @@ LAYERS = [
     ["zoo.nets"],
     ["zoo.store"],
     ["zoo.generate", "zoo.hub"],  # making zoos and sharing them: neither imports the other
+    ["zoo.analyze"],  # loss-landscape studies of a zoo's nets (reads zoos, rebuilds nets, loads images)
     ["zoo.cli"],
     ["zoo"],  # the package root (zoo.open, Zoo, Layout, ...): for users, never imported from inside zoo
     ["metanets.errors"],

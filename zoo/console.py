@@ -69,3 +69,13 @@ def progress(total: int | None = None, *, enabled: bool | None = None, desc: str
     cls = _PerHourBar if per_hour else tqdm
     return cls(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None if enabled is None else False,
                **tqdm_kw)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures go to files, never to a display (servers, CI)."""
+    import matplotlib  # deferred: only the figures need it, and Agg must be chosen before pyplot loads
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
+
+    return plt

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from ..errors import ZooError
+from ..analyze import cli as analyze_cli
 from . import hub, zoos
 
 
@@ -39,5 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     zoos.register(sub)
     hub.register(sub)
+    analyze_cli.register(sub)
     return parser
 

@@ -269,6 +269,8 @@ def results_to_content(results, spec: ZooSpec, cfg, layout, template, attrs) -> 
     for r in results:
         row = {k: r.hp[k] for k in spec.hparams}
         row["seed"] = spec.model_seed(r.model_id)
+        if spec.pair_size > 1:  # which tuple: `zoo analyze lmc` interpolates within it
+            row["pair"] = spec.pair_of(r.model_id)
         row.update({k: r.metrics[k] for k in sorted(r.metrics)})
         row["diverged"], row["diverged_epoch"] = r.diverged, r.diverged_epoch
         rows.append(row)

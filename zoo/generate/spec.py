@@ -180,14 +180,23 @@ class ZooSpec:
     split: tuple = (0.5, 0.25, 0.25)
     description: str = ""
     allow_large: bool = False
+    #: ``[pairs] size = k``: models ``k*p .. k*p + k-1`` form tuple ``p`` (``pair_of``): they share
+    #: every sampled hyper-parameter (and, as every net of a zoo, the asymmetry constants) and
+    #: differ in init and data order (``model_seed`` stays per model). 1: no tuples.
+    pair_size: int = 1
 
     # -------------------------------------------------------------- models
     def model_seed(self, model_id: int) -> int:
         return derived_seed(self.seed, model_id, "train")
 
+    def pair_of(self, model_id: int) -> int:
+        """The tuple a model belongs to (its own id when the zoo has no tuples)."""
+        return model_id // self.pair_size
+
     def sample_hparams(self, model_id: int) -> dict:
-        """The hyper-parameters of model ``model_id`` (a pure function of seed and id)."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, model_id, 1]))
+        """The hyper-parameters of model ``model_id`` (a pure function of seed and id; of seed
+        and tuple in a zoo of pairs, so that a tuple's members share them)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.pair_of(model_id), 1]))
         # HPARAMS first, then the architecture's own (smallcnn): ResNet draws are unchanged.
         return {name: self.hparams[name].sample(rng) for name in self.hparams}
 
@@ -217,6 +226,8 @@ class ZooSpec:
             d["net"]["wasym"] = wasym
         if self.allow_large:  # only when set, so that existing zoos keep their fingerprint
             d["allow_large"] = True
+        if self.pair_size > 1:  # likewise
+            d["pairs"] = {"size": self.pair_size}
         return d
 
     def fingerprint(self) -> str:
@@ -228,12 +239,14 @@ class ZooSpec:
     def with_models(self, n: int) -> "ZooSpec":
         if n < 1:
             raise SpecError("models", n, "must be >= 1")
+        if n % self.pair_size:
+            raise SpecError("models", n, f"must be a multiple of pairs.size = {self.pair_size}")
         return ZooSpec(**{**self.__dict__, "models": int(n)})
 
 
 NET_KEYS = {"arch", "depth", "width", "norm", "activation", "figlu_scale", "asym_seed", "wasym", "padding", "grayscale"}
 TOP_KEYS = {"name", "description", "models", "seed", "models_per_shard", "checkpoints", "split", "data", "net",
-            "hparams", "allow_large"}
+            "hparams", "allow_large", "pairs"}
 #: net field -> (types, description) checked before any arithmetic on them
 NET_TYPES = {"depth": ((int,), "an integer"), "width": ((int, float), "a number"),
              "norm": ((str,), "a string"), "activation": ((str,), "a string"),
@@ -265,6 +278,14 @@ def spec_from_dict(d: dict) -> ZooSpec:
         raise SpecError("allow_large", allow_large, "must be true or false")
     if isinstance(models, bool):
         raise SpecError("models", models, "must be an integer >= 1")
+    pairs = d.get("pairs", {"size": 1})
+    if not isinstance(pairs, dict) or set(pairs) - {"size"}:
+        raise SpecError("pairs", pairs, "must be a table with one field, size (models per tuple)")
+    pair_size = pairs.get("size", 1)
+    if not isinstance(pair_size, int) or isinstance(pair_size, bool) or pair_size < 1:
+        raise SpecError("pairs.size", pair_size, "must be an integer >= 1 (2: pairs)")
+    if models % pair_size:
+        raise SpecError("models", models, f"must be a multiple of pairs.size = {pair_size}")
     seed = d.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SpecError("seed", seed, "must be an integer >= 0")
@@ -340,7 +361,7 @@ def spec_from_dict(d: dict) -> ZooSpec:
     ckpts = sorted((c for c in ckpts if c != "final")) + (["final"] if "final" in ckpts else [])
     return ZooSpec(name=name, net=net, data=data, models=models, seed=seed, hparams=hparams,
                    checkpoints=tuple(ckpts), models_per_shard=per_shard, split=fr,
-                   description=d.get("description", ""), allow_large=allow_large)
+                   description=d.get("description", ""), allow_large=allow_large, pair_size=pair_size)
 
 
 def validate_for_data(spec: ZooSpec, in_channels: int, num_classes: int) -> NetConfig:
