@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
+import tempfile
 from pathlib import Path
+
+import torch
 
 from ..errors import ZooError
 from .report import write_align, write_lmc, write_mli
@@ -80,10 +84,6 @@ def register(sub) -> None:
 
 
 def _options(args):
-    import re
-
-    import torch
-
 
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         raise ZooError(f"--device {args.device!r}: unknown device; use cpu, cuda or cuda:N")
@@ -124,8 +124,6 @@ def _emit(args, rep) -> int:
 
 
 def _write_or_tmp(args, writer, results):
-    import tempfile
-
     if args.out:
         return writer(results, args.out, _command())
     with tempfile.TemporaryDirectory() as tmp:

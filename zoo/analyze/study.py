@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..console import progress
 from ..errors import ZooError
 from . import metrics
 from .align import align, check_alignable
@@ -43,10 +44,8 @@ def alphas_of(n: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, n)
 
 
-def _bar(total, desc, quiet):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="pair", disable=quiet, leave=False)
+def _bar(total, desc, quiet, unit="pair"):
+    return progress(total, enabled=False if quiet else None, desc=desc, unit=unit, leave=False)
 
 
 def _methods(z, opts: Options, variant: str) -> tuple[list[str], list[str]]:
@@ -165,9 +164,8 @@ def run_mli(path, opts: Options, quiet: bool = False) -> dict:
         ids = ids[:opts.max_pairs]
     notes = [f"{z.name}: {len(diverged)} diverged net(s) left out"] if diverged else []
     records, curves = [], []
-    from tqdm.auto import tqdm
-
-    for mid in tqdm(ids, desc=f"mli {z.name}", unit="net", disable=quiet, leave=False):
+    bar = _bar(len(ids), f"mli {z.name}", quiet, unit="net")
+    for mid in ids:
         net, s0 = net_and_state(z, mid, "epoch_0")
         _, s1 = net_and_state(z, mid, "final")
         reset = opts.bn_reset == "repair" or (opts.bn_reset == "auto" and has_batchnorm(net))
@@ -179,6 +177,8 @@ def run_mli(path, opts: Options, quiet: bool = False) -> dict:
                         "acc_final": float(c["acc"][-1])})
         curves.append({"zoo": z.name, "model_id": mid, "alpha": alphas.tolist(), "loss": c["loss"].tolist(),
                        "acc": c["acc"].tolist()})
+        bar.update(1)
+    bar.close()
     return {"zoo": z.name, "path": str(z.path), "variant": variant, "alphas": alphas.tolist(), "records": records,
             "curves": curves, "notes": notes, "tol": opts.tol, "upstream_compat": opts.upstream_compat,
             "subset": int(len(idx))}
