@@ -148,7 +148,7 @@ def load_card(path) -> Card:
         raise ZooError(f"card {path} does not exist")
     try:
         d = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ZooError(f"card {path} is not valid TOML: {e}") from e
     return card_from_dict(d, where=str(path), path=path)
 

@@ -47,12 +47,11 @@ class Zoo:
         mask = values = None
         self.extra_fixed = {}
         if first is not None:
-            self._check(first)
-            with open_shard(self.path / first) as f:
-                if "fixed" in f and "mask" in f["fixed"]:
-                    mask, values = f["fixed/mask"][()], f["fixed/values"][()]
-                if "fixed/extra" in f:
-                    self.extra_fixed = {k: v[()] for k, v in f["fixed/extra"].items()}
+            f = self._file(first)
+            if "fixed" in f and "mask" in f["fixed"]:
+                mask, values = f["fixed/mask"][()], f["fixed/values"][()]
+            if "fixed/extra" in f:
+                self.extra_fixed = {k: v[()] for k, v in f["fixed/extra"].items()}
         self.layout = Layout.from_dict(self.manifest["layout"], mask)
         #: Values of the fixed entries (zeros elsewhere), or None for nets without W-Asymmetry.
         self.fixed_values = values
@@ -111,8 +110,38 @@ class Zoo:
     def _file(self, name):
         if name not in self._files:
             self._check(name)
-            self._files[name] = open_shard(self.path / name)
+            f = open_shard(self.path / name)
+            try:
+                self._agrees(f, self._entry[name])
+            except BaseException:
+                f.close()
+                raise
+            self._files[name] = f
         return self._files[name]
+
+    def _agrees(self, f, entry) -> None:
+        """Refuse a shard that holds other models, checkpoints or parameters than the manifest
+        says (open_shard has checked that its datasets fit each other): reading it would mix
+        them up silently, checksum or not."""
+        where = f"{self.path / entry['file']}"
+        ids = f["ids"][()]
+        if len(ids) != entry["num_models"] or (len(ids) and (ids[0] < entry["id_start"] or ids[-1] >= entry["id_stop"])) \
+                or (len(ids) > 1 and not (np.diff(ids) > 0).all()):
+            raise ZooError(f"{where}: holds models {ids[:3].tolist()}... ({len(ids)}), but the manifest lists "
+                           f"{entry['num_models']} ascending ids in [{entry['id_start']}, {entry['id_stop']})")
+        for ck in self.manifest["checkpoints"]:
+            if ck not in f["weights"] or f["weights"][ck].shape[1] != self.manifest["num_params"]:
+                raise ZooError(f"{where}: no weights/{ck} of {self.manifest['num_params']} parameters, "
+                               "which the manifest lists")
+        try:
+            same = Layout.from_json(f.attrs["layout"]).same_tensors(Layout.from_dict(self.manifest["layout"]))
+            if "buffers" in f:
+                nb = Layout.from_dict(self.manifest["layout"]).num_buffers
+                same = same and all(d.shape[1] == nb for d in f["buffers"].values())
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+            same = False
+        if not same:
+            raise ZooError(f"{where}: its layout differs from the manifest's")
 
     def _check_finite(self, w: np.ndarray, ids, checkpoint: str) -> None:
         """Refuse non-finite weights of a model not marked diverged (a damaged zoo)."""

@@ -35,7 +35,10 @@ def _import(src, out: Path, scratch: Path, limits) -> dict:
         if len(found) != 1:
             raise ZooError(f"{src}: expected one zoo (one {MANIFEST}) in the archive, found {len(found)}")
         zoo_dir = found[0]
-        problems = verify(zoo_dir)
+        try:
+            problems = verify(zoo_dir)
+        except ZooError as e:  # it names our scratch copy, which is gone once this returns
+            problems = [str(e).replace(str(zoo_dir), "<zoo in the archive>")]
         if problems:
             raise ZooError(f"{src}: the zoo in this archive failed verification (nothing was kept): "
                            + "; ".join(problems[:5]))

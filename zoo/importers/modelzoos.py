@@ -65,6 +65,12 @@ def _epochs(names: list[str]) -> dict[str, dict[int, str]]:
     return out
 
 
+def _is_epoch(v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return math.isfinite(v) and 0 <= v < 2**53 and v == int(v)
+
+
 def _results(tree: Source, net: str) -> dict[int, dict]:
     name = f"{net}/result.json" if net != "." else "result.json"
     label = tree.label(name)
@@ -74,11 +80,14 @@ def _results(tree: Source, net: str) -> dict[int, dict]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ZooError(f"{label} line {n}: not valid JSON ({e.msg})") from e
-        if "training_iteration" not in row:
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ZooError(f"{label} line {n}: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from e
+        if not isinstance(row, dict) or "training_iteration" not in row:
             raise ZooError(f"{label} line {n}: no 'training_iteration' (the epoch of the row)")
-        out[int(row["training_iteration"])] = row
+        epoch = row["training_iteration"]
+        if not _is_epoch(epoch):
+            raise ZooError(f"{label} line {n}: 'training_iteration' = {epoch!r} is not an epoch number")
+        out[int(epoch)] = row
     return out
 
 
@@ -87,9 +96,12 @@ def _params(tree: Source, net: str, results: dict[int, dict]) -> dict:
     name = f"{net}/params.json" if net != "." else "params.json"
     if name in tree.names:
         try:
-            return _flatten(json.loads(tree.read_bytes(name)))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ZooError(f"{tree.label(name)}: not valid JSON ({e})") from e
+            params = json.loads(tree.read_bytes(name))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ZooError(f"{tree.label(name)}: not valid JSON ({type(e).__name__}: {e})") from e
+        if not isinstance(params, dict):
+            raise ZooError(f"{tree.label(name)}: holds a JSON {type(params).__name__}, not an object of settings")
+        return _flatten(params)
     config = next((r["config"] for r in results.values() if isinstance(r.get("config"), dict)), None)
     if config is None:
         raise ZooError(f"{tree.label(name)}: missing, and result.json has no 'config' either "
