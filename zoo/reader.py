@@ -48,10 +48,11 @@ class Zoo:
         self.extra_fixed = {}
         if first is not None:
             f = self._file(first)
-            if "fixed" in f and "mask" in f["fixed"]:
-                mask, values = f["fixed/mask"][()], f["fixed/values"][()]
-            if "fixed/extra" in f:
-                self.extra_fixed = {k: v[()] for k, v in f["fixed/extra"].items()}
+            with self._reading():
+                if "fixed" in f and "mask" in f["fixed"]:
+                    mask, values = f["fixed/mask"][()], f["fixed/values"][()]
+                if "fixed/extra" in f:
+                    self.extra_fixed = {k: v[()] for k, v in f["fixed/extra"].items()}
         self.layout = Layout.from_dict(self.manifest["layout"], mask)
         #: Values of the fixed entries (zeros elsewhere), or None for nets without W-Asymmetry.
         self.fixed_values = values
@@ -80,13 +81,24 @@ class Zoo:
         s = self.manifest["splits"]
         return {k: list(s[k]) for k in ("train", "val", "test")}
 
+    @contextlib.contextmanager
+    def _reading(self):
+        """HDF5 finds some damage only when data is read (a failing filter, a chunk address past
+        the end of the file): a ZooError naming the zoo, like any other damage."""
+        try:
+            yield
+        except OSError as e:
+            raise ZooError(f"{self.path}: a shard is damaged: reading it failed ({' '.join(str(e).split())}); "
+                           "zoo verify names the shard") from e
+
     @cached_property
     def table(self) -> pd.DataFrame:
         """One row per model: ``model_id``, hyper-parameters, metrics (``test_acc`` is the
         final checkpoint's; ``test_acc@epoch_0`` another's), ``diverged``, ``split``."""
         frames = []
         for s in self._shards:
-            frames.append(read_table(self._file(s["file"])))
+            with self._reading():
+                frames.append(read_table(self._file(s["file"])))
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"model_id": []})
         split_of = {i: k for k in ("train", "val", "test") for i in self.manifest["splits"].get(k, [])}
         df["split"] = df["model_id"].map(split_of).fillna("none")
@@ -124,7 +136,8 @@ class Zoo:
         says (open_shard has checked that its datasets fit each other): reading it would mix
         them up silently, checksum or not."""
         where = f"{self.path / entry['file']}"
-        ids = f["ids"][()]
+        with self._reading():
+            ids = f["ids"][()]
         if len(ids) != entry["num_models"] or (len(ids) and (ids[0] < entry["id_start"] or ids[-1] >= entry["id_stop"])) \
                 or (len(ids) > 1 and not (np.diff(ids) > 0).all()):
             raise ZooError(f"{where}: holds models {ids[:3].tolist()}... ({len(ids)}), but the manifest lists "
@@ -182,7 +195,8 @@ class Zoo:
         name = self._shards[k]["file"]
         f = self._file(name)
         if name not in self._ids:
-            self._ids[name] = f["ids"][()]
+            with self._reading():
+                self._ids[name] = f["ids"][()]
         ids = self._ids[name]
         row = np.searchsorted(ids, model_id)
         if row >= len(ids) or ids[row] != model_id:
@@ -197,6 +211,10 @@ class Zoo:
         """Flat weights ``[n, P]`` (or ``[n, P_trainable]``) float32, rows in the order of ``ids``
         (all models, by id, when None)."""
         self._check_ckpt(checkpoint)
+        with self._reading():
+            return self._weights(ids, checkpoint, trainable_only)
+
+    def _weights(self, ids, checkpoint: str, trainable_only: bool) -> np.ndarray:
         if ids is None:
             out = np.concatenate([self._file(s["file"])["weights"][checkpoint][()] for s in self._shards]) \
                 if self._shards else np.zeros((0, self.layout.num_params), np.float32)
@@ -217,7 +235,8 @@ class Zoo:
 
     def buffers(self, model_id: int, checkpoint: str = "final") -> np.ndarray | None:
         f, row = self._locate(int(model_id))
-        return f["buffers"][checkpoint][row] if "buffers" in f else None
+        with self._reading():
+            return f["buffers"][checkpoint][row] if "buffers" in f else None
 
     def layer_weights(self, model_id: int, checkpoint: str = "final", trainable_only: bool = False) -> dict:
         """Per-layer tensors of one model: name -> torch tensor in its own shape (or, for
@@ -238,7 +257,10 @@ class Zoo:
         if not self.manifest.get("net"):
             raise ZooError(f"{self.path}: this zoo stores no buildable architecture "
                            f"(source {self.manifest.get('source', {}).get('kind')!r}); rebuild() needs one")
-        return NetConfig.from_dict(self.manifest["net"])
+        try:
+            return NetConfig.from_dict(self.manifest["net"])
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise ZooError(f"{self.path / 'manifest.json'}: key 'net' is malformed ({type(e).__name__}: {e})") from e
 
     def rebuild(self, model_id: int, checkpoint: str = "final") -> torch.nn.Module:
         """An ``nn.Module`` (eval mode, CPU) computing exactly what model ``model_id`` computed."""
@@ -249,7 +271,14 @@ class Zoo:
         if cfg.arch == "smallcnn":  # activation and dropout are per-model hyper-parameters
             row = self.table.set_index("model_id").loc[int(model_id)]
             hp = {k: row[k] for k in ("activation", "dropout") if k in row}
-        net = build_net(cfg, hp=hp)
+        try:
+            net = build_net(cfg, hp=hp)
+            built = Layout.from_module(net)
+        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ZeroDivisionError) as e:
+            raise ZooError(f"{self.path / 'manifest.json'}: key 'net' does not build a net "
+                           f"({type(e).__name__}: {e})") from e
+        if {t.name: t.shape for t in built.tensors} != {t.name: t.shape for t in self.layout.tensors}:
+            raise ZooError(f"{self.path / 'manifest.json'}: key 'net' builds another net than the layout describes")
         weights = self.layer_weights(model_id, checkpoint)
         with torch.no_grad():
             mods = dict(net.named_modules())
