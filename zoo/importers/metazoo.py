@@ -6,6 +6,7 @@ path checks, verified (checksums, shapes, ids) and only then moved to ``out``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def import_metazoo(src, out, *, force: bool = False, source: dict | None = None,
     scratch.mkdir()
     try:
         return _import(src, out, scratch, limits)
+    except ZooError as e:  # name a nested archive as the user knows it, not by our scratch copy
+        if str(scratch) not in str(e):
+            raise
+        raise ZooError(re.sub(re.escape(str(scratch)) + r"/\.metazoo-unpack\.[^/]+/content/?", f"{src}:", str(e))) \
+            from e.__cause__
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

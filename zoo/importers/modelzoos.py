@@ -123,6 +123,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _state_layout(path: Path, sd: dict) -> tuple[Layout, list[str]]:
     """Layout of a state dict in stored order: float tensors are parameters, except BatchNorm
     running statistics (buffers); integer counters are skipped."""
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise ZooError(f"{path}: expected a state dict (names -> tensors), found {type(sd).__name__}")
     norm_mods = {k.rsplit(".", 1)[0] for k in sd if k.endswith(".running_mean")}
     items, buffers, skipped = [], [], []
     for k, t in sd.items():
