@@ -124,7 +124,8 @@ class Zoo:
             self._check(name)
             f = open_shard(self.path / name)
             try:
-                self._agrees(f, self._entry[name])
+                with self._reading():
+                    self._agrees(f, self._entry[name])
             except BaseException:
                 f.close()
                 raise
