@@ -2,8 +2,10 @@
 worker (random seeds, many cases) share this, so both judge a case the same way."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,9 +25,23 @@ settings.register_profile(
     suppress_health_check=list(HealthCheck), phases=[Phase.generate])
 
 
+@contextlib.contextmanager
+def _own_cache_dir():
+    """Each case points METAZOO_CACHE_DIR at a fresh folder of its own: put it back afterwards."""
+    old = os.environ.get("METAZOO_CACHE_DIR")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("METAZOO_CACHE_DIR", None)
+        else:
+            os.environ["METAZOO_CACHE_DIR"] = old
+
+
 def run_plan(name: str, plan, base: Path) -> None:
     """Run one plan of family ``name`` in a fresh sandbox under ``base``."""
-    FAMILIES[name].run(plan, Case(base))
+    with _own_cache_dir():
+        FAMILIES[name].run(plan, Case(base))
 
 
 def run_hypothesis(name: str, base: Path, *, profile: str, max_examples: int, seed: int | None = None,
@@ -42,7 +58,8 @@ def run_hypothesis(name: str, base: Path, *, profile: str, max_examples: int, se
 
     if seed is not None:
         body = hseed(seed)(body)
-    body()
+    with _own_cache_dir():
+        body()
 
 
 def plan_id(name: str, plan) -> str:
