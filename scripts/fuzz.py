@@ -13,6 +13,7 @@ reader, and the replay passes.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import re
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Seconds after which a case stuck where the in-process alarm cannot reach it ends its worker.
+HANG_S = 120
 sys.path.insert(0, str(ROOT / "tests"))
 
 
@@ -57,6 +60,9 @@ def worker(family: str, seconds: float, cases: int, inflight: Path, seed: int) -
         count += 1
         last[0] = plan
         inflight.write_text(json.dumps(plan))
+        # A hang inside C code (HDF5, a decompressor) never returns to the case's Python alarm:
+        # this watchdog thread ends the worker instead, and the campaign records the case.
+        faulthandler.dump_traceback_later(HANG_S, exit=True)
 
     while time.monotonic() - start < seconds and count < cases:
         try:
@@ -110,7 +116,7 @@ def run_family(family: str, seconds: float, cases: int, seen: dict, keep: bool, 
         del last_out
         if rc != 0:  # the reader crashed the interpreter (or a hang outlived the in-process alarm)
             plan = json.loads(inflight.read_text()) if inflight.stat().st_size else None
-            report(f"crash: worker exit {rc}", plan)
+            report(f"crash or hang: worker exit {rc} (a signal, or the {HANG_S} s watchdog)", plan)
             stats["cases"] += 1
     stats["seconds"] = seconds - max(0.0, deadline - time.monotonic())
     inflight.unlink(missing_ok=True)
