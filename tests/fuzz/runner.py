@@ -67,7 +67,11 @@ def plan_id(name: str, plan) -> str:
 
 
 def keep_finding(name: str, plan, message: str, folder: Path = REGRESSIONS) -> Path:
-    """Store a finding as a regression example, replayed by tests/fuzz/test_fuzz.py."""
+    """Store a finding as a regression example, replayed by tests/fuzz/test_fuzz.py. A crash or
+    hang goes to ``open/``, which is not replayed (it would take the test run down with it)
+    until someone has looked at it."""
+    if message.startswith("crash"):
+        folder = folder / "open"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{plan_id(name, plan)}.json"
     if not path.exists():
