@@ -93,7 +93,6 @@ def run_family(family: str, seconds: float, cases: int, seen: dict, keep: bool, 
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         done_before = stats["cases"]
-        last_out = time.monotonic()
 
         def report(message, plan):
             sig = signature(family, message)
@@ -106,14 +105,12 @@ def run_family(family: str, seconds: float, cases: int, seen: dict, keep: bool, 
             print(f"  NEW {sig}\n      {message[:300]}\n      kept: {path}", file=log, flush=True)
 
         for line in proc.stdout:
-            last_out = time.monotonic()
             rec = json.loads(line)
             if "finding" in rec:
                 report(rec["finding"], rec["plan"])
             else:
                 stats["cases"] = done_before + rec["cases"]
         rc = proc.wait()
-        del last_out
         if rc != 0:  # the reader crashed the interpreter (or a hang outlived the in-process alarm)
             plan = json.loads(inflight.read_text()) if inflight.stat().st_size else None
             report(f"crash or hang: worker exit {rc} (a signal, or the {HANG_S} s watchdog)", plan)

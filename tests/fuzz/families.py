@@ -636,7 +636,7 @@ IMPORT_PLAN = st.fixed_dictionaries({
     "archive": st.one_of(st.none(), ARCHIVE_EDIT)})
 
 
-def _edit_tensors(obj, sel, how, marker):
+def _edit_tensors(obj, sel, how):
     import torch
 
     sd, rest = (obj[0], obj[1:]) if isinstance(obj, tuple) and obj and isinstance(obj[0], dict) else (obj, None)
@@ -857,7 +857,7 @@ def _apply_member_edits(members: dict, edits, marker: Path) -> dict:
                 with contextlib.suppress(Exception):
                     obj = torch.load(io.BytesIO(members[n]), weights_only=True)
                     buf = io.BytesIO()
-                    torch.save(_edit_tensors(obj, e[2], e[3], marker), buf)
+                    torch.save(_edit_tensors(obj, e[2], e[3]), buf)
                     members[n] = buf.getvalue()
         elif e[0] == "npy":
             npys = [m for m in names if m.endswith(".npy")]
@@ -896,9 +896,6 @@ def _import_family(fmt):
         manifest, err = case.judge(lambda: run_import(fmt, src, out, options=options, limits=limits),
                                    may_write=("out",), names=(str(src), src.name, str(out)))
         if manifest is not None:
-            import zoo
-            from zoo import store
-
             got, err, problems = open_and_verify(case, out)
             if err is not None or problems:
                 raise Finding(f"the import succeeded but its zoo is refused: {err or problems[0]}")
