@@ -87,12 +87,18 @@ def _read(path: Path) -> tuple[dict, dict]:
         raise MetanetError(f"{path} is not a metanet file (not safetensors: {e})") from e
     try:
         header = json.loads(meta[HEADER_KEY])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise MetanetError(f"{path} is not a metanet file (no valid {HEADER_KEY!r} header: {e})") from e
+    except (KeyError, json.JSONDecodeError, RecursionError) as e:
+        raise MetanetError(f"{path} is not a metanet file (no valid {HEADER_KEY!r} header: "
+                           f"{type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise MetanetError(f"{path} is not a saved metanet (no {FORMAT!r} header)")
     if header.get("version") != VERSION:
         raise MetanetError(f"{path}: metanet file version {header.get('version')!r}; this metazoo reads {VERSION}")
+    for key, types in (("metanet", (str,)), ("kind", (str,)), ("info", (dict,)), ("plugin", (str, type(None))),
+                       ("meta", (dict, type(None)))):
+        if not isinstance(header.get(key), types):
+            raise MetanetError(f"{path}: its {HEADER_KEY!r} header is damaged (key {key!r} = "
+                               f"{str(header.get(key))[:80]!r})")
     return header, tensors
 
 
@@ -112,17 +118,16 @@ def load(path, device="cpu"):
         raise MetanetError(f"{path}: holds a {rec.get('kind')!r} metanet but {name!r} is a {cls.kind!r} one")
     try:
         info = InputInfo.from_dict(rec["info"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise MetanetError(f"{path}: its input description is damaged ({e})") from e
-    if cls.kind == "torch":
         model = cls(info)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RuntimeError) as e:
+        raise MetanetError(f"{path}: its input description is damaged ({type(e).__name__}: {e})") from e
+    if cls.kind == "torch":
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
             raise MetanetError(f"{path}: its tensors do not fit metanet {name!r}: {str(e).splitlines()[0]}") from e
         model = model.to(device).eval()
     else:
-        model = cls(info)
         model.model = _load_estimator(path, tensors)
     return name, model, info, rec
 

@@ -35,9 +35,9 @@ def load_plugin(path) -> list[str]:
     except MetanetError as e:
         sys.modules.pop(mod_name, None)
         raise MetanetError(f"plugin {p}: {e}") from e
-    except Exception as e:  # the user's code: report it against the file, one line
+    except (Exception, SystemExit) as e:  # the user's code (sys.exit too): report it against the file, one line
         sys.modules.pop(mod_name, None)
-        raise MetanetError(f"plugin {p} failed to import: {type(e).__name__}: {e}") from e
+        raise MetanetError(f"plugin {p} failed to import: {type(e).__name__}: {' '.join(str(e).split())}") from e
     names = [n for n, cls in _registry.REGISTRY.items() if cls.__module__ == mod_name]
     if not names:
         raise MetanetError(f"plugin {p} registered no metanet: decorate an nn.Module class with "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -191,8 +192,19 @@ class Layout:
 
     @classmethod
     def from_dict(cls, d: dict, fixed_mask=None) -> "Layout":
+        def whole(v) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and v >= 0
+
         def specs(rows):
-            return tuple(TensorSpec(r["name"], tuple(r["shape"]), int(r["offset"]), r["role"]) for r in rows)
+            out = []
+            for r in rows:  # read from files: every field checked, so offsets and slices are whole numbers
+                if not (isinstance(r["name"], str) and isinstance(r["shape"], (list, tuple))
+                        and all(map(whole, r["shape"]))
+                        and whole(r["offset"]) and r["role"] in ROLES):
+                    raise ValueError(f"tensor {str(r.get('name'))[:60]!r}: needs a name, a shape of whole numbers, "
+                                     f"a whole offset and a role ({', '.join(ROLES)})")
+                out.append(TensorSpec(r["name"], tuple(int(s) for s in r["shape"]), int(r["offset"]), r["role"]))
+            return tuple(out)
 
         lay = cls(specs(d["tensors"]), _as_mask(fixed_mask), specs(d.get("buffers", [])))
         _check_contiguous(lay.tensors)

@@ -42,6 +42,8 @@ def validate_source(data: dict) -> None:
         raise SpecError(f"data.{k}", data[k], "unknown field; known: source, root")
     if not isinstance(src, str) or not (src in SHAPES or src.startswith("npz:")):
         raise SpecError("data.source", src, f"allowed: {', '.join(SOURCES)}")
+    if not isinstance(data.get("root", ""), str):
+        raise SpecError("data.root", data["root"], "must be a folder path (a string)")
 
 
 @dataclass

@@ -130,9 +130,14 @@ def auto_group_size(spec: ZooSpec, cfg, data, opts: TrainOptions) -> int:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ZooError(f"{path} is damaged ({e}); delete it to start the generation afresh") from e
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ZooError(f"{path} is damaged ({type(e).__name__}: {str(e)[:200]}); delete it to start the "
+                       "generation afresh") from e
+    if not isinstance(d, dict):
+        raise ZooError(f"{path} is damaged (a JSON {type(d).__name__}, not an object); delete it to start the "
+                       "generation afresh")
+    return d
 
 
 def check_out_dir(out: Path, spec: ZooSpec) -> dict | None:

@@ -104,6 +104,15 @@ class Dist:
         return self.params["value"] if self.kind == "constant" else {"dist": self.kind, **self.params}
 
 
+def _finite_number(v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v) and abs(v) < 1e300  # a bigger int overflows the float arithmetic of sampling
+    except OverflowError:
+        return False
+
+
 def parse_dist(name: str, obj) -> Dist:
     field_name = f"hparams.{name}"
     if not isinstance(obj, dict):
@@ -122,6 +131,10 @@ def parse_dist(name: str, obj) -> Dist:
     extra = set(obj) - set(need) - ({"scale"} if kind == "pow10" else set())
     if extra:
         raise SpecError(f"{field_name}", sorted(extra)[0], f"unknown key for dist = '{kind}'; expected {need}")
+    for k in ("low", "high", "scale"):
+        v = obj.get(k, 1.0)
+        if kind in ("uniform", "loguniform", "randint", "pow10") and not _finite_number(v):
+            raise SpecError(field_name, v, f"{k} must be a finite number for dist = '{kind}'")
     if kind in ("uniform", "loguniform", "randint", "pow10") and not obj["low"] <= obj["high"]:
         raise SpecError(f"{field_name}.low", obj["low"], f"must be <= high ({obj['high']})")
     if kind == "loguniform" and obj["low"] <= 0:
@@ -270,6 +283,9 @@ def spec_from_dict(d: dict) -> ZooSpec:
     if unknown:
         raise SpecError(sorted(unknown)[0], d[sorted(unknown)[0]], f"unknown field; known: {', '.join(sorted(TOP_KEYS))}")
     name = d.get("name", "zoo")
+    for key in ("name", "description"):
+        if not isinstance(d.get(key, ""), str):  # both go into the JSON of every shard and manifest
+            raise SpecError(key, d[key], "must be a string")
     models = d.get("models", 100)
     if not isinstance(models, int) or models < 1:
         raise SpecError("models", models, "must be an integer >= 1")
@@ -331,6 +347,8 @@ def spec_from_dict(d: dict) -> ZooSpec:
         raise SpecError("net", net_d, f"bad field ({e})") from None
     validate_net(net)  # fan-ins of all but the input layer do not depend on the data
 
+    if not isinstance(d.get("data", {}), dict):
+        raise SpecError("data", d.get("data"), "must be a table")
     data = dict(d.get("data", {"source": "digits"}))
     validate_source(data)
     hp_in = d.get("hparams", {})
@@ -400,8 +418,8 @@ def load_spec(preset_or_path) -> ZooSpec:
             raise ZooError(f"spec {s!r} is a folder, not a TOML spec file")
     try:
         d = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ZooError(f"{path}: not valid TOML: {e}") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ZooError(f"{path}: not valid TOML: {type(e).__name__}: {e}") from e
     except OSError as e:
         raise ZooError(f"{path}: cannot read the spec: {e.strerror}") from e
     try:

@@ -100,7 +100,8 @@ class Card:
         d["files"] = [{k: v for k, v in f.items() if k == "url" or v != defaults[k]} for f in d["files"]]
         d["nets"] = [{k: v for k, v in n.items() if not (k == "usable" and v < 0)} for n in d["nets"]]
         d["import"] = d.pop("options")
-        return {k: v for k, v in d.items() if v not in ("", {}, None)}
+        # required fields stay even when empty, so that what write_card writes load_card reads
+        return {k: v for k, v in d.items() if v not in ("", {}, None) or k in _REQUIRED}
 
 
 def catalogue_dirs() -> list[Path]:
@@ -152,9 +153,13 @@ def load_card(path) -> Card:
         raise ZooError(f"card {path} does not exist")
     try:
         d = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ZooError(f"card {path} is not valid TOML: {e}") from e
     return card_from_dict(d, where=str(path), path=path)
+
+
+#: Fields a card must have (card_from_dict's ``need``).
+_REQUIRED = ("name", "format", "files", "nets", "description", "licence", "citation")
 
 
 def card_from_dict(d: dict, where: str = "card", path: Path | None = None) -> Card:
@@ -188,6 +193,8 @@ def card_from_dict(d: dict, where: str = "card", path: Path | None = None) -> Ca
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ZooError(f"{fw}.size_bytes = {size!r}: expected an integer >= 0")
         filename = f.get("filename", "")
+        if not isinstance(filename, str):
+            raise ZooError(f"{fw}.filename = {filename!r}: expected a file name (a string)")
         if filename and ("/" in filename or "\\" in filename or filename in (".", "..")):
             raise ZooError(f"{fw}.filename = {filename!r}: a plain file name, no folders")
         flags = {}
@@ -215,7 +222,7 @@ def card_from_dict(d: dict, where: str = "card", path: Path | None = None) -> Ca
     if not isinstance(provenance, dict) or not all(isinstance(v, str) for v in provenance.values()):
         raise ZooError(f"{where}: [provenance] should be a table of fact = \"where it was read\" lines")
     return Card(name=name, description=need("description"), format=fmt, files=tuple(files), nets=tuple(nets),
-                licence=need("licence"), citation=need("citation"), size=str(d.get("size", UNKNOWN)),
+                licence=need("licence"), citation=need("citation"), size=str(d.get("size", UNKNOWN)) or UNKNOWN,
                 homepage=str(d.get("homepage", "")), options={k: str(v) for k, v in options.items()},
                 notes=str(d.get("notes", "")), doi=str(d.get("doi", "")), provenance=dict(provenance), path=path)
 

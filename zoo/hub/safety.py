@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import lzma
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +32,11 @@ import numpy as np
 import torch
 
 from ..errors import ZooError
+
+#: What reading a damaged archive raises besides OSError and EOFError: tarfile's own errors, a
+#: zip's, and the decompressors' (zlib.error and lzma.LZMAError are neither OSError nor TarError).
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, ValueError,
+                  NotImplementedError)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 _GB = 1e9
@@ -101,21 +108,38 @@ def load_tensors(path, data: bytes | None = None):
     except pickle.UnpicklingError as e:
         raise ZooError(f"{path}: refused to load: it carries a pickled object that is not tensors "
                        f"(files from the internet are loaded as data only). Detail: {_first_line(e)}") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ZooError(f"{path}: not a readable torch file (corrupt or truncated): {_first_line(e)}") from e
+    except Exception as e:  # noqa: BLE001 - the restricted unpickler fails on damage in many ways
+        raise ZooError(f"{path}: not a readable torch file (corrupt or truncated): "
+                       f"{type(e).__name__}: {_first_line(e)}") from e
 
 
-def load_npy(path, mmap: bool = True) -> np.ndarray:
-    """A ``.npy`` array without pickles; memory-mapped so a large zoo is read row block by block."""
+def load_npy(path, mmap: bool = True, label=None) -> np.ndarray:
+    """A ``.npy`` array without pickles; memory-mapped so a large zoo is read row block by block.
+    ``label``: how messages name the file (an archive member extracted to a scratch folder)."""
     path = Path(path)
     if not path.is_file():
-        raise ZooError(f"{path}: file is missing")
+        raise ZooError(f"{label or path}: file is missing")
+    try:
+        return _load_npy(path, mmap)
+    except ZooError as e:
+        if label is None:
+            raise
+        raise ZooError(str(e).replace(str(path), str(label), 1)) from e.__cause__
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:
         raise ZooError(f"{path}: refused: {_first_line(e)} (object arrays need pickle, which is not allowed)") from e
-    except OSError as e:
-        raise ZooError(f"{path}: not a readable .npy file (corrupt or truncated): {_first_line(e)}") from e
+    except Exception as e:  # noqa: BLE001 - a damaged header fails in many ways (SyntaxError, EOFError, ...)
+        raise ZooError(f"{path}: not a readable .npy file (corrupt or truncated): "
+                       f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+def one_line(e) -> str:
+    """An exception's message on one line (tarfile's lists each method it tried on a line)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _first_line(e) -> str:
@@ -142,8 +166,8 @@ def _members(archive: Path):
     if archive.name.lower().endswith(".zip"):
         try:
             zf = zipfile.ZipFile(archive)
-        except zipfile.BadZipFile as e:
-            raise ZooError(f"{archive}: not a readable zip archive (corrupt or truncated): {e}") from e
+        except (zipfile.BadZipFile, *ARCHIVE_ERRORS, OSError) as e:
+            raise ZooError(f"{archive}: not a readable zip archive (corrupt or truncated): {one_line(e)}") from e
         with zf:
             checked = []
             for info in zf.infolist():
@@ -156,13 +180,13 @@ def _members(archive: Path):
         return
     try:
         tf = tarfile.open(archive)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise ZooError(f"{archive}: not a readable tar archive (corrupt or truncated): {e}") from e
+    except (*ARCHIVE_ERRORS, OSError) as e:
+        raise ZooError(f"{archive}: not a readable tar archive (corrupt or truncated): {one_line(e)}") from e
     with tf:
         try:
             infos = tf.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise ZooError(f"{archive}: archive is corrupt or truncated: {e}") from e
+        except (*ARCHIVE_ERRORS, OSError) as e:
+            raise ZooError(f"{archive}: archive is corrupt or truncated: {one_line(e)}") from e
         checked = []
         for info in infos:
             rel = check_member(archive, info.name)
@@ -203,9 +227,9 @@ def safe_extract(archive, target, limits: Limits | None = None) -> Path:
                 with open_fn() as src, open(dest, "wb") as out:
                     written = copy_bounded(src, out, archive, limits, written, compressed)
         os.replace(tmp, target)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+    except ARCHIVE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ZooError(f"{archive}: archive is corrupt or truncated ({e}); nothing was extracted") from e
+        raise ZooError(f"{archive}: archive is corrupt or truncated ({one_line(e)}); nothing was extracted") from e
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ZooError(f"{archive}: could not extract into {target.parent}: {e.strerror or e}; "

@@ -139,6 +139,65 @@ def _check_shard_header(f: h5py.File, path) -> None:
         raise ZooError(f"{path} has schema version {v}; this metazoo reads {SUPPORTED_SCHEMAS}: upgrade metazoo")
 
 
+def _check_shard_structure(f: h5py.File, path) -> None:
+    """Refuse a shard whose datasets are not what docs/FORMAT.md says before anyone trusts their
+    shapes (a checksum only says the file is the one the manifest names, not that it is sound):
+    ``ids`` [n] integers; ``weights/<ck>`` and ``buffers/<ck>`` [n, P] float32; ``table/<col>``
+    [n]; ``fixed/mask`` [P] bool and ``fixed/values`` [P]; and no links (metazoo writes none: an
+    external link would read another file, outside the zoo)."""
+    def bad(what):
+        raise ZooError(f"{path} is not a valid metazoo shard: {what}")
+
+    def members(group, name):
+        if not isinstance(group, h5py.Group):
+            bad(f"'{name}' is not a group")
+        out = {}
+        for k in group:
+            if not isinstance(group.get(k, getlink=True), h5py.HardLink):
+                bad(f"'{name}/{k}' is a link; refused")
+            d = group[k]
+            if isinstance(d, h5py.Dataset) and d.is_virtual:
+                bad(f"'{name}/{k}' is a virtual dataset (it reads other files); refused")
+            out[k] = d
+        return out
+
+    top = members(f, "")
+    ids = top.get("ids")
+    if not isinstance(ids, h5py.Dataset) or ids.ndim != 1 or ids.dtype.kind not in "iu":
+        bad("'ids' must be a 1-D integer dataset")
+    n, width = ids.shape[0], {}
+    for group in ("weights", "buffers"):
+        if group not in top:
+            if group == "weights":
+                bad("no 'weights' group")
+            continue
+        for ck, d in members(top[group], group).items():
+            if not isinstance(d, h5py.Dataset) or d.ndim != 2 or d.dtype != np.float32 or d.shape[0] != n:
+                bad(f"'{group}/{ck}' must be float32 [{n}, P] (one row per id), not "
+                    f"{getattr(d, 'dtype', 'a group')} {getattr(d, 'shape', '')}")
+            if width.setdefault(group, d.shape[1]) != d.shape[1]:
+                bad(f"'{group}/{ck}' has {d.shape[1]} columns, another checkpoint {width[group]}")
+    if "table" not in top:
+        bad("no 'table' group")
+    for col, d in members(top["table"], "table").items():
+        if not isinstance(d, h5py.Dataset) or d.shape != (n,) or d.dtype.kind not in "biufSO":
+            bad(f"'table/{col}' must hold one number or string per id ({n}), not "
+                f"{getattr(d, 'dtype', 'a group')} {getattr(d, 'shape', '')}")
+    if "fixed" in top:
+        fixed = members(top["fixed"], "fixed")
+        p = width.get("weights")
+        for k, kind in (("mask", "b"), ("values", "f")):
+            d = fixed.get(k)
+            if d is not None and (not isinstance(d, h5py.Dataset) or d.shape != (p,) or d.dtype.kind != kind):
+                bad(f"'fixed/{k}' must be a [{p}] {'bool' if kind == 'b' else 'float'} dataset")
+        if ("mask" in fixed) != ("values" in fixed):
+            bad("'fixed' needs both 'mask' and 'values'")
+        if "extra" in fixed:
+            for k, d in members(fixed["extra"], "fixed/extra").items():
+                if not isinstance(d, h5py.Dataset) or d.dtype.kind != "f":
+                    bad(f"'fixed/extra/{k}' must be a float dataset")
+
+
 def open_shard(path: Path) -> h5py.File:
     """Open a shard read-only, turning HDF5's errors on a damaged file into a ZooError."""
     try:
@@ -147,9 +206,13 @@ def open_shard(path: Path) -> h5py.File:
         raise ZooError(f"shard {path} is unreadable (corrupt or truncated): {e}") from e
     try:
         _check_shard_header(f, path)
+        _check_shard_structure(f, path)
     except ZooError:
         f.close()
         raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # HDF5 metadata damaged past the header
+        f.close()
+        raise ZooError(f"shard {path} is unreadable (corrupt or truncated): {' '.join(str(e).split())}") from e
     return f
 
 
@@ -253,6 +316,8 @@ def read_manifest(root: Path, check: bool = True) -> dict:
         m = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path} is not valid JSON: {e}") from e
+    except RecursionError:  # json.loads recurses once per level of nesting
+        raise ZooError(f"{path} is not a metazoo manifest (JSON nested too deep to read)") from None
     except OSError as e:
         raise ZooError(f"{path}: cannot read: {e.strerror}") from e
     if not isinstance(m, dict):
@@ -275,7 +340,7 @@ def owned_by_metazoo(folder: Path) -> bool:
         try:
             if json.loads((folder / name).read_text()).get("format") == fmt:
                 return True
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             continue
     return False
 
@@ -356,8 +421,9 @@ def verify(root: Path) -> list[str]:
                         problems.append(f"{s['file']}: table column {col!r} missing")
         except ZooError as e:
             problems.append(f"{s['file']}: {e}")
-        except (KeyError, OSError) as e:
-            problems.append(f"{s['file']}: damaged ({e})")
+        except (KeyError, OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
+            # e.g. a layout attribute that is not JSON: the shard is damaged, and verify says so
+            problems.append(f"{s['file']}: damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
     if seen and not problems:  # with a bad shard, the id checks below would only echo it
         all_ids = np.concatenate(seen)
         if len(np.unique(all_ids)) != len(all_ids):

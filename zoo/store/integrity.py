@@ -206,7 +206,7 @@ class ShardVerifier:
             try:
                 c = json.loads(_cache_file(self.root).read_text())
                 self._cache = c if isinstance(c, dict) and c.get("zoo") == os.path.realpath(self.root) else {}
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 self._cache = {}
             self._cache.pop("zoo", None)
         return self._cache

@@ -81,7 +81,7 @@ def holder(path, key: str | None = None) -> dict | None:
     """What the lock file of ``path`` says about its last holder (None if no file)."""
     try:
         return json.loads(lock_path(path, key).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -150,7 +150,7 @@ def _busy_message(folder: Path, lock: Path) -> str:
         host = "" if h.get("host") == socket.gethostname() else f" on {h.get('host')}"
         return (f"{folder} is being written by process {h.get('pid')}{host} ({h.get('what')}) since "
                 f"{h.get('since')}; wait for it to finish or stop it, or choose another folder")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return f"{folder} is being written by another process (lock {lock}); wait for it or choose another folder"
 
 

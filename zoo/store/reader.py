@@ -48,8 +48,8 @@ class Zoo:
         mask = values = None
         self.extra_fixed = {}
         if first is not None:
-            self._check(first)
-            with open_shard(self.path / first) as f:
+            f = self._file(first)
+            with self._reading():
                 if "fixed" in f and "mask" in f["fixed"]:
                     mask, values = f["fixed/mask"][()], f["fixed/values"][()]
                 if "fixed/extra" in f:
@@ -82,13 +82,24 @@ class Zoo:
         s = self.manifest["splits"]
         return {k: list(s[k]) for k in ("train", "val", "test")}
 
+    @contextlib.contextmanager
+    def _reading(self):
+        """HDF5 finds some damage only when data is read (a failing filter, a chunk address past
+        the end of the file): a ZooError naming the zoo, like any other damage."""
+        try:
+            yield
+        except OSError as e:
+            raise ZooError(f"{self.path}: a shard is damaged: reading it failed ({' '.join(str(e).split())}); "
+                           "zoo verify names the shard") from e
+
     @cached_property
     def table(self) -> pd.DataFrame:
         """One row per model: ``model_id``, hyper-parameters, metrics (``test_acc`` is the
         final checkpoint's; ``test_acc@epoch_0`` another's), ``diverged``, ``split``."""
         frames = []
         for s in self._shards:
-            frames.append(read_table(self._file(s["file"])))
+            with self._reading():
+                frames.append(read_table(self._file(s["file"])))
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"model_id": []})
         split_of = {i: k for k in ("train", "val", "test") for i in self.manifest["splits"].get(k, [])}
         df["split"] = df["model_id"].map(split_of).fillna("none")
@@ -132,8 +143,40 @@ class Zoo:
     def _file(self, name):
         if name not in self._files:
             self._check(name)
-            self._files[name] = open_shard(self.path / name)
+            f = open_shard(self.path / name)
+            try:
+                with self._reading():
+                    self._agrees(f, self._entry[name])
+            except BaseException:
+                f.close()
+                raise
+            self._files[name] = f
         return self._files[name]
+
+    def _agrees(self, f, entry) -> None:
+        """Refuse a shard that holds other models, checkpoints or parameters than the manifest
+        says (open_shard has checked that its datasets fit each other): reading it would mix
+        them up silently, checksum or not."""
+        where = f"{self.path / entry['file']}"
+        with self._reading():
+            ids = f["ids"][()]
+        if len(ids) != entry["num_models"] or (len(ids) and (ids[0] < entry["id_start"] or ids[-1] >= entry["id_stop"])) \
+                or (len(ids) > 1 and not (np.diff(ids) > 0).all()):
+            raise ZooError(f"{where}: holds models {ids[:3].tolist()}... ({len(ids)}), but the manifest lists "
+                           f"{entry['num_models']} ascending ids in [{entry['id_start']}, {entry['id_stop']})")
+        for ck in self.manifest["checkpoints"]:
+            if ck not in f["weights"] or f["weights"][ck].shape[1] != self.manifest["num_params"]:
+                raise ZooError(f"{where}: no weights/{ck} of {self.manifest['num_params']} parameters, "
+                               "which the manifest lists")
+        try:
+            same = Layout.from_json(f.attrs["layout"]).same_tensors(Layout.from_dict(self.manifest["layout"]))
+            if "buffers" in f:
+                nb = Layout.from_dict(self.manifest["layout"]).num_buffers
+                same = same and all(d.shape[1] == nb for d in f["buffers"].values())
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+            same = False
+        if not same:
+            raise ZooError(f"{where}: its layout differs from the manifest's")
 
     def _check_finite(self, w: np.ndarray, ids, checkpoint: str) -> None:
         """Refuse non-finite weights of a model not marked diverged (a damaged zoo)."""
@@ -174,7 +217,8 @@ class Zoo:
         name = self._shards[k]["file"]
         f = self._file(name)
         if name not in self._ids:
-            self._ids[name] = f["ids"][()]
+            with self._reading():
+                self._ids[name] = f["ids"][()]
         ids = self._ids[name]
         row = np.searchsorted(ids, model_id)
         if row >= len(ids) or ids[row] != model_id:
@@ -189,6 +233,10 @@ class Zoo:
         """Flat weights ``[n, P]`` (or ``[n, P_trainable]``) float32, rows in the order of ``ids``
         (all models, by id, when None)."""
         self._check_ckpt(checkpoint)
+        with self._reading():
+            return self._weights(ids, checkpoint, trainable_only)
+
+    def _weights(self, ids, checkpoint: str, trainable_only: bool) -> np.ndarray:
         if ids is None:
             out = np.concatenate([self._file(s["file"])["weights"][checkpoint][()] for s in self._shards]) \
                 if self._shards else np.zeros((0, self.layout.num_params), np.float32)
@@ -209,7 +257,8 @@ class Zoo:
 
     def buffers(self, model_id: int, checkpoint: str = "final") -> np.ndarray | None:
         f, row = self._locate(int(model_id))
-        return f["buffers"][checkpoint][row] if "buffers" in f else None
+        with self._reading():
+            return f["buffers"][checkpoint][row] if "buffers" in f else None
 
     def layer_weights(self, model_id: int, checkpoint: str = "final", trainable_only: bool = False) -> dict:
         """Per-layer tensors of one model: name -> torch tensor in its own shape (or, for
@@ -228,7 +277,10 @@ class Zoo:
         if not self.manifest.get("net"):
             raise ZooError(f"{self.path}: this zoo stores no buildable architecture "
                            f"(source {self.manifest.get('source', {}).get('kind')!r}); rebuild() needs one")
-        return NetConfig.from_dict(self.manifest["net"])
+        try:
+            return NetConfig.from_dict(self.manifest["net"])
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise ZooError(f"{self.path / 'manifest.json'}: key 'net' is malformed ({type(e).__name__}: {e})") from e
 
     def rebuild(self, model_id: int, checkpoint: str = "final") -> torch.nn.Module:
         """An ``nn.Module`` (eval mode, CPU) computing exactly what model ``model_id`` computed."""
@@ -238,7 +290,14 @@ class Zoo:
         if keys:
             row = self.table.set_index("model_id").loc[int(model_id)]
             hp = {k: row[k] for k in keys if k in row}
-        net = build_net(cfg, hp=hp)
+        try:
+            net = build_net(cfg, hp=hp)
+            built = Layout.from_module(net)
+        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ZeroDivisionError) as e:
+            raise ZooError(f"{self.path / 'manifest.json'}: key 'net' does not build a net "
+                           f"({type(e).__name__}: {e})") from e
+        if {t.name: t.shape for t in built.tensors} != {t.name: t.shape for t in self.layout.tensors}:
+            raise ZooError(f"{self.path / 'manifest.json'}: key 'net' builds another net than the layout describes")
         weights = self.layer_weights(model_id, checkpoint)
         with torch.no_grad():
             mods = dict(net.named_modules())

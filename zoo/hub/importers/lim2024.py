@@ -112,7 +112,10 @@ def _read_net(label: str, obj):
         raise ZooError(f"{label}: expected (state_dict, test_acc_percent), found {type(obj).__name__}"
                        f"{' of length ' + str(len(obj)) if isinstance(obj, (tuple, list)) else ''}")
     sd, acc = obj
-    acc = float(acc.item() if isinstance(acc, torch.Tensor) else acc)
+    try:
+        acc = float(acc.item() if isinstance(acc, torch.Tensor) else acc)
+    except (TypeError, ValueError, RuntimeError) as e:  # a string, a list, a tensor of several values
+        raise ZooError(f"{label}: test accuracy {str(acc)[:40]!r} is not a number") from e
     if not (0.0 <= acc <= 100.0) and not np.isnan(acc):
         raise ZooError(f"{label}: test accuracy {acc!r} is not a percentage in [0, 100]")
     return sd, acc
@@ -232,6 +235,14 @@ def _hparams(tree: Source, names: list[str], option: str | None) -> tuple[pd.Dat
     if list(df.columns[:4]) != list(HPARAMS):
         raise ZooError(f"{label}: expected columns {', '.join(HPARAMS)} (upstream's grid_runs/hparams.csv); "
                        f"found {', '.join(map(str, df.columns))}")
+    for c in HPARAMS:  # the zoo's table stores them as numbers: a cell that is not one is the file's fault
+        try:
+            v = pd.to_numeric(df[c], errors="raise").to_numpy(np.float64)
+        except (ValueError, TypeError) as e:
+            raise ZooError(f"{label}: column {c!r} holds a value that is not a number ({e})") from e
+        if c == "epochs" and not (np.isfinite(v) & (v == np.round(v)) & (np.abs(v) < 2**62)).all():
+            raise ZooError(f"{label}: column 'epochs' holds a value that is not a whole number")
+        df[c] = v.astype(np.int64) if c == "epochs" else v
     return df, label
 
 

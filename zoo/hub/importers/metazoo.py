@@ -6,6 +6,7 @@ path checks, verified (checksums, shapes, ids) and only then moved to ``out``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def import_metazoo(src, out, *, force: bool = False, source: dict | None = None,
     scratch.mkdir()
     try:
         return _import(src, out, scratch, limits)
+    except ZooError as e:  # name a nested archive as the user knows it, not by our scratch copy
+        if str(scratch) not in str(e):
+            raise
+        raise ZooError(re.sub(re.escape(str(scratch)) + r"/\.metazoo-unpack\.[^/]+/content/?", f"{src}:", str(e))) \
+            from e.__cause__
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -35,7 +41,10 @@ def _import(src, out: Path, scratch: Path, limits) -> dict:
         if len(found) != 1:
             raise ZooError(f"{src}: expected one zoo (one {MANIFEST}) in the archive, found {len(found)}")
         zoo_dir = found[0]
-        problems = verify(zoo_dir)
+        try:
+            problems = verify(zoo_dir)
+        except ZooError as e:  # it names our scratch copy, which is gone once this returns
+            problems = [str(e).replace(str(zoo_dir), "<zoo in the archive>")]
         if problems:
             raise ZooError(f"{src}: the zoo in this archive failed verification (nothing was kept): "
                            + "; ".join(problems[:5]))

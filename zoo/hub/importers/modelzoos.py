@@ -57,6 +57,12 @@ def _epochs(names: list[str]) -> dict[str, dict[int, str]]:
     return out
 
 
+def _is_epoch(v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return math.isfinite(v) and 0 <= v < 2**53 and v == int(v)
+
+
 def _results(tree: Source, net: str) -> dict[int, dict]:
     name = f"{net}/result.json" if net != "." else "result.json"
     label = tree.label(name)
@@ -66,11 +72,14 @@ def _results(tree: Source, net: str) -> dict[int, dict]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ZooError(f"{label} line {n}: not valid JSON ({e.msg})") from e
-        if "training_iteration" not in row:
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ZooError(f"{label} line {n}: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from e
+        if not isinstance(row, dict) or "training_iteration" not in row:
             raise ZooError(f"{label} line {n}: no 'training_iteration' (the epoch of the row)")
-        out[int(row["training_iteration"])] = row
+        epoch = row["training_iteration"]
+        if not _is_epoch(epoch):
+            raise ZooError(f"{label} line {n}: 'training_iteration' = {epoch!r} is not an epoch number")
+        out[int(epoch)] = row
     return out
 
 
@@ -79,9 +88,12 @@ def _params(tree: Source, net: str, results: dict[int, dict]) -> dict:
     name = f"{net}/params.json" if net != "." else "params.json"
     if name in tree.names:
         try:
-            return _flatten(json.loads(tree.read_bytes(name)))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ZooError(f"{tree.label(name)}: not valid JSON ({e})") from e
+            params = json.loads(tree.read_bytes(name))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ZooError(f"{tree.label(name)}: not valid JSON ({type(e).__name__}: {e})") from e
+        if not isinstance(params, dict):
+            raise ZooError(f"{tree.label(name)}: holds a JSON {type(params).__name__}, not an object of settings")
+        return _flatten(params)
     config = next((r["config"] for r in results.values() if isinstance(r.get("config"), dict)), None)
     if config is None:
         raise ZooError(f"{tree.label(name)}: missing, and result.json has no 'config' either "
@@ -103,6 +115,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _state_layout(path: Path, sd: dict) -> tuple[Layout, list[str]]:
     """Layout of a state dict in stored order: float tensors are parameters, except BatchNorm
     running statistics (buffers); integer counters are skipped."""
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise ZooError(f"{path}: expected a state dict (names -> tensors), found {type(sd).__name__}")
     norm_mods = {k.rsplit(".", 1)[0] for k in sd if k.endswith(".running_mean")}
     items, buffers, skipped = [], [], []
     for k, t in sd.items():

@@ -37,7 +37,7 @@ from ...console import progress
 from ...errors import ZooError
 from ...layout import Layout
 from ...store import ShardContent, metric_column
-from ..safety import Limits
+from ..safety import ARCHIVE_ERRORS, Limits
 from .common import RESERVED, SHARD_SIZE, ZooWriter, column_name, fingerprint_of
 from .source import Source
 
@@ -54,9 +54,25 @@ def _parse_shape(text, where: str) -> tuple[int, ...]:
     return tuple(int(n) for n in nums)
 
 
-def read_layout(path: Path):
+def read_csv(path: Path, label=None, **kw) -> pd.DataFrame:
+    """A CSV table, or a ZooError naming ``label`` (the member as the user knows it)."""
+    try:
+        return pd.read_csv(path, **kw)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, *ARCHIVE_ERRORS) as e:
+        raise ZooError(f"{label or path}: not a readable CSV table ({type(e).__name__}: "
+                       f"{' '.join(str(e).split())[:200]})") from e
+
+
+def read_layout(path: Path, label=None):
     """layout.csv -> [(our name, tf shape, start, end, role)], checked to tile [0, P) exactly."""
-    df = pd.read_csv(path)
+    df = read_csv(path, label)
+    try:
+        return _read_layout(df, label or path)
+    except (ValueError, TypeError, OverflowError, IndexError) as e:  # a cell that is not what the column holds
+        raise ZooError(f"{label or path}: malformed ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+
+
+def _read_layout(df: pd.DataFrame, path):
     cols = {c.lower(): c for c in df.columns}
     pick = lambda *opts: next((cols[o] for o in opts if o in cols), None)
     c_name, c_start = pick("varname", "name", "variable"), pick("start_idx", "start")
@@ -151,12 +167,12 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
                            f"metrics.csv(.gz) and layout.csv)")
         tree.prepare([w_name, m_name, l_name])  # a tar.xz: these three only, in one pass
         l_path, m_path = tree.local_path(l_name), tree.local_path(m_name)
-        tensors, P = read_layout(l_path)
+        tensors, P = read_layout(l_path, tree.label(l_name))
         weights = tree.npy(w_name)
         w_label = tree.label(w_name)
         if weights.ndim != 2 or weights.shape[1] != P:
             raise ZooError(f"{w_label}: shape {weights.shape}, but layout.csv describes {P} parameters per row")
-        metrics = pd.read_csv(m_path, compression="gzip" if m_name.endswith(".gz") else None)
+        metrics = read_csv(m_path, tree.label(m_name), compression="gzip" if m_name.endswith(".gz") else None)
         m_label = tree.label(m_name)
         if len(metrics) != weights.shape[0]:
             raise ZooError(f"{m_label}: {len(metrics)} rows, but weights.npy has {weights.shape[0]} "

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ...errors import ZooError
-from ..safety import (ARCHIVE_SUFFIXES, Limits, archive_stem, check_member, copy_bounded, is_archive,
+from ..safety import (ARCHIVE_ERRORS, ARCHIVE_SUFFIXES, Limits, archive_stem, check_member, copy_bounded, is_archive,
                       load_npy, load_tensors)
 
 
@@ -75,15 +75,15 @@ class Source:
         label = label or str(path)
         if depth > 2:
             raise ZooError(f"{label}: archives nested more than 2 deep; refused")
-        size = fileobj.seek(0, 2) if fileobj is not None else path.stat().st_size
-        if fileobj is not None:
-            fileobj.seek(0)
-        self._compressed += size
         if str(path).lower().endswith(".zip"):
-            try:
+            try:  # a zip inside a zip is read (and its CRC checked) already by the seek
+                size = fileobj.seek(0, 2) if fileobj is not None else path.stat().st_size
+                if fileobj is not None:
+                    fileobj.seek(0)
+                self._compressed += size
                 zf = self._stack.enter_context(zipfile.ZipFile(fileobj if fileobj is not None else path))
-            except zipfile.BadZipFile as e:
-                raise ZooError(f"{label}: not a readable zip archive (corrupt or truncated): {e}") from e
+            except (*ARCHIVE_ERRORS, OSError) as e:
+                raise ZooError(f"{label}: not a readable zip archive (corrupt or truncated): {_one_line(e)}") from e
             for info in zf.infolist():
                 rel = check_member(Path(label), info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
@@ -95,7 +95,11 @@ class Source:
                     if not info.filename.lower().endswith(".zip"):
                         raise ZooError(f"{label}: holds the archive {info.filename!r}; unpack that one first "
                                        f"(only zips inside zips are read in place)")
-                    inner = self._stack.enter_context(zf.open(info))
+                    try:
+                        inner = self._stack.enter_context(zf.open(info))
+                    except (*ARCHIVE_ERRORS, OSError) as e:
+                        raise ZooError(f"{label}: could not read {info.filename} (archive corrupt or truncated: "
+                                       f"{_one_line(e)})") from e
                     self._add_archive(Path(info.filename), _join(prefix, rel.parent / archive_stem(Path(rel.name))),
                                       fileobj=inner, label=f"{label}:{info.filename}", depth=depth + 1)
                     continue
@@ -104,11 +108,12 @@ class Source:
         else:
             if fileobj is not None:
                 raise ZooError(f"{label}: a tar inside an archive; unpack it first")
+            self._compressed += path.stat().st_size
             try:
                 tf = self._stack.enter_context(tarfile.open(path))
                 infos = tf.getmembers()
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise ZooError(f"{label}: not a readable tar archive (corrupt or truncated): {e}") from e
+            except (*ARCHIVE_ERRORS, OSError) as e:
+                raise ZooError(f"{label}: not a readable tar archive (corrupt or truncated): {_one_line(e)}") from e
             for info in infos:
                 rel = check_member(path, info.name)
                 if info.isdir():
@@ -138,9 +143,9 @@ class Source:
                     with tf.extractfile(self._where[n][2]) as src, open(dest, "wb") as out:
                         self._extracted = copy_bounded(src, out, label, self.limits, self._extracted,
                                                        self._compressed)
-                except (tarfile.TarError, EOFError, OSError) as e:
+                except (*ARCHIVE_ERRORS, OSError) as e:
                     dest.unlink(missing_ok=True)
-                    raise ZooError(f"{label}: could not read {n} (archive corrupt or truncated: {e})") from e
+                    raise ZooError(f"{label}: could not read {n} (archive corrupt or truncated: {_one_line(e)})") from e
                 self._where[n] = ("file", dest)
 
     def read_bytes(self, name: str) -> bytes:
@@ -154,8 +159,9 @@ class Source:
         try:
             with zf.open(info) as f:
                 data = f.read(info.file_size + 1)
-        except (zipfile.BadZipFile, EOFError, OSError) as e:
-            raise ZooError(f"{label}: could not read {info.filename} (archive corrupt or truncated: {e})") from e
+        except (*ARCHIVE_ERRORS, OSError) as e:
+            raise ZooError(f"{label}: could not read {info.filename} (archive corrupt or truncated: "
+                           f"{_one_line(e)})") from e
         if len(data) > info.file_size:
             raise ZooError(f"{label}: {info.filename} holds more bytes than its header declares; refused")
         return data
@@ -169,20 +175,25 @@ class Source:
             _, zf, info, label = kind
             dest = self._local(name)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(dest, "wb") as out:
-                self._extracted = copy_bounded(src, out, label, self.limits, self._extracted, self._compressed)
+            try:
+                with zf.open(info) as src, open(dest, "wb") as out:
+                    self._extracted = copy_bounded(src, out, label, self.limits, self._extracted, self._compressed)
+            except (*ARCHIVE_ERRORS, OSError) as e:
+                dest.unlink(missing_ok=True)
+                raise ZooError(f"{label}: could not read {info.filename} (archive corrupt or truncated: "
+                               f"{_one_line(e)})") from e
             self._where[name] = ("file", dest)
         return self._where[name][1]
 
     def tensors(self, name: str):
         """A ``.pt`` member, loaded as data only (``weights_only``)."""
         kind = self._need(name)
-        if kind[0] == "file":
+        if kind[0] == "file" and not _inside(kind[1], self.workdir):
             return load_tensors(kind[1])
-        return load_tensors(self.label(name), data=self.read_bytes(name))
+        return load_tensors(self.label(name), data=self.read_bytes(name))  # named as the user knows it
 
     def npy(self, name: str):
-        return load_npy(self.local_path(name))
+        return load_npy(self.local_path(name), label=self.label(name))
 
     def label(self, name: str) -> str:
         """How to name a member in a message: its file, or ``archive:member``."""
@@ -197,6 +208,11 @@ class Source:
 
     def _local(self, name: str) -> Path:
         return self.workdir / ".source" / PurePosixPath(name)
+
+
+def _one_line(e) -> str:
+    """An archive library's message on one line (tarfile's lists each method it tried on a line)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _join(prefix: str, rel) -> str:
