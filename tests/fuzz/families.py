@@ -397,7 +397,7 @@ CACHE_PLAN = st.fixed_dictionaries({"ops": JSON_PLAN, "raw": st.one_of(st.none()
 @family("verify_cache", CACHE_PLAN)
 def run_verify_cache(plan, case):
     import zoo
-    from zoo import integrity
+    from zoo.store import integrity
 
     s = zoo_seed()
     root = case.root / "z"
@@ -432,7 +432,7 @@ LOCK_PLAN = st.fixed_dictionaries({"ops": JSON_PLAN, "raw": st.one_of(st.none(),
 def run_lock(plan, case):
     import fcntl
 
-    from zoo import lock
+    from zoo.store import lock
 
     out = case.root / "z"
     out.mkdir()
@@ -1114,6 +1114,7 @@ PLUGIN_PLAN = st.fixed_dictionaries({
 @family("plugin", PLUGIN_PLAN)
 def run_plugin(plan, case):
     from metanets import registry
+    from metanets.models import _registry
     from metanets.plugins import load_plugin
 
     body = {"ok": PLUGIN_OK, "raise": b"raise RuntimeError('boom')\n", "exit": b"import sys\nsys.exit(3)\n",
@@ -1143,12 +1144,12 @@ def run_plugin(plan, case):
     elif kind == "dangling":
         os.symlink(case.root / "nowhere.py", path)
     registry.names()  # the built-ins first: only what the plugin adds is removed afterwards
-    before = set(registry._REGISTRY)
+    before = set(_registry.REGISTRY)
     try:
         case.judge(lambda: load_plugin(path), names=(str(path),), may_write=("__pycache__",))
     finally:
-        for n in set(registry._REGISTRY) - before:
-            registry._REGISTRY.pop(n, None)
+        for n in set(_registry.REGISTRY) - before:
+            _registry.REGISTRY.pop(n, None)
 
 
 # ------------------------------------------------------------ CLI arguments
