@@ -13,12 +13,18 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ZooError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 @contextlib.contextmanager
 def atomic_path(final: Path, exclusive: bool = False):
@@ -120,6 +126,17 @@ def strict_json(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """The TOML file ``path`` (a ``what``: "spec", "card") as a dict; a file that cannot be read
+    or is not TOML (nested too deep included) is a ZooError naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ZooError(f"{what} {path} is not valid TOML: {type(e).__name__}: {e}") from e
+    except OSError as e:
+        raise ZooError(f"{what} {path}: cannot read it: {e.strerror}") from e
 
 
 def write_text(path: Path, text: str) -> None:

@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,14 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecError, ZooError
+from ..fs import read_toml
 from ..nets import ARCHS, NetConfig, WAsym, family, validate_net
 from ..seeding import derived_seed
 from .images import validate_source
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DISTS = ("constant", "uniform", "loguniform", "randint", "choice", "pow10")
 
@@ -416,12 +412,7 @@ def load_spec(preset_or_path) -> ZooSpec:
             raise ZooError(f"unknown preset or missing spec file {s!r}; presets: {', '.join(sorted(known))}")
         if not path.is_file():
             raise ZooError(f"spec {s!r} is a folder, not a TOML spec file")
-    try:
-        d = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ZooError(f"{path}: not valid TOML: {type(e).__name__}: {e}") from e
-    except OSError as e:
-        raise ZooError(f"{path}: cannot read the spec: {e.strerror}") from e
+    d = read_toml(path, "spec")
     try:
         return spec_from_dict(d)
     except SpecError as e:

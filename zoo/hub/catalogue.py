@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,12 +19,8 @@ from pathlib import Path
 import tomli_w
 
 from ..errors import ZooError
-from ..fs import atomic_path
+from ..fs import atomic_path, read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 UNKNOWN = "unknown"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -151,11 +146,7 @@ def load_card(path) -> Card:
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"card {path} does not exist")
-    try:
-        d = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ZooError(f"card {path} is not valid TOML: {e}") from e
-    return card_from_dict(d, where=str(path), path=path)
+    return card_from_dict(read_toml(path, "card"), where=str(path), path=path)
 
 
 #: Fields a card must have (card_from_dict's ``need``).
