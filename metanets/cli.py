@@ -79,9 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fresh final runs per (metanet, zoo) (default 5), optionally per metanet: 3,dmc=2")
     b.add_argument("--out", required=True, help="folder for results.{json,csv,md}, summary.csv and plots")
     b.add_argument("--lr", default="auto",
-                   help="auto (one run per rate of the paper's grid, pick by val R², never a diverged run), "
+                   help="auto (pick a rate of the paper's grid by validation R², never one where a run diverged; "
+                        "see --lr-select), "
                         "paper (the paper's final per-zoo rates, final_*.sh), a rate, or per metanet: "
                         "mlp=auto,dmc=1e-3")
+    b.add_argument("--lr-select", default=None, choices=("seeds", "sweep"),
+                   help="how --lr auto picks a rate: seeds (default: every seed trained at every rate of the "
+                        "grid, the rate with the best mean validation R² chosen and those seeds scored; "
+                        "robust to one lucky run) or sweep (the paper's: one run per rate, then fresh seeds)")
     b.add_argument("--protocol", default="custom", choices=("custom", "lim2024"),
                    help="lim2024: the paper's protocol exactly (batch 128, 50 epochs, lr sweep over "
                         "{1e-5,1e-4,5e-4,1e-3,5e-3,1e-2}, AdamW wd 1e-2, best-val-R² epoch, 5 runs); "
@@ -159,7 +164,8 @@ def cmd_bench(args) -> int:
                             lr=bench.parse_lr(args.lr), batch_size=args.batch_size,
                             device=args.device, params=args.params, target=args.target,
                             in_memory=False if args.stream else None, match_accuracy=args.match_accuracy,
-                            bootstrap=args.bootstrap, protocol=args.protocol, stack=not args.no_stack).check()
+                            bootstrap=args.bootstrap, protocol=args.protocol, stack=not args.no_stack,
+                            lr_select=args.lr_select).check()
     check_writable_dir(Path(args.out), what="--out")
     result = bench.run(args.zoos, cfg, progress=not args.no_progress)
     files = report.write(result, args.out)

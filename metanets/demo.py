@@ -70,7 +70,7 @@ DEMO = dict(metanets="mlp,dmc,deepsets,statnn,statnn-gbm,hparams,nfn-np,nfn-hnp,
 SIZES = {
     "quick": dict(models=256, bench=dict(seeds="1", epochs="10,dmc=4,deepsets=4")),
     "default": dict(models=1000, bench={}),
-    "full": dict(models=2000, bench=dict(seeds="5", epochs="50", batch_size=128, lr="auto")),
+    "full": dict(models=2000, bench=dict(seeds="5", epochs="50", batch_size=128, lr="auto", lr_select="sweep")),
 }
 
 
@@ -194,7 +194,8 @@ def run_demo(out="runs", *, size="default", models=None, metanets=None, seeds=No
                             epochs=bench.parse_per_metanet(epochs or settings["epochs"], "--epochs"),
                             batch_size=batch_size or settings["batch_size"],
                             lr=bench.parse_lr(lr or settings["lr"]), device=device,
-                            bootstrap=bootstrap or settings["bootstrap"], match_accuracy=True).check()
+                            bootstrap=bootstrap or settings["bootstrap"], match_accuracy=True,
+                            lr_select=settings.get("lr_select")).check()
     zoos = zoo_dirs(out, size)
     check_writable_dir(zoos[0][1].parent / "bench", what="--out")  # before minutes of generation, not after
     if device == "cpu":

@@ -85,6 +85,8 @@ def markdown(result: dict) -> str:
             cells = [x for v in views for x in (_diff(by.get(v), "r2"), _diff(by.get(v), "tau"))]
             lines.append(f"| {m} | {z} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    if result.get("sweeps") and cfg.get("lr_select") == "seeds":
+        parts.append(_lr_choice(result["sweeps"]))
     lr = cfg["lr"]
     # what ran: metanets with a learning rate (not the gradient-boosted ones) whose rate was swept
     names = cfg.get("metanets") or list(dict.fromkeys(r["metanet"] for r in result["runs"]))
@@ -95,8 +97,10 @@ def markdown(result: dict) -> str:
     fixed = {m: v for m, v in given.items() if m in with_lr and m not in swept}
     how = ", ".join(f"{k} {v}" for k, v in fixed.items())
     if swept:
-        how = (how + "; " if how else "") + (f"auto for {', '.join(swept)} (best validation R² over "
-                                             f"{cfg['lr_grid']}, one sweep run per rate, then fresh seeds)")
+        rule = ("the best mean validation R² of the seeds, every seed trained at every rate; the chosen "
+                "rate's seeds are scored" if cfg.get("lr_select", "sweep") == "seeds"
+                else "best validation R², one sweep run per rate, then fresh seeds")
+        how = (how + "; " if how else "") + f"auto for {', '.join(swept)} (over {cfg['lr_grid']}: {rule})"
     notes = [f"Test-split R² and Kendall τ predicting `{target}` from weights ({cfg['params']} parameters): "
              f"mean ± sample std (ddof 1) over the seeds counted (runs that diverged or predicted nan are not counted), "
              f"[95% bootstrap CI over test nets, {cfg['bootstrap']} seeded resamples]; "
@@ -121,6 +125,30 @@ def markdown(result: dict) -> str:
         elif r.note:
             notes.append(f"- {r.metanet} on {r.zoo}: {r.note}")
     return "\n\n".join(parts) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _lr_choice(sweeps) -> str:
+    """Validation R² of every rate (mean ± sample std over seeds), the chosen one in bold: how
+    clear the choice was. A rate where a seed diverged shows how many did."""
+    df = pd.DataFrame(sweeps)
+    rates = sorted(df["lr"].unique())
+    lines = ["**learning-rate choice** (validation R², mean ± sample std over seeds; **chosen**)", "",
+             "| metanet | zoo | " + " | ".join(f"{r:g}" for r in rates) + " |",
+             "| --- | --- |" + " --- |" * len(rates)]
+    for (m, z), g in df.groupby(["metanet", "zoo"], sort=False):
+        cells, means = {}, {}
+        for r, gr in g.groupby("lr"):
+            v = gr["val_r2"].astype(float)
+            bad = int(((gr["status"] != "ok") | ~np.isfinite(v)).sum())
+            if bad:
+                cells[r] = f"{bad}/{len(gr)} diverged"
+                continue
+            means[r] = v.mean()
+            cells[r] = f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+        best = max(means, key=means.get) if means else None
+        lines.append(f"| {m} | {z} | " + " | ".join(
+            (f"**{cells[r]}**" if r == best else cells.get(r, "")) for r in rates) + " |")
+    return "\n".join(lines)
 
 
 def _per(v) -> str:

@@ -39,21 +39,24 @@ def test_bench_writes_every_result_file(zoos, tmp_path, capsys):
                  "--lr", "auto", "--out", str(out), *FAST]) == 0
     res = json.loads((out / "results.json").read_text())
     runs = pd.DataFrame(res["runs"])
-    # 3 metanets x 2 zoos x 2 seeds test runs; 2 neural metanets x 2 zoos x 6 rates in the sweep
-    assert len(runs) == 12 and len(res["sweeps"]) == 24
+    # 3 metanets x 2 zoos x 2 seeds test runs; 2 neural metanets x 2 zoos x 6 rates x 2 seeds tried
+    assert len(runs) == 12 and len(res["sweeps"]) == 48
     for col in ("zoo", "metanet", "seed", "lr", "best_epoch", "val_r2", "test_r2", "val_tau", "test_tau",
                 "train_time_s", "num_params"):
         assert col in runs
     assert res["zoos"][0]["diverged_excluded"] == 2
-    # every seed of a (metanet, zoo) uses the rate the sweep chose on seed 0
+    # every seed of a (metanet, zoo) uses the rate whose seeds had the best mean validation R²,
+    # and the scored runs are those seeds' runs at that rate
     for (m, z), g in runs[runs.metanet != "statnn-gbm"].groupby(["metanet", "zoo"]):
         sw = pd.DataFrame(res["sweeps"]).query("metanet == @m and zoo == @z")
-        assert set(g.lr) == {sw.loc[sw.val_r2.idxmax(), "lr"]}
+        assert set(g.lr) == {sw.groupby("lr").val_r2.mean().idxmax()}
+        tried = sw[sw.lr == g.lr.iloc[0]].sort_values("seed")
+        assert list(tried.test_r2) == list(g.sort_values("seed").test_r2)
     assert len(pd.read_csv(out / "results.csv")) == 12
     md = (out / "results.md").read_text()
     assert "| metanet | std R² | std τ | wasym R² | wasym τ |" in md
     assert all(f"| {m} |" in md for m in ("mlp", "statnn", "statnn-gbm"))
-    assert " ± " in md
+    assert " ± " in md and "**learning-rate choice**" in md and "the chosen rate's seeds are scored" in md
     for png in ("pred_vs_true.png", "zoos_bar.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "std R²" in capsys.readouterr().out
