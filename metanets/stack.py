@@ -38,6 +38,11 @@ from .models.mlp import MLP
 from .models.statnn import StatNN, StatNNStd
 
 
+#: Use torch's fused AdamW kernel for the stacked update on the CPU (scripts/bench_metanets.py
+#: ``--adam`` times both; False gives the unfused, device-agnostic update).
+FUSED_CPU = True
+
+
 class StackedAdamW:
     """``torch.optim.AdamW`` (its single-tensor formula, no amsgrad) over stacked ``[R, ...]``
     parameters with one lr per replica. ``step(grads, mask)`` moves only the replicas in
@@ -68,7 +73,7 @@ class StackedAdamW:
     @torch.no_grad()
     def step(self, grads, mask: torch.Tensor) -> None:
         self.t += 1
-        if self.like.device.type == "cpu" and hasattr(torch, "_fused_adamw_"):
+        if FUSED_CPU and self.like.device.type == "cpu" and hasattr(torch, "_fused_adamw_"):
             return self._step_fused(grads, mask)
         b1, b2 = self.beta1, self.beta2
         bc2_sqrt = (1 - b2 ** self.t) ** 0.5

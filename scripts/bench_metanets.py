@@ -18,6 +18,8 @@ parameters). Prints the exact command that produced the figures.
     python scripts/bench_metanets.py --models 10000 --device cuda      # paper scale, H100
     python scripts/bench_metanets.py --models 256 --width 0.25 --in-channels 1 --no-read --stack-only \
         --metanets mlp,statnn,deepsets,dmc --epochs 1 --seeds 3       # stacked vs run by run, CPU
+    python scripts/bench_metanets.py --zoo runs/digits-std --adam --metanets mlp,statnn --batch-size 32 \
+        --epochs 2 --seeds 3                                            # fused AdamW against unfused
 """
 from __future__ import annotations
 
@@ -148,6 +150,34 @@ def stack_times(ws, names, device: str, batch_size: int, epochs: int, seeds: int
           f"{total / 60:.1f} min")
 
 
+def adam_times(ws, names, device: str, batch_size: int, epochs: int, seeds: int, windows: int) -> None:
+    """The stacked runs' AdamW update: torch's fused CPU kernel against the unfused update
+    (:data:`metanets.stack.FUSED_CPU`), the demo's lr choice (every seed at every rate)."""
+    names = [n for n in names if stack.supports(n) and not registry.unsupported(n, ws.info)]
+    runs = [(lr, s) for lr in train.LR_GRID for s in range(seeds)]
+    variants = []
+    for name in names:
+        for fused in (False, True):
+            def window(k, name=name, fused=fused):
+                old, stack.FUSED_CPU = stack.FUSED_CPU, fused
+                try:
+                    return timed(device, lambda: bench.fit_runs(name, ws, runs, epochs=k, batch_size=batch_size,
+                                                                device=device))
+                finally:
+                    stack.FUSED_CPU = old
+            variants.append(Variant(f"{name} {'fused' if fused else 'unfused'}", window, len(runs),
+                                    lambda w=window: w(1), units=epochs))
+    alternate(variants, windows)
+    print(f"\n## Stacked AdamW on the {device}: fused kernel against the unfused update ({len(runs)} runs: "
+          f"{seeds} seeds x {len(train.LR_GRID)} rates, batch {batch_size}; {epochs} epochs per window after a "
+          f"1-epoch warm-up; variants alternate; median [min, max] n)")
+    print("| metanet | unfused (epoch-runs/s) | fused (epoch-runs/s) | speed-up |\n| --- | --- | --- | --- |")
+    by = {v.name: Spread(v.rates) for v in variants}
+    for name in names:
+        a, b = by[f"{name} unfused"], by[f"{name} fused"]
+        print(f"| {name} | {a.fmt(2)} | {b.fmt(2)} | {b.median / a.median:.2f}x |")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", type=Path, default=None, help="an existing zoo (default: write a synthetic one)")
@@ -164,6 +194,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=2, help="epochs per timed window (default 2)")
     ap.add_argument("--windows", type=int, default=5, help="timed windows per metanet (default 5)")
     ap.add_argument("--rows", type=int, default=2000, help="nets read row by row in the HDF5 test")
+    ap.add_argument("--adam", action="store_true",
+                    help="only time the stacked AdamW update, fused CPU kernel against unfused")
     ap.add_argument("--no-read", action="store_true", help="skip the HDF5 read-throughput part")
     ap.add_argument("--no-stack", action="store_true", help="skip the stacked-against-run-by-run part")
     ap.add_argument("--stack-only", action="store_true",
@@ -191,6 +223,10 @@ def main(argv=None) -> int:
             print(f"synthetic zoo: {args.models} {what}{args.in_channels} input channels"
                   f"{', W-Asym' if args.wasym and args.arch == 'resnet' else ''}) written in "
                   f"{time.perf_counter() - t0:.1f}s")
+        if args.adam:
+            adam_times(data.load(path, device=args.device), names, args.device, args.batch_size, args.epochs,
+                       args.seeds, args.windows)
+            return 0
         if not args.no_read:
             read_throughput(path, args.rows)
         if not args.stack_only:
