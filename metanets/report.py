@@ -103,7 +103,7 @@ def markdown(result: dict) -> str:
         how = (how + "; " if how else "") + f"auto for {', '.join(swept)} (over {cfg['lr_grid']}: {rule})"
     notes = [f"Test-split R² and Kendall τ predicting `{target}` from weights ({cfg['params']} parameters): "
              f"mean ± sample std (ddof 1) over the seeds counted (runs that diverged or predicted nan are not counted), "
-             f"[95% bootstrap CI over test nets, {cfg['bootstrap']} seeded resamples]; "
+             f"[95% bootstrap CI over seeds and test nets, {cfg['bootstrap']} seeded resamples]; "
              f"seeds {_per(cfg['seeds'])}, epochs {_per(cfg['epochs'])}, batch {cfg['batch_size']}, AdamW wd {cfg.get('weight_decay', 1e-2):g}, "
              f"lr {how or 'none (no metanet with a learning rate)'}; protocol {cfg.get('protocol', 'custom')}."]
     if result.get("match"):

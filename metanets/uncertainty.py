@@ -12,9 +12,10 @@ Every score is computed under a weight per test net (:mod:`metanets.metrics`'
 A 95% CI over test nets comes from ``B`` seeded resamples: each resample draws
 ``n_eff`` nets (Kish's effective sample size of the view's weights; all test nets for
 ``all``) with probabilities proportional to the weights, every seed is scored on the same
-resample, and the percentile interval of the seed-mean is reported. The paired
-comparison of two zoos also resamples the seeds of each zoo, so its CI covers both
-sources of noise.
+resample, the seeds are resampled too (with replacement), and the percentile interval of the
+seed-mean is reported: seeds that disagree widen the CI, so it covers what a rerun (another
+CPU's rounding, another seed) moves, not only which nets were tested. The paired comparison
+of two zoos resamples the seeds of each zoo in the same way.
 """
 from __future__ import annotations
 
@@ -147,9 +148,13 @@ def summarize(result: dict, *, B: int = 1000, seed: int = 0, match: bool = False
                 sc = score(y, np.stack([p["prediction"] for p in usable]), w, B, rng)
                 boots[(m, z, view)] = sc
                 row["n_eff"] = round(sc["n_eff"], 1)
+                # The CI resamples the seeds as well as the test nets (as the paired comparison
+                # does): seeds that disagree widen it, so it covers the spread a rerun on another
+                # CPU shows, not only the spread of the test nets.
+                srng = np.random.default_rng(derived_seed(seed, "seeds", m, z, view))
                 for k in METRICS:
                     point, draws = sc[k]
-                    lo, hi = interval(_nanmean(draws))
+                    lo, hi = interval(_seed_resampled(draws, srng))
                     finite = point[np.isfinite(point)]
                     row.update({f"{k}_mean": float(finite.mean()) if len(finite) else None,
                                 # sample std (ddof 1): a few seeds stand for all of them

@@ -86,6 +86,23 @@ def test_bootstrap_ci_is_seeded_covers_the_score_and_narrows_with_more_test_nets
     assert 2.5 < ratio < 6
 
 
+def test_the_ci_covers_seeds_that_disagree_not_only_the_test_nets():
+    """Two seeds, one good and one that learned nothing: a CI over test nets alone would be
+    narrow around their mean; the reported one reaches both seeds' scores."""
+    rng = np.random.default_rng(5)
+    y = rng.random(400)
+    good = y + rng.normal(0, 0.05, 400)
+    bad = np.full(400, y.mean()) + rng.normal(0, 0.01, 400)
+    rows, _ = uncertainty.summarize(_result({"z": y}, {"z": np.stack([good, bad])}), B=400)
+    row = rows[0]
+    scores = sorted([r2(y, good), r2(y, bad)])
+    assert scores[1] > 0.9 and scores[0] < 0.05  # the seeds disagree
+    assert row["r2_lo"] < scores[0] + 0.05 and row["r2_hi"] > scores[1] - 0.05
+    # agreeing seeds: the CI stays about as narrow as the test nets make it
+    rows, _ = uncertainty.summarize(_result({"z": y}, {"z": np.stack([good, good + 1e-3])}), B=400)
+    assert rows[0]["r2_hi"] - rows[0]["r2_lo"] < 0.05
+
+
 def _pair(n=600, seed=0):
     """Two zoos whose metanet is equally good at each accuracy (exact on untrained nets, noisy
     on trained ones); zoo 'b' holds far more untrained nets: they differ only in accuracy
