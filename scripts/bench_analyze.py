@@ -18,6 +18,14 @@ Also checks that both variants compute the same curve.
   python scripts/bench_analyze.py                                   # digits-sized ResNet8 (width 0.5), CPU
   python scripts/bench_analyze.py --arch smallcnn
   python scripts/bench_analyze.py --shape 3,32,32 --width 1 --images 10000 --device cuda   # CIFAR ResNet8
+
+With --zoo PAIR_ZOO --workers 1,2 it times instead `zoo analyze lmc` (run_lmc) end to end on a
+pair zoo with each number of worker processes (the pairs shared between spawned processes, each
+with its share of the threads), alternated, and checks that every variant returns the same
+records:
+
+  zoo generate digits-lmc-resnet8 --out runs/lmc-std
+  python scripts/bench_analyze.py --zoo runs/lmc-std --workers 1,2 --limit 8
 """
 from __future__ import annotations
 
@@ -49,12 +57,57 @@ def parse_args(argv=None):
     ap.add_argument("--max-nets", type=int, default=25)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--windows", type=int, default=5, help="timed windows per variant (default 5)")
+    ap.add_argument("--zoo", type=Path, help="a pair zoo: time `zoo analyze lmc` with each --workers count instead")
+    ap.add_argument("--workers", default="1,2", help="with --zoo: worker counts to compare (default 1,2)")
+    ap.add_argument("--limit", type=int, default=8, help="with --zoo: pairs analysed per run (default 8)")
     return ap.parse_args(argv)
+
+
+def bench_workers(args, command: str) -> int:
+    """run_lmc on a pair zoo with 1, 2, ... worker processes: seconds per pair."""
+    from dataclasses import replace
+
+    from zoo.analyze.study import Options, run_lmc
+
+    counts = [int(w) for w in args.workers.split(",")]
+    base = Options(alphas=args.alphas, batch=args.batch, max_nets=args.max_nets, max_pairs=args.limit)
+    ref = None
+    variants = []
+    for w in counts:
+        opts = replace(base, workers=w)
+
+        def run(opts=opts):
+            return run_lmc(args.zoo, opts, quiet=True)
+
+        got = run()
+        if ref is None:
+            ref = got["records"]
+        elif got["records"] != ref:
+            close = all(abs(a[k] - b[k]) < 1e-5 for a, b in zip(ref, got["records"]) for k in a
+                        if isinstance(a[k], float))
+            if not close:
+                print(f"error: --workers {w} returns other records than --workers {counts[0]}", file=sys.stderr)
+                return 1
+        pairs = len(got["records"])
+        variants.append(Variant(f"workers {w}", lambda n, run=run: timed("cpu", lambda: [run() for _ in range(n)]),
+                                pairs, warmup=lambda: None))
+    alternate(variants, args.windows)
+    print(f"\n# {command}\n{device_info('cpu')}")
+    print(f"# zoo analyze lmc on {args.zoo} ({pairs} pairs, {args.alphas} alphas, batch {args.batch}), "
+          f"{torch.get_num_threads()} torch threads shared by the workers; each run starts its processes")
+    base_s = Spread([1 / r for r in variants[0].rates])
+    print(f"{'variant':12s} {'s per pair  median [min, max] n':40s} {'speed-up':>9s}")
+    for v in variants:
+        sp = Spread([1 / r for r in v.rates])
+        print(f"{v.name:12s} {sp.fmt(4):40s} {base_s.median / sp.median:9.2f}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python scripts/bench_analyze.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.zoo is not None:
+        return bench_workers(args, command)
     C, H, W = (int(s) for s in args.shape.split(","))
     if args.width is None:
         args.width = 1.0 if args.arch == "smallcnn" else 0.5

@@ -111,6 +111,21 @@ def test_align_and_mli_commands(capsys, zoos, tmp_path, one_thread):
     assert code == 0 and "through the first two points" in text
 
 
+def test_workers_give_the_serial_results_in_the_serial_order(zoos, one_thread):
+    """Pairs (nets) shared by two spawned processes, each with one thread as here: every record
+    and curve equals the one this process computes, in the same order."""
+    from dataclasses import replace
+
+    from zoo.analyze.study import Options, run_align, run_lmc, run_mli
+
+    base = Options(alphas=5, align="weight-matching", restarts=1)
+    for fn, path in ((run_lmc, zoos["std"]), (run_mli, zoos["wasym"]), (run_align, zoos["std"])):
+        one, two = fn(path, base, quiet=True), fn(path, replace(base, workers=2), quiet=True)
+        assert len(one["records"]) >= 2
+        assert one["records"] == two["records"], fn.__name__
+        assert one.get("curves") == two.get("curves") and one["notes"] == two["notes"]
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["lmc", "{tmp}/nothing"], "not a zoo (no manifest.json)"),
     (["lmc", "{plain}"], "no 'pair' column"),
@@ -119,6 +134,7 @@ def test_align_and_mli_commands(capsys, zoos, tmp_path, one_thread):
     (["lmc", "{std}", "--batch", "0"], "--batch 0: must be >= 1"),
     (["align", "{wasym}"], "W-Asym net's fixed entries"),
     (["lmc", "{std}", "--device", "tpu"], "--device 'tpu'"),
+    (["mli", "{std}", "--workers", "0"], "--workers 0: must be >= 1"),
 ])
 def test_errors_are_one_line_and_name_the_input(capsys, zoos, tmp_path, argv, needle):
     argv = [a.format(tmp=tmp_path, **{k: str(v) for k, v in zoos.items()}) for a in argv]

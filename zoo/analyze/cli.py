@@ -19,7 +19,8 @@ EPILOG = """examples:
   zoo generate digits-lmc-wasym-resnet8 --out runs/lmc-wasym
   zoo analyze lmc runs/lmc-std runs/lmc-wasym --align weight-matching --out runs/analyze-lmc
   zoo analyze align runs/lmc-std --out runs/analyze-align
-  zoo analyze mli runs/lmc-std runs/lmc-wasym --out runs/analyze-mli"""
+  zoo analyze mli runs/lmc-std runs/lmc-wasym --out runs/analyze-mli
+  zoo analyze lmc runs/lmc-std --workers 2          # the pairs shared by two processes (CPU)"""
 
 
 def register(sub) -> None:
@@ -43,6 +44,9 @@ def register(sub) -> None:
         q.add_argument("--alphas", type=int, default=25, help="points on the line, 0 and 1 included (default 25)")
         q.add_argument("--bn-reset", choices=("auto", "repair", "none"), default="auto",
                        help="re-estimate BatchNorm statistics at every alpha, REPAIR-style (auto: for BatchNorm nets)")
+        q.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the pairs (nets) on a CPU, each with its share of the threads "
+                            "(default 1; the results are the same, to float rounding)")
         q.add_argument("--no-verify", action="store_true", help="skip the shard checksums")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -89,7 +93,10 @@ def _options(args):
         raise ZooError(f"--device {args.device!r}: unknown device; use cpu, cuda or cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ZooError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
-    for name in ("batch", "max_nets", "alphas", "limit", "restarts", "subset"):
+    if args.workers > 1 and args.device != "cpu":
+        raise ZooError(f"--workers {args.workers}: worker processes are for CPU analyses; on {args.device} one "
+                       "process evaluates --max-nets nets at once (use --workers 1)")
+    for name in ("batch", "max_nets", "alphas", "limit", "restarts", "subset", "workers"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise ZooError(f"--{name.replace('_', '-')} {v}: must be >= 1")
@@ -102,7 +109,7 @@ def _options(args):
                    max_nets=args.max_nets, max_pairs=args.limit, data=args.data, device=args.device,
                    tol=getattr(args, "tol", 0.0), upstream_compat=getattr(args, "upstream_compat", False),
                    subset=getattr(args, "subset", None), split=getattr(args, "split", "test"),
-                   verify=not args.no_verify)
+                   verify=not args.no_verify, workers=args.workers)
 
 
 def _command() -> str:

@@ -5,9 +5,12 @@ summaries, comparisons, files and plots are :mod:`zoo.analyze.report`'s.
 """
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..console import progress
 from ..errors import ZooError
@@ -36,6 +39,7 @@ class Options:
     subset: int | None = 1024
     split: str = "test"
     verify: bool = True  # shard checksums (--no-verify skips them)
+    workers: int = 1  # processes sharing the pairs (nets); 1: this process
 
 
 def alphas_of(n: int) -> np.ndarray:
@@ -64,51 +68,105 @@ def _methods(z, opts: Options, variant: str) -> tuple[list[str], list[str]]:
     return methods, notes
 
 
-def run_lmc(path, opts: Options, quiet: bool = False) -> dict:
-    """Test loss and accuracy along the line between the nets of every pair, barriers, and
-    (``opts.align``) the same after weight matching."""
+# ------------------------------------------------------------- items, here or in workers
+#
+# Each analysis is a setup (open the zoo, load its data, build the evaluator) and one item per
+# pair (lmc, align) or net (mli). With ``workers > 1`` the items run in a pool of spawned
+# processes, each of which does the setup once; the parent gathers the results in item order,
+# so the output is the serial one (bit for bit when every process runs one thread; otherwise to
+# float rounding, as any change of thread count). A worker's ZooError reaches the parent as is.
+
+_CTX: dict = {}
+
+
+def _init_worker(setup, path, opts, threads):
+    torch.set_num_threads(threads)
+    _CTX["ctx"] = setup(path, opts)
+
+
+def _in_worker(item, opts, i):
+    return item(_CTX["ctx"], opts, i)
+
+
+def _map(setup, item, path, opts: Options, ctx, n: int, bar) -> list:
+    """``[item(ctx, opts, i) for i in range(n)]``, in this process or in ``opts.workers``."""
+    workers = min(opts.workers, n)
+    if workers <= 1:
+        out = []
+        for i in range(n):
+            out.append(item(ctx, opts, i))
+            bar.update(1)
+        return out
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(setup, path, opts, threads)) as ex:
+        futures = {ex.submit(_in_worker, item, opts, i): i for i in range(n)}
+        out = [None] * n
+        for f in as_completed(futures):
+            out[futures[f]] = f.result()
+            bar.update(1)
+    return out
+
+
+# ------------------------------------------------------------------------------ lmc
+
+def _lmc_setup(path, opts: Options) -> dict:
     z = open_zoo(path, opts.verify)
-    alphas = alphas_of(opts.alphas)
     pairs, notes = pairs_of(z, opts.max_pairs)
     variant = variant_of(z)
     methods, skip = _methods(z, opts, variant)
-    notes += skip
     data = data_of(z, opts.data, opts.device)
     X, Y = (data.x_test, data.y_test) if opts.split == "test" else (data.x_train, data.y_train)
-    ev = Evaluator(X, Y, data.normalize, opts.batch, opts.max_nets, opts.device)
-    check_x = data.normalize(data.x_test[:256])
-    records, curves = [], []
-    bar = _bar(len(pairs) * len(methods), f"lmc {z.name}", quiet)
-    bn_used = False
-    for p in pairs:
-        for method in methods:
-            fold = method.startswith("fold")
-            net_a, sa = net_and_state(z, p.a, fold=fold)
-            net_b, sb = net_and_state(z, p.b, fold=fold)
-            reset = opts.bn_reset == "repair" or (opts.bn_reset == "auto" and has_batchnorm(net_a))
-            bn_used |= reset and has_batchnorm(net_a)
-            rec = {"zoo": z.name, "variant": variant, "method": method, "pair": p.tuple_id, "a": p.a, "b": p.b}
-            if method != "naive":
-                sb, rep = align(net_a, net_b, check_x, seed=opts.seed, restarts=opts.restarts)
-                rec.update({"distance_before": rep["distance_before"], "distance_after": rep["distance_after"],
-                            "max_abs_dlogits": rep["max_abs_dlogits"], "sweeps": rep["sweeps"],
-                            "moved_channels": rep["moved_channels"]})
-            c = curve(ev, net_a, sa, sb, alphas, bn_data=(data.x_train, data.normalize) if reset else None,
-                      names=(f"model {p.a}", f"model {p.b}"))
-            err = 1.0 - c["acc"]
-            rec.update({f"{k}_loss": v for k, v in metrics.barriers(c["loss"], alphas).items()})
-            rec.update({f"{k}_err": v for k, v in metrics.barriers(err, alphas).items()})
-            rec.update({"loss_a": float(c["loss"][0]), "loss_b": float(c["loss"][-1]),
-                        "acc_a": float(c["acc"][0]), "acc_b": float(c["acc"][-1])})
-            records.append(rec)
-            curves.append({"zoo": z.name, "method": method, "pair": p.tuple_id, "a": p.a, "b": p.b,
-                           "alpha": alphas.tolist(), "loss": c["loss"].tolist(), "acc": c["acc"].tolist()})
-            bar.update(1)
+    return {"z": z, "alphas": alphas_of(opts.alphas), "pairs": pairs, "notes": notes + skip, "variant": variant,
+            "methods": methods, "data": data, "ev": Evaluator(X, Y, data.normalize, opts.batch, opts.max_nets,
+                                                              opts.device),
+            "check_x": data.normalize(data.x_test[:256])}
+
+
+def _lmc_pair(ctx, opts: Options, i: int):
+    """Records and curves of pair ``i`` for every method, and whether BatchNorm was re-estimated."""
+    z, p, alphas, data = ctx["z"], ctx["pairs"][i], ctx["alphas"], ctx["data"]
+    records, curves, bn_used = [], [], False
+    for method in ctx["methods"]:
+        fold = method.startswith("fold")
+        net_a, sa = net_and_state(z, p.a, fold=fold)
+        net_b, sb = net_and_state(z, p.b, fold=fold)
+        reset = opts.bn_reset == "repair" or (opts.bn_reset == "auto" and has_batchnorm(net_a))
+        bn_used |= reset and has_batchnorm(net_a)
+        rec = {"zoo": z.name, "variant": ctx["variant"], "method": method, "pair": p.tuple_id, "a": p.a, "b": p.b}
+        if method != "naive":
+            sb, rep = align(net_a, net_b, ctx["check_x"], seed=opts.seed, restarts=opts.restarts)
+            rec.update({"distance_before": rep["distance_before"], "distance_after": rep["distance_after"],
+                        "max_abs_dlogits": rep["max_abs_dlogits"], "sweeps": rep["sweeps"],
+                        "moved_channels": rep["moved_channels"]})
+        c = curve(ctx["ev"], net_a, sa, sb, alphas, bn_data=(data.x_train, data.normalize) if reset else None,
+                  names=(f"model {p.a}", f"model {p.b}"))
+        err = 1.0 - c["acc"]
+        rec.update({f"{k}_loss": v for k, v in metrics.barriers(c["loss"], alphas).items()})
+        rec.update({f"{k}_err": v for k, v in metrics.barriers(err, alphas).items()})
+        rec.update({"loss_a": float(c["loss"][0]), "loss_b": float(c["loss"][-1]),
+                    "acc_a": float(c["acc"][0]), "acc_b": float(c["acc"][-1])})
+        records.append(rec)
+        curves.append({"zoo": z.name, "method": method, "pair": p.tuple_id, "a": p.a, "b": p.b,
+                       "alpha": alphas.tolist(), "loss": c["loss"].tolist(), "acc": c["acc"].tolist()})
+    return records, curves, bn_used
+
+
+def run_lmc(path, opts: Options, quiet: bool = False) -> dict:
+    """Test loss and accuracy along the line between the nets of every pair, barriers, and
+    (``opts.align``) the same after weight matching."""
+    ctx = _lmc_setup(path, opts)
+    z, pairs, methods = ctx["z"], ctx["pairs"], ctx["methods"]
+    bar = _bar(len(pairs), f"lmc {z.name}", quiet)
+    done = _map(_lmc_setup, _lmc_pair, path, opts, ctx, len(pairs), bar)
     bar.close()
-    if bn_used:
+    records = [r for rec, _, _ in done for r in rec]
+    curves = [c for _, cur, _ in done for c in cur]
+    notes = list(ctx["notes"])
+    if any(bn for _, _, bn in done):
         notes.append(f"{z.name}: BatchNorm statistics re-estimated at every alpha (REPAIR-style)")
-    return {"zoo": z.name, "path": str(z.path), "variant": variant, "methods": methods, "split": opts.split,
-            "alphas": alphas.tolist(), "records": records, "curves": curves, "notes": notes,
+    return {"zoo": z.name, "path": str(z.path), "variant": ctx["variant"], "methods": methods, "split": opts.split,
+            "alphas": ctx["alphas"].tolist(), "records": records, "curves": curves, "notes": notes,
             "hparams": _pair_hparams(z, pairs)}
 
 
@@ -119,9 +177,9 @@ def _pair_hparams(z, pairs) -> dict:
     return {str(p.tuple_id): {c: float(t.loc[p.a, c]) for c in cols} for p in pairs}
 
 
-def run_align(path, opts: Options, quiet: bool = False) -> dict:
-    """Weight matching of every pair: distance before and after, matching objective, sweeps,
-    and max |dlogits| between a net and its permuted copy (the function-preservation check)."""
+# ---------------------------------------------------------------------------- align
+
+def _align_setup(path, opts: Options) -> dict:
     z = open_zoo(path, opts.verify)
     pairs, notes = pairs_of(z, opts.max_pairs)
     variant = variant_of(z)
@@ -129,58 +187,74 @@ def run_align(path, opts: Options, quiet: bool = False) -> dict:
     if not fold:
         check_alignable(z.rebuild(int(z.ids[0])))
     data = data_of(z, opts.data, opts.device)
-    x = data.normalize(data.x_test[:256])
-    records = []
-    bar = _bar(len(pairs), f"align {z.name}", quiet)
-    for p in pairs:
-        net_a, _ = net_and_state(z, p.a, fold=fold)
-        net_b, _ = net_and_state(z, p.b, fold=fold)
-        _, rep = align(net_a, net_b, x, seed=opts.seed, restarts=opts.restarts)
-        records.append({"zoo": z.name, "variant": variant, "method": "fold+weight-matching" if fold else
-                        "weight-matching", "pair": p.tuple_id, "a": p.a, "b": p.b,
-                        **{k: v for k, v in rep.items() if k != "restart_objectives"},
-                        "restart_objectives": " ".join(f"{o:.6g}" for o in rep["restart_objectives"])})
-        bar.update(1)
+    return {"z": z, "pairs": pairs, "notes": notes, "variant": variant, "fold": fold,
+            "x": data.normalize(data.x_test[:256])}
+
+
+def _align_pair(ctx, opts: Options, i: int) -> dict:
+    z, p, fold = ctx["z"], ctx["pairs"][i], ctx["fold"]
+    net_a, _ = net_and_state(z, p.a, fold=fold)
+    net_b, _ = net_and_state(z, p.b, fold=fold)
+    _, rep = align(net_a, net_b, ctx["x"], seed=opts.seed, restarts=opts.restarts)
+    return {"zoo": z.name, "variant": ctx["variant"], "method": "fold+weight-matching" if fold else
+            "weight-matching", "pair": p.tuple_id, "a": p.a, "b": p.b,
+            **{k: v for k, v in rep.items() if k != "restart_objectives"},
+            "restart_objectives": " ".join(f"{o:.6g}" for o in rep["restart_objectives"])}
+
+
+def run_align(path, opts: Options, quiet: bool = False) -> dict:
+    """Weight matching of every pair: distance before and after, matching objective, sweeps,
+    and max |dlogits| between a net and its permuted copy (the function-preservation check)."""
+    ctx = _align_setup(path, opts)
+    z = ctx["z"]
+    bar = _bar(len(ctx["pairs"]), f"align {z.name}", quiet)
+    records = _map(_align_setup, _align_pair, path, opts, ctx, len(ctx["pairs"]), bar)
     bar.close()
-    return {"zoo": z.name, "path": str(z.path), "variant": variant, "records": records, "notes": notes}
+    return {"zoo": z.name, "path": str(z.path), "variant": ctx["variant"], "records": records, "notes": ctx["notes"]}
 
 
-def run_mli(path, opts: Options, quiet: bool = False) -> dict:
-    """Train loss along the line from each net's epoch-0 weights to its final ones, on a fixed
-    unaugmented subset of the training images, and the MLI statistics."""
+# ------------------------------------------------------------------------------ mli
+
+def _mli_setup(path, opts: Options) -> dict:
     z = open_zoo(path, opts.verify)
     if "epoch_0" not in z.checkpoints:
         raise ZooError(f"{z.path}: no epoch_0 checkpoint (stored: {', '.join(z.checkpoints)}); MLI needs each "
                        "net's initialisation: generate with checkpoints = [0, \"final\"]")
-    alphas = alphas_of(opts.alphas)
-    variant = variant_of(z)
     data = data_of(z, opts.data, opts.device)
     idx = subset(len(data.y_train), opts.subset, opts.seed)
-    ev = Evaluator(data.x_train[idx], data.y_train[idx], data.normalize, opts.batch, opts.max_nets, opts.device)
     t = z.table
     diverged = set(t.loc[t["diverged"].astype(bool), "model_id"]) if "diverged" in t else set()
     ids = [int(i) for i in t["model_id"] if int(i) not in diverged]
     if opts.max_pairs is not None:
         ids = ids[:opts.max_pairs]
-    notes = [f"{z.name}: {len(diverged)} diverged net(s) left out"] if diverged else []
-    records, curves = [], []
-    bar = _bar(len(ids), f"mli {z.name}", quiet, unit="net")
-    for mid in ids:
-        net, s0 = net_and_state(z, mid, "epoch_0")
-        _, s1 = net_and_state(z, mid, "final")
-        reset = opts.bn_reset == "repair" or (opts.bn_reset == "auto" and has_batchnorm(net))
-        c = curve(ev, net, s0, s1, alphas, bn_data=(data.x_train[idx], data.normalize) if reset else None,
-                  names=(f"model {mid} at epoch 0", "final"))
-        st = metrics.mli_stats(c["loss"], alphas, opts.tol, opts.upstream_compat)
-        records.append({"zoo": z.name, "variant": variant, "model_id": mid, **st,
-                        "loss_init": float(c["loss"][0]), "loss_final": float(c["loss"][-1]),
-                        "acc_final": float(c["acc"][-1])})
-        curves.append({"zoo": z.name, "model_id": mid, "alpha": alphas.tolist(), "loss": c["loss"].tolist(),
-                       "acc": c["acc"].tolist()})
-        bar.update(1)
+    return {"z": z, "alphas": alphas_of(opts.alphas), "variant": variant_of(z), "data": data, "idx": idx,
+            "ev": Evaluator(data.x_train[idx], data.y_train[idx], data.normalize, opts.batch, opts.max_nets,
+                            opts.device), "ids": ids,
+            "notes": [f"{z.name}: {len(diverged)} diverged net(s) left out"] if diverged else []}
+
+
+def _mli_net(ctx, opts: Options, i: int):
+    z, mid, alphas, data, idx = ctx["z"], ctx["ids"][i], ctx["alphas"], ctx["data"], ctx["idx"]
+    net, s0 = net_and_state(z, mid, "epoch_0")
+    _, s1 = net_and_state(z, mid, "final")
+    reset = opts.bn_reset == "repair" or (opts.bn_reset == "auto" and has_batchnorm(net))
+    c = curve(ctx["ev"], net, s0, s1, alphas, bn_data=(data.x_train[idx], data.normalize) if reset else None,
+              names=(f"model {mid} at epoch 0", "final"))
+    st = metrics.mli_stats(c["loss"], alphas, opts.tol, opts.upstream_compat)
+    record = {"zoo": z.name, "variant": ctx["variant"], "model_id": mid, **st,
+              "loss_init": float(c["loss"][0]), "loss_final": float(c["loss"][-1]), "acc_final": float(c["acc"][-1])}
+    return record, {"zoo": z.name, "model_id": mid, "alpha": alphas.tolist(), "loss": c["loss"].tolist(),
+                    "acc": c["acc"].tolist()}
+
+
+def run_mli(path, opts: Options, quiet: bool = False) -> dict:
+    """Train loss along the line from each net's epoch-0 weights to its final ones, on a fixed
+    unaugmented subset of the training images, and the MLI statistics."""
+    ctx = _mli_setup(path, opts)
+    z = ctx["z"]
+    bar = _bar(len(ctx["ids"]), f"mli {z.name}", quiet, unit="net")
+    done = _map(_mli_setup, _mli_net, path, opts, ctx, len(ctx["ids"]), bar)
     bar.close()
-    return {"zoo": z.name, "path": str(z.path), "variant": variant, "alphas": alphas.tolist(), "records": records,
-            "curves": curves, "notes": notes, "tol": opts.tol, "upstream_compat": opts.upstream_compat,
-            "subset": int(len(idx))}
-
-
+    return {"zoo": z.name, "path": str(z.path), "variant": ctx["variant"], "alphas": ctx["alphas"].tolist(),
+            "records": [r for r, _ in done], "curves": [c for _, c in done], "notes": ctx["notes"],
+            "tol": opts.tol, "upstream_compat": opts.upstream_compat, "subset": int(len(ctx["idx"]))}
