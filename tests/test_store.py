@@ -75,6 +75,30 @@ def test_verify_passes_a_sound_zoo_and_names_a_corrupted_shard(tmp_path):
     assert problems and all("shard-00001.h5" in p for p in problems)
 
 
+def test_verify_isolated_turns_a_reader_that_hangs_or_crashes_into_a_problem(tmp_path):
+    """A zoo from someone else is verified in a child process: its verdict is verify's; a
+    child that does not answer in time is killed, one that dies is reported, and this process
+    goes on."""
+    import time
+
+    tiny_zoo(tmp_path)
+    assert store.verify_isolated(tmp_path) == store.verify(tmp_path) == []
+    shard = tmp_path / "shard-00001.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert store.verify_isolated(tmp_path) == store.verify(tmp_path) != []
+    t0 = time.monotonic()
+    # stand-ins for a shard that makes libhdf5 loop forever, and one that crashes it
+    problems = store.verify_isolated(tmp_path, timeout=3, _code="import time; time.sleep(600)")
+    assert time.monotonic() - t0 < 60 and len(problems) == 1 and "did not finish within 3 s" in problems[0]
+    problems = store.verify_isolated(tmp_path, timeout=60, _code="import os; os.abort()")
+    assert len(problems) == 1 and "crashed the verifying process" in problems[0]
+    (tmp_path / store.MANIFEST).write_text("{")  # verify's own refusals stay ZooErrors
+    with pytest.raises(ZooError, match="manifest"):
+        store.verify_isolated(tmp_path)
+
+
 def test_verify_flags_non_finite_weights_of_a_model_not_marked_diverged(tmp_path):
     W, _ = tiny_zoo(tmp_path, n=3, per_shard=3)
     content = store.read_shard(tmp_path / "shard-00000.h5")

@@ -23,3 +23,41 @@ def test_fixed_slice(family, tmp_path, one_thread):
 def test_kept_finding_stays_fixed(kept, tmp_path, one_thread):
     d = json.loads(kept.read_text())
     run_plan(d["family"], d["plan"], tmp_path)
+
+
+def test_the_kept_libhdf5_hang_is_a_problem_not_a_hang_for_zoo_verify_and_import(tmp_path, capsys,
+                                                                                 monkeypatch):
+    """The campaign's open finding (tests/fuzz_regressions/open/shard_bytes-32b20bed82.json):
+    a damaged shard whose manifest was rehashed to match makes libhdf5 2.0.0 loop forever. What
+    reads a zoo from someone else -- `zoo verify`, and `zoo import` of a metazoo archive, which
+    carries its own manifest -- verifies it in a child process with a deadline: the command
+    ends with the problem named, nothing is imported, this process never hangs."""
+    import tarfile
+    import time
+    from pathlib import Path
+
+    from fuzz import families as F
+    from fuzz.core import apply_bytes
+    from zoo import store
+    from zoo.cli import main
+
+    kept = Path(__file__).parents[1] / "fuzz_regressions" / "open" / "shard_bytes-32b20bed82.json"
+    plan = json.loads(kept.read_text())["plan"]
+    root = tmp_path / "z"
+    F.copy_zoo(F.zoo_seed()["root"], root, link=False)
+    name = f"shard-{plan['shard']:05d}.h5"
+    damaged = apply_bytes((root / name).read_bytes(), plan["bytes"])
+    (root / name).unlink()
+    (root / name).write_bytes(damaged)
+    F._rehash(root, name)  # the forged manifest: checksums match, so HDF5 reads the bytes
+    t0 = time.monotonic()
+    monkeypatch.setattr(store.format, "ISOLATED_BASE_S", 10.0)  # the deadline, shortened for the test
+    problems = store.verify_isolated(root)
+    assert problems and time.monotonic() - t0 < 60  # a hang (this libhdf5) or a damaged-file verdict
+    archive = tmp_path / "z.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(root, arcname="z")
+    code = main(["import", "metazoo", str(archive), "--out", str(tmp_path / "imported")])
+    err = capsys.readouterr().err
+    assert code != 0 and "failed verification" in err and "Traceback" not in err
+    assert not (tmp_path / "imported").exists()
