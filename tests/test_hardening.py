@@ -683,3 +683,26 @@ def test_two_real_generate_runs_then_kill_9_and_resume(tmp_path, capsys):
         first.wait()
     assert zoo_main(["generate", spec, "--out", out, "--quiet"]) == 0  # the dead run's lock is free
     assert store.verify(out) == []
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("group_size", "16", "'group_size'"), ("group_size", 0, "'group_size'"), ("spec", "tiny", "'spec'"),
+    ("num_shards", None, "'num_shards'"), ("refill", "yes", "'refill'"), ("format", "other", "'format'"),
+    ("cpu_threads", 1.5, "'cpu_threads'")])
+def test_a_plan_edited_by_hand_is_refused_naming_its_key(tmp_path, key, value, needle):
+    """zoo-plan.json is read by generate (resume), merge and info: a field of the wrong type or
+    range is a ZooError naming the file and the key, not a TypeError deep in the generation."""
+    from zoo.generate.run import PLAN_FORMAT, read_plan
+
+    plan = {"format": PLAN_FORMAT, "fingerprint": "f" * 16, "spec": {"name": "tiny", "models": 4},
+            "group_size": 2, "refill": False, "num_shards": 1, "data": {}, "cpu_threads": 1}
+    assert read_plan(_write(tmp_path, plan)) == plan
+    plan[key] = value
+    with pytest.raises(ZooError, match=needle) as e:
+        read_plan(_write(tmp_path, plan))
+    assert "zoo-plan.json" in str(e.value)
+
+
+def _write(root, plan):
+    (root / "zoo-plan.json").write_text(json.dumps(plan))
+    return root / "zoo-plan.json"

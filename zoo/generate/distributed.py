@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ZooError
 from ..store import MANIFEST, PLAN, shard_name
-from .run import check_out_dir, ensure_plan, generate, model_bar, progress_of, read_json, write_manifest
+from .run import check_out_dir, ensure_plan, generate, model_bar, progress_of, read_plan, write_manifest
 from .spec import ZooSpec, load_spec, spec_from_dict
 from .train import TrainOptions
 
@@ -135,7 +135,7 @@ def generate_ray(spec, out, *, address: str | None = None, models: int | None = 
 def _cpu_threads(ray, out: Path) -> int:
     """The thread count of every CPU task: the plan's when resuming, else what a plain
     ``zoo generate`` in this process would use; refused if no node has that many CPUs."""
-    plan = read_json(out / PLAN) if (out / PLAN).exists() else {}
+    plan = read_plan(out / PLAN) if (out / PLAN).exists() else {}
     threads = int(plan.get("cpu_threads", torch.get_num_threads()))
     # A task that holds fewer CPUs than it computes with would fight the other tasks; one that
     # computed with fewer threads than the plan would make a different zoo: neither is allowed.

@@ -140,6 +140,46 @@ def read_json(path: Path) -> dict:
     return d
 
 
+def read_plan(path: Path) -> dict:
+    """``zoo-plan.json``, with every field the generation reads checked for its type and range.
+
+    The plan is written by ``zoo generate`` before its first model; one edited or damaged by
+    hand is refused naming the key, never half-used."""
+    plan = read_json(path)
+
+    def bad(key, allowed):
+        v = plan.get(key) if "." not in key else plan.get("spec", {}).get(key.split(".", 1)[1])
+        return ZooError(f"{path}: key {key!r} = {str(v)[:80]!r} must be {allowed}; delete {path.name} (and the "
+                        ".parts folder) to start the generation afresh")
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if plan.get("format") != PLAN_FORMAT:
+        raise bad("format", f"{PLAN_FORMAT!r}")
+    if not isinstance(plan.get("fingerprint"), str):
+        raise bad("fingerprint", "a string")
+    spec = plan.get("spec")
+    if not isinstance(spec, dict):
+        raise bad("spec", "an object (the zoo spec)")
+    if not isinstance(spec.get("name"), str):
+        raise bad("spec.name", "a string")
+    for k in ("models", "models_per_shard"):
+        if k in spec or k == "models":
+            if not whole(spec.get(k)) or spec[k] < 1:
+                raise bad(f"spec.{k}", "a whole number >= 1")
+    for k in ("group_size", "num_shards"):
+        if not whole(plan.get(k)) or plan[k] < 1:
+            raise bad(k, "a whole number >= 1")
+    if "refill" in plan and not isinstance(plan["refill"], bool):
+        raise bad("refill", "true or false")
+    if "cpu_threads" in plan and (not whole(plan["cpu_threads"]) or plan["cpu_threads"] < 1):
+        raise bad("cpu_threads", "a whole number >= 1")
+    if "data" in plan and not isinstance(plan["data"], (dict, type(None))):
+        raise bad("data", "an object")
+    return plan
+
+
 def check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
     """Refuse a directory holding something else; return the existing plan, if any."""
     fp = spec.fingerprint()
@@ -155,7 +195,7 @@ def check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
             return {"complete": True}
         # A shard was deleted (it was damaged): regenerate it from the plan, then re-seal.
     if (out / PLAN).exists():
-        plan = read_json(out / PLAN)
+        plan = read_plan(out / PLAN)
         if plan.get("format") != PLAN_FORMAT or plan.get("fingerprint") != fp:
             raise ZooError(f"{out} holds an unfinished generation of a different spec "
                            f"({plan.get('spec', {}).get('name')!r}, {plan.get('spec', {}).get('models')} models); "
@@ -597,7 +637,7 @@ def write_manifest(out: Path) -> dict:
     out = Path(out)
     if not (out / PLAN).exists():
         raise ZooError(f"{out} has no {PLAN}: it is not a zoo being generated")
-    plan = read_json(out / PLAN)
+    plan = read_plan(out / PLAN)
 
     spec = spec_from_dict(plan["spec"])
     missing = [shard_name(s) for s in range(spec.num_shards) if not (out / shard_name(s)).exists()]
@@ -650,7 +690,7 @@ def model_bar(total: int, enabled: bool, name: str):
 def progress_of(out: Path) -> dict:
     """How far a (possibly running) generation is, read from finished shards and parts only."""
     out = Path(out)
-    plan = read_json(out / PLAN)
+    plan = read_plan(out / PLAN)
     per = plan["spec"].get("models_per_shard", 1000)
     total = plan["spec"]["models"]
     done = 0
