@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -436,8 +439,6 @@ def verify(root: Path) -> list[str]:
 
 def _verify_main() -> None:
     """The child of :func:`verify_isolated`: ``verify(argv[1])`` as one JSON line on stdout."""
-    import sys
-
     try:
         out = {"kind": "ok", "value": verify(Path(sys.argv[1]))}
     except ZooError as e:
@@ -462,10 +463,6 @@ def verify_isolated(root: Path, timeout: float | None = None, _code: str = _CHIL
     default 60 plus one per 20 MB of shards (the sha256 of every byte is part of the work).
     The child is a fresh interpreter (``python -c``), not a fork of this one, and never runs
     the caller's script again."""
-    import os
-    import subprocess
-    import sys
-
     root = Path(root)
     if timeout is None:
         size = sum(p.stat().st_size for p in root.glob("*.h5") if p.is_file())
