@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -697,7 +698,7 @@ def _edit_npy(data: bytes, how: str) -> bytes:
 def _edit_struct(name: str, data: bytes, ops) -> bytes:
     try:
         return _edit_struct_inner(name, data, ops)
-    except (ValueError, OSError, EOFError, csv.Error):  # an earlier edit left it unparseable
+    except (ValueError, OSError, EOFError, csv.Error, zlib.error):  # an earlier edit left it unparseable
         return data
 
 

@@ -104,13 +104,31 @@ def load_tensors(path, data: bytes | None = None):
     if data is None and not path.is_file():
         raise ZooError(f"{path}: file is missing")
     try:
-        return torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ZooError(f"{path}: refused to load: it carries a pickled object that is not tensors "
                        f"(files from the internet are loaded as data only). Detail: {_first_line(e)}") from e
     except Exception as e:  # noqa: BLE001 - the restricted unpickler fails on damage in many ways
         raise ZooError(f"{path}: not a readable torch file (corrupt or truncated): "
                        f"{type(e).__name__}: {_first_line(e)}") from e
+    where = _unusual_tensor(obj)
+    if where is not None:
+        raise ZooError(f"{path}: tensor {where} is stored sparse or quantized; weights must be dense tensors")
+    return obj
+
+
+def _unusual_tensor(obj, key: str = "", depth: int = 0) -> str | None:
+    """The key of the first tensor in ``obj`` that is not a dense (strided) tensor, or None."""
+    if isinstance(obj, torch.Tensor):
+        return None if obj.layout == torch.strided and not obj.is_quantized else (key or "<the file>")
+    if depth > 50:
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _unusual_tensor(v, f"{key}.{k}" if key else str(k), depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def load_npy(path, mmap: bool = True, label=None) -> np.ndarray:
@@ -129,12 +147,17 @@ def load_npy(path, mmap: bool = True, label=None) -> np.ndarray:
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:
         raise ZooError(f"{path}: refused: {_first_line(e)} (object arrays need pickle, which is not allowed)") from e
     except Exception as e:  # noqa: BLE001 - a damaged header fails in many ways (SyntaxError, EOFError, ...)
         raise ZooError(f"{path}: not a readable .npy file (corrupt or truncated): "
                        f"{type(e).__name__}: {_first_line(e)}") from e
+    if not isinstance(arr, np.ndarray):  # np.load also opens .npz archives (by content, not name)
+        if hasattr(arr, "close"):
+            arr.close()
+        raise ZooError(f"{path}: not a .npy array (a {type(arr).__name__}, e.g. an .npz archive)")
+    return arr
 
 
 def one_line(e) -> str:

@@ -102,6 +102,18 @@ def _read_layout(df: pd.DataFrame, path):
     return rows, pos
 
 
+def _numbers(metrics: pd.DataFrame, col: str, label) -> np.ndarray:
+    """Column ``col`` as float64; empty cells and 'nan' are NaN, anything else not a number is
+    refused naming the file, column and row."""
+    v = pd.to_numeric(metrics[col], errors="coerce").to_numpy(np.float64)
+    text = metrics[col].astype(str).str.strip().str.lower()
+    bad = np.isnan(v) & metrics[col].notna().to_numpy() & ~text.isin(["nan", ""]).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ZooError(f"{label}: column {col!r} row {i + 1} = {str(metrics[col].iloc[i])[:60]!r} is not a number")
+    return v
+
+
 def _run_keys(metrics: pd.DataFrame, hp_cols: list[str]) -> tuple[pd.Series, str]:
     """Which run each row belongs to. Upstream's first (index) column names the checkpoint,
     ``.../<run>/permanent_ckpt-<epoch>`` (the colab's ``filter_checkpoints`` splits it the
@@ -190,7 +202,12 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
 
         # Group rows into runs (in order of first appearance). A run that hit NaN stopped early
         # and lacks the later checkpoints: it is dropped and listed, whatever epochs are chosen.
-        steps = metrics["step"].to_numpy()
+        steps = _numbers(metrics, "step", m_label)
+        if not np.isfinite(steps).all() or (steps != np.round(steps)).any() or (steps < 0).any():
+            i = int(np.flatnonzero(~np.isfinite(steps) | (steps != np.round(steps)) | (steps < 0))[0])
+            raise ZooError(f"{m_label}: column 'step' row {i + 1} = {metrics['step'].iloc[i]!r} is not a whole "
+                           "number of epochs >= 0")
+        steps = steps.astype(np.int64)
         groups: dict[str, dict[int, int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(k, {})[int(steps[i])] = i
@@ -220,7 +237,7 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
                 rows = block[:, j]
                 cols[metric_column("epoch", ck)] = steps[rows].astype(np.int64)
                 for ours, up in metric_src.items():
-                    cols[metric_column(ours, ck)] = metrics[up].to_numpy(np.float64)[rows]
+                    cols[metric_column(ours, ck)] = _numbers(metrics, up, m_label)[rows]
             cols["run"] = np.asarray(keys.to_numpy()[last], dtype=object)
             finite = np.stack([np.isfinite(w).all(1) for w in per_ckpt.values()], 1).all(1)
             cols["diverged"] = ~finite | ~np.isfinite(cols["test_acc"])
