@@ -450,7 +450,7 @@ def _verify_main() -> None:
 
 _CHILD = "from zoo.store.format import _verify_main; _verify_main()"
 #: Seconds :func:`verify_isolated` allows before it counts the bytes (one more per 20 MB).
-ISOLATED_BASE_S = 60.0
+ISOLATED_BASE_S = 20.0
 
 
 def verify_isolated(root: Path, timeout: float | None = None, _code: str = _CHILD) -> list[str]:
@@ -460,7 +460,7 @@ def verify_isolated(root: Path, timeout: float | None = None, _code: str = _CHIL
     stops them before HDF5 reads them unless the manifest was forged to match, as a hostile
     archive's can be. In a child, such a shard is a problem reported (the deadline passed, or
     the child died) and the caller stops; this process never hangs. ``timeout``: seconds, by
-    default 60 plus one per 20 MB of shards (the sha256 of every byte is part of the work).
+    default 20 plus one per 20 MB of shards (the sha256 of every byte is part of the work).
     The child is a fresh interpreter (``python -c``), not a fork of this one, and never runs
     the caller's script again."""
     root = Path(root)
