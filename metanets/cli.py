@@ -31,12 +31,13 @@ def main(argv=None) -> int:
     try:
         for p in getattr(args, "plugin", None) or []:
             load_plugin(p)
-        verification = contextlib.nullcontext()
-        if getattr(args, "no_verify", False):
-            print(f"metanets {args.command}: note: zoo shard checksums not verified (--no-verify)", file=sys.stderr)
-            verification = skip_verification()
-        with verification:
-            return int(args.func(args) or 0)
+        skip = getattr(args, "no_verify", False)
+        with skip_verification() if skip else contextlib.nullcontext():
+            code = int(args.func(args) or 0)
+        if skip:  # after the work: a failure stays one line on stderr
+            print(f"metanets {args.command}: note: zoo shard checksums were not verified (--no-verify)",
+                  file=sys.stderr)
+        return code
     except ZooError as e:
         print(f"metanets {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -261,6 +261,9 @@ def test_a_flipped_weight_byte_is_refused_by_open_and_bench_and_readable_with_no
     assert w.shape == (24, zoo.open(copy_zoo, verify=False).layout.num_params)
     assert zoo_main(["info", copy_zoo, "--no-verify"]) == 0
     assert "not verified (--no-verify)" in capsys.readouterr().out
+    assert metanets_main(["bench", copy_zoo, "--out", copy_zoo.parent / "res2", "--metanets", "statnn-gbm",
+                          "--seeds", "1", "--no-progress", "--no-verify"]) == 0
+    assert capsys.readouterr().err.count("checksums were not verified (--no-verify)") == 1  # said once, at the end
 
 
 def test_verified_shards_are_not_hashed_again_until_they_change(copy_zoo, monkeypatch):
