@@ -95,12 +95,17 @@ def bench_workers(args, command: str) -> int:
     print(f"\n# {command}\n{device_info('cpu')}")
     print(f"# zoo analyze lmc on {args.zoo} ({pairs} pairs, {args.alphas} alphas, batch {args.batch}), "
           f"{torch.get_num_threads()} torch threads shared by the workers; each run starts its processes")
-    base_s = Spread([1 / r for r in variants[0].rates])
-    print(f"{'variant':12s} {'s per pair  median [min, max] n':40s} {'speed-up':>9s}")
-    for v in variants:
-        sp = Spread([1 / r for r in v.rates])
-        print(f"{v.name:12s} {sp.fmt(4):40s} {base_s.median / sp.median:9.2f}")
+    print_seconds(variants, variants[0], "pair")
     return 0
+
+
+def print_seconds(variants, base, unit: str) -> None:
+    """Seconds per ``unit`` of each variant, median [min, max] n, and its speed-up over ``base``."""
+    ref = Spread([1 / r for r in base.rates])
+    print(f"{'variant':16s} {f's per {unit}  median [min, max] n':40s} {'speed-up':>9s}")
+    for v in variants:
+        s = Spread([1 / r for r in v.rates])
+        print(f"{v.name:16s} {s.fmt(4):40s} {ref.median / s.median:9.2f}")
 
 
 def main(argv=None) -> int:
@@ -155,11 +160,7 @@ def main(argv=None) -> int:
     print(f"# {args.arch} ({args.variant}, width {args.width}, {params:,} parameters), {args.alphas} nets per curve, "
           f"{args.images} images of {C}x{H}x{W}, batch {args.batch}, {args.max_nets} nets per vmap call; "
           f"max |dloss| between the variants {same:.2g}")
-    base = Spread([1 / r for r in variants[1].rates])
-    print(f"{'variant':16s} {'s per curve  median [min, max] n':40s} {'speed-up':>9s}")
-    for v in variants:
-        s = Spread([1 / r for r in v.rates])
-        print(f"{v.name:16s} {s.fmt(4):40s} {base.median / s.median:9.2f}")
+    print_seconds(variants, variants[1], "curve")
     return 0
 
 

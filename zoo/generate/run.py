@@ -164,10 +164,9 @@ def read_plan(path: Path) -> dict:
         raise bad("spec", "an object (the zoo spec)")
     if not isinstance(spec.get("name"), str):
         raise bad("spec.name", "a string")
-    for k in ("models", "models_per_shard"):
-        if k in spec or k == "models":
-            if not whole(spec.get(k)) or spec[k] < 1:
-                raise bad(f"spec.{k}", "a whole number >= 1")
+    for k in ("models", "models_per_shard"):  # models_per_shard may be absent (its default applies)
+        if (k == "models" or k in spec) and (not whole(spec.get(k)) or spec[k] < 1):
+            raise bad(f"spec.{k}", "a whole number >= 1")
     for k in ("group_size", "num_shards"):
         if not whole(plan.get(k)) or plan[k] < 1:
             raise bad(k, "a whole number >= 1")
@@ -195,10 +194,10 @@ def check_out_dir(out: Path, spec: ZooSpec) -> dict | None:
             return {"complete": True}
         # A shard was deleted (it was damaged): regenerate it from the plan, then re-seal.
     if (out / PLAN).exists():
-        plan = read_plan(out / PLAN)
-        if plan.get("format") != PLAN_FORMAT or plan.get("fingerprint") != fp:
+        plan = read_plan(out / PLAN)  # its format and fields checked
+        if plan["fingerprint"] != fp:
             raise ZooError(f"{out} holds an unfinished generation of a different spec "
-                           f"({plan.get('spec', {}).get('name')!r}, {plan.get('spec', {}).get('models')} models); "
+                           f"({plan['spec']['name']!r}, {plan['spec']['models']} models); "
                            "resuming it with this spec would mix two zoos. Use the original spec, "
                            "another --out, or delete the directory")
         return plan

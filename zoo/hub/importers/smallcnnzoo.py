@@ -203,8 +203,9 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
         # Group rows into runs (in order of first appearance). A run that hit NaN stopped early
         # and lacks the later checkpoints: it is dropped and listed, whatever epochs are chosen.
         steps = _numbers(metrics, "step", m_label)
-        if not np.isfinite(steps).all() or (steps != np.round(steps)).any() or (steps < 0).any():
-            i = int(np.flatnonzero(~np.isfinite(steps) | (steps != np.round(steps)) | (steps < 0))[0])
+        not_epoch = ~np.isfinite(steps) | (steps != np.round(steps)) | (steps < 0)
+        if not_epoch.any():
+            i = int(np.flatnonzero(not_epoch)[0])
             raise ZooError(f"{m_label}: column 'step' row {i + 1} = {metrics['step'].iloc[i]!r} is not a whole "
                            "number of epochs >= 0")
         steps = steps.astype(np.int64)
@@ -223,6 +224,7 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
         ckpts = [f"epoch_{e}" for e in chosen[:-1]] + ["final"]
         layout = Layout.from_shapes([(n, _torch_shape(s), role) for n, s, _, _, role in tensors])
         hp_names = {c: column_name(c[len("config."):], RESERVED) for c in hp_cols}
+        metric_values = {ours: _numbers(metrics, up, m_label) for ours, up in metric_src.items()}
 
         state = writer.resumed or {"next_block": 0}
         bar = progress(total=len(runs), initial=state["next_block"], desc="importing runs", unit="run")
@@ -236,8 +238,8 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
             for j, ck in enumerate(ckpts):
                 rows = block[:, j]
                 cols[metric_column("epoch", ck)] = steps[rows].astype(np.int64)
-                for ours, up in metric_src.items():
-                    cols[metric_column(ours, ck)] = _numbers(metrics, up, m_label)[rows]
+                for ours, values in metric_values.items():
+                    cols[metric_column(ours, ck)] = values[rows]
             cols["run"] = np.asarray(keys.to_numpy()[last], dtype=object)
             finite = np.stack([np.isfinite(w).all(1) for w in per_ckpt.values()], 1).all(1)
             cols["diverged"] = ~finite | ~np.isfinite(cols["test_acc"])
