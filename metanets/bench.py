@@ -32,6 +32,8 @@ import numpy as np
 import torch
 
 from zoo import console
+from zoo.store.reader import skip_verification
+from zoo.workers import map_items
 
 from . import data, registry, uncertainty
 from . import stack as stacking
@@ -263,13 +265,18 @@ def best_mean_lr(results) -> float | None:
     return max(usable, key=usable.get) if usable else None
 
 
-def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
+def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print, workers: int = 1) -> dict:
     """Run the benchmark; return ``{"config", "zoos", "runs", "sweeps", "predictions", "summary", "comparisons"}``.
 
     ``runs`` holds every final run with its ``status`` ("ok", "diverged",
     "nan_predictions") and a ``note``; only "ok" runs enter ``predictions`` and the
     summary (which says how many seeds it counted). ``skipped`` lists the (zoo, metanet)
-    pairs that could not run at all, with the reason (shown as n/a)."""
+    pairs that could not run at all, with the reason (shown as n/a).
+
+    ``workers > 1`` (CPU only): the (metanet, zoo) units run in that many spawned processes
+    (:func:`zoo.workers.map_items`), each with its share of the CPU threads; every run is
+    seeded on its own, so the result is the serial one (bit for bit when each process runs
+    one thread)."""
     cfg.check()
     paths = [Path(p) for p in paths]
     if not paths:
@@ -292,20 +299,76 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         log(f"{label}: {info['n_train']}/{info['n_val']}/{info['n_test']} train/val/test nets, "
             f"{info['num_inputs']} inputs ({cfg.params}), {info['diverged_excluded']} diverged excluded")
 
-    def n_runs(m, wasym):
-        if registry.get(m).kind == "sklearn":
-            return cfg.seeds_for(m)
-        if cfg.lr_for(m, wasym) != "auto":
-            return cfg.seeds_for(m)
-        if cfg.lr_select == "seeds":
-            return cfg.seeds_for(m) * len(cfg.lr_grid)
-        return cfg.seeds_for(m) + len(cfg.lr_grid)
-
-    total = sum(n_runs(m, z["wasym"]) for m in cfg.metanets for z in zoos)
+    total = sum(_n_runs(cfg, m, z["wasym"]) for m in cfg.metanets for z in zoos)
     bar = console.progress(total, enabled=progress, desc="bench", unit="run", dynamic_ncols=True)
-    runs, sweeps, preds = [], [], []
+    # one unit per (metanet, zoo), metanet-major: with workers, the units of one metanet (about
+    # the same cost) run side by side
+    units = [(m, k) for m in cfg.metanets for k in range(len(zoos))]
+    order = sorted(range(len(units)), key=lambda i: (units[i][1], cfg.metanets.index(units[i][0])))  # zoo by zoo
+    runs, sweeps, preds, skipped = [], [], [], []
+    try:
+        if workers > 1 and len(units) > 1:
+            if cfg.device != "cpu":
+                raise MetanetError(f"--workers {workers} is for CPU runs; on {cfg.device} use --workers 1")
 
-    def record(label, res: FitResult, into, tick=True):
+            def done(i, out):
+                m, k = units[i]
+                for line in out["log"]:
+                    log(line)
+                bar.set_postfix_str(f"{m} on {zoos[k]['zoo']} done")
+                bar.update(out["ticks"])
+
+            plugins = sorted({p for m in cfg.metanets if (p := getattr(registry.get(m), "plugin_path", None))})
+            outs = map_items(_worker_setup, (paths, cfg, zoos, plugins), _worker_unit, units, workers, done=done)
+        else:
+            outs = [None] * len(units)
+            for i in order:
+                m, k = units[i]
+                outs[i] = _unit(m, zoos[k], sets[k], cfg, log=log, bar=bar)
+    finally:
+        bar.close()
+    for out in (outs[i] for i in order):
+        runs += out["runs"]
+        sweeps += out["sweeps"]
+        preds += out["predictions"]
+        skipped += out["skipped"]
+    result = {"config": {**asdict(cfg), "metanets": list(cfg.metanets), "lr_grid": list(cfg.lr_grid),
+                         "weight_decay": WEIGHT_DECAY},
+              "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds, "skipped": skipped,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result["summary"], result["comparisons"] = uncertainty.summarize(
+        result, B=cfg.bootstrap, seed=cfg.bootstrap_seed, match=cfg.match_accuracy)
+    return result
+
+
+# ------------------------------------------------------------ one metanet on one zoo
+
+def _n_runs(cfg: BenchConfig, m: str, wasym: bool) -> int:
+    """The runs ``m`` trains on one zoo (the progress bar's unit)."""
+    if registry.get(m).kind == "sklearn":
+        return cfg.seeds_for(m)
+    if cfg.lr_for(m, wasym) != "auto":
+        return cfg.seeds_for(m)
+    if cfg.lr_select == "seeds":
+        return cfg.seeds_for(m) * len(cfg.lr_grid)
+    return cfg.seeds_for(m) + len(cfg.lr_grid)
+
+
+def _unit(m: str, info: dict, ws: WeightSet, cfg: BenchConfig, *, log=print, bar=None) -> dict:
+    """Metanet ``m`` on one zoo: ``{"runs", "sweeps", "predictions", "skipped", "ticks"}``.
+
+    ``bar``: a progress bar to move run by run (None in a worker: its parent moves the bar by
+    ``ticks`` when the unit is done)."""
+    label, wasym = info["zoo"], info["wasym"]
+    out = {"runs": [], "sweeps": [], "predictions": [], "skipped": [], "ticks": _n_runs(cfg, m, wasym)}
+
+    def tick(n, text=None):
+        if bar is not None:
+            if text:
+                bar.set_postfix_str(text)
+            bar.update(n)
+
+    def record(res: FitResult, into, counts=True):
         row = {"zoo": label, "metanet": res.metanet, "seed": res.seed, "lr": res.lr, "best_epoch": res.best_epoch,
                "val_r2": res.val_r2, "val_tau": res.val_tau, "test_r2": res.test_r2, "test_tau": res.test_tau,
                "status": res.status, "note": res.note,
@@ -314,74 +377,81 @@ def run(paths, cfg: BenchConfig, *, progress: bool = True, log=print) -> dict:
         into.append(row)
         if res.status != "ok":
             log(f"{label}: {res.note}")
-        if tick:
-            bar.set_postfix_str(f"{res.metanet} on {label}: test R² {res.test_r2:.3f}")
-            bar.update(1)
-        return row
+        if counts:
+            tick(1, f"{res.metanet} on {label}: test R² {res.test_r2:.3f}")
 
-    skipped = []
-
-    def not_applicable(label, m, reason, left):
-        skipped.append({"zoo": label, "metanet": m, "reason": reason})
+    def not_applicable(reason, left):
+        out["skipped"].append({"zoo": label, "metanet": m, "reason": reason})
         log(f"{m} on {label}: n/a ({reason})")
-        bar.update(left)
+        tick(left)
 
+    # stacked runs finish together, so the bar also shows the epoch they are at
+    kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device, stack=cfg.stack,
+              progress=(lambda e, _: bar.set_postfix_str(f"{m} on {label}: epoch {e}/{cfg.epochs_for(m)}"))
+              if bar is not None else None)
+    lr = cfg.lr_for(m, wasym)
+    check = getattr(registry.get(m), "unsupported", None)  # a metanet that reads only some nets
+    reason = check(ws.info) if check else None
+    if reason:
+        not_applicable(reason, out["ticks"])
+        return out
+    chosen = None  # the runs to score, when the lr choice already trained them
     try:
-        for info, ws in zip(zoos, sets):
-            label = info["zoo"]
-            for m in cfg.metanets:
-                # stacked runs finish together, so the bar also shows the epoch they are at
-                kw = dict(epochs=cfg.epochs_for(m), batch_size=cfg.batch_size, device=cfg.device, stack=cfg.stack,
-                          progress=lambda e, _, m=m, label=label: bar.set_postfix_str(
-                              f"{m} on {label}: epoch {e}/{cfg.epochs_for(m)}"))
-                lr = cfg.lr_for(m, info["wasym"])
-                check = getattr(registry.get(m), "unsupported", None)  # a metanet that reads only some nets
-                reason = check(ws.info) if check else None
-                if reason:
-                    not_applicable(label, m, reason, n_runs(m, info["wasym"]))
-                    continue
-                chosen = None  # the runs to score, when the lr choice already trained them
-                try:
-                    if registry.get(m).kind == "sklearn":
-                        lr = None
-                    elif lr == "auto" and cfg.lr_select == "seeds":
-                        # every seed at every rate; the chosen rate's seeds are the final runs
-                        grid = [(r, seed) for r in cfg.lr_grid for seed in range(cfg.seeds_for(m))]
-                        results = fit_runs(m, ws, grid, **kw,
-                                           on_result=lambda r, label=label: record(label, r, sweeps, tick=False))
-                        lr = best_mean_lr(results)
-                        bar.update(len(results) - cfg.seeds_for(m))  # the chosen rate's runs tick below
-                        if lr is None:
-                            not_applicable(label, m, f"at every rate of {list(cfg.lr_grid)} a seed diverged "
-                                                     f"or gave non-finite predictions", cfg.seeds_for(m))
-                            continue
-                        chosen = [r for r in results if r.lr == lr]
-                    elif lr == "auto":
-                        # the sweep's runs have their own seed stream: the final seeds are fresh runs
-                        results = fit_runs(m, ws, [(r, 0) for r in cfg.lr_grid], tag="sweep", **kw,
-                                           on_result=lambda r, label=label: record(label, r, sweeps))
-                        lr = best_lr(results)
-                        if lr is None:
-                            not_applicable(label, m, f"every rate of the lr sweep {list(cfg.lr_grid)} diverged "
-                                                     f"or gave non-finite predictions", cfg.seeds_for(m))
-                            continue
-                    else:
-                        lr = float(lr)
-                    if chosen is None:
-                        chosen = fit_runs(m, ws, [(lr, seed) for seed in range(cfg.seeds_for(m))], **kw)
-                    for res in chosen:
-                        record(label, res, runs)
-                        if res.status == "ok":
-                            preds.append({"zoo": label, "metanet": m, "seed": res.seed, "model_id": ws.ids("test"),
-                                          "target": ws.selection.y["test"], "prediction": res.predictions["test"]})
-                except NotApplicable as e:
-                    not_applicable(label, m, str(e), n_runs(m, info["wasym"]))
-    finally:
-        bar.close()
-    result = {"config": {**asdict(cfg), "metanets": list(cfg.metanets), "lr_grid": list(cfg.lr_grid),
-                         "weight_decay": WEIGHT_DECAY},
-              "zoos": zoos, "runs": runs, "sweeps": sweeps, "predictions": preds, "skipped": skipped,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    result["summary"], result["comparisons"] = uncertainty.summarize(
-        result, B=cfg.bootstrap, seed=cfg.bootstrap_seed, match=cfg.match_accuracy)
-    return result
+        if registry.get(m).kind == "sklearn":
+            lr = None
+        elif lr == "auto" and cfg.lr_select == "seeds":
+            # every seed at every rate; the chosen rate's seeds are the final runs
+            grid = [(r, seed) for r in cfg.lr_grid for seed in range(cfg.seeds_for(m))]
+            results = fit_runs(m, ws, grid, **kw, on_result=lambda r: record(r, out["sweeps"], counts=False))
+            lr = best_mean_lr(results)
+            tick(len(results) - cfg.seeds_for(m))  # the chosen rate's runs tick below
+            if lr is None:
+                not_applicable(f"at every rate of {list(cfg.lr_grid)} a seed diverged "
+                               f"or gave non-finite predictions", cfg.seeds_for(m))
+                return out
+            chosen = [r for r in results if r.lr == lr]
+        elif lr == "auto":
+            # the sweep's runs have their own seed stream: the final seeds are fresh runs
+            results = fit_runs(m, ws, [(r, 0) for r in cfg.lr_grid], tag="sweep", **kw,
+                               on_result=lambda r: record(r, out["sweeps"]))
+            lr = best_lr(results)
+            if lr is None:
+                not_applicable(f"every rate of the lr sweep {list(cfg.lr_grid)} diverged "
+                               f"or gave non-finite predictions", cfg.seeds_for(m))
+                return out
+        else:
+            lr = float(lr)
+        if chosen is None:
+            chosen = fit_runs(m, ws, [(lr, seed) for seed in range(cfg.seeds_for(m))], **kw)
+        for res in chosen:
+            record(res, out["runs"])
+            if res.status == "ok":
+                out["predictions"].append({"zoo": label, "metanet": m, "seed": res.seed, "model_id": ws.ids("test"),
+                                           "target": ws.selection.y["test"], "prediction": res.predictions["test"]})
+    except NotApplicable as e:
+        not_applicable(str(e), out["ticks"])
+    return out
+
+
+# A worker's setup and unit (:func:`zoo.workers.map_items`): the parent has verified the zoos'
+# shards already, and a plugin's metanets are registered again in the worker.
+
+def _worker_setup(paths, cfg: BenchConfig, zoos, plugins) -> dict:
+    from .plugins import load_plugin
+
+    for p in plugins:
+        load_plugin(p)
+    return {"paths": paths, "cfg": cfg, "zoos": zoos, "sets": {}}
+
+
+def _worker_unit(ctx, unit) -> dict:
+    m, k = unit
+    if k not in ctx["sets"]:
+        cfg = ctx["cfg"]
+        with skip_verification():
+            ctx["sets"][k] = data.load(ctx["paths"][k], params=cfg.params, target=cfg.target,
+                                       checkpoint=cfg.checkpoint, device=cfg.device, in_memory=cfg.in_memory)
+    lines = []
+    out = _unit(m, ctx["zoos"][k], ctx["sets"][k], ctx["cfg"], log=lines.append)
+    out["log"] = lines
+    return out

@@ -7,7 +7,7 @@ makes them (``metanets.demo.generate_zoos``: one single-thread process per core)
 script also prints the generation's wall time and CPU time, and the load average, since
 a shared machine inflates the wall time.
 
-  python scripts/check_demo_distribution.py --out runs            # default size, 1,000 nets per zoo
+  python scripts/check_demo_distribution.py --out runs            # default size, 625 nets per zoo
   python scripts/check_demo_distribution.py --out runs --size quick
 
 Exit status 1 if a target is missed. Complete zoos already in ``--out`` are reused.

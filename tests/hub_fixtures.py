@@ -387,11 +387,40 @@ SMALL_TF = [("sequential/conv2d/kernel:0", (3, 3, 1, 4)), ("sequential/conv2d/bi
             ("sequential/dense/kernel:0", (4, 10)), ("sequential/dense/bias:0", (10,))]
 
 
+#: Upstream's CNN itself (three 3x3 stride-2 convs, global average pool, dense), 4 filters wide.
+SMALL_TF_CNN = [("sequential/conv2d/kernel:0", (3, 3, 1, 4)), ("sequential/conv2d/bias:0", (4,)),
+                ("sequential/conv2d_1/kernel:0", (3, 3, 4, 4)), ("sequential/conv2d_1/bias:0", (4,)),
+                ("sequential/conv2d_2/kernel:0", (3, 3, 4, 4)), ("sequential/conv2d_2/bias:0", (4,)),
+                ("sequential/dense/kernel:0", (4, 10)), ("sequential/dense/bias:0", (10,))]
+
+
+def keras_cnn_forward(row: np.ndarray, x_nhwc: np.ndarray, activation: str, layout=SMALL_TF_CNN) -> np.ndarray:
+    """What upstream's Keras CNN computes (Conv2D 3x3, stride 2, 'valid'; activation; global
+    average pool; Dense), in numpy from one TensorFlow-order weights.npy row."""
+    params, pos = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape))
+        params[name.split("/", 1)[1]] = row[pos:pos + size].reshape(shape).astype(np.float64)
+        pos += size
+    act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0))
+    h = x_nhwc.astype(np.float64)
+    for conv in ("conv2d", "conv2d_1", "conv2d_2"):
+        k, b = params[conv + "/kernel:0"], params[conv + "/bias:0"]
+        n_out = (h.shape[1] - 3) // 2 + 1, (h.shape[2] - 3) // 2 + 1
+        out = np.zeros((h.shape[0], *n_out, k.shape[3]))
+        for i in range(3):
+            for j in range(3):
+                patch = h[:, i:i + 2 * n_out[0] - 1:2, j:j + 2 * n_out[1] - 1:2, :]
+                out += np.einsum("nhwc,co->nhwo", patch, k[i, j])
+        h = act(out + b)
+    return h.mean(axis=(1, 2)) @ params["dense/kernel:0"] + params["dense/bias:0"]
+
+
 SMALL_EPOCHS = (0, 1, 2, 3, 20, 40, 60, 80, 86)  # train_network.py's permanent_ckpt-<epoch>
 
 
 def write_smallcnnzoo(folder: Path, runs: int = 5, gz: bool = True, seed: int = 0, shortened_run: int | None = None,
-                      diverged_run: int | None = None) -> dict:
+                      diverged_run: int | None = None, layout=SMALL_TF) -> dict:
     """weights.npy + metrics.csv(.gz) + layout.csv as the Small CNN Zoo ships them: one row per
     checkpoint, the index naming it (``.../<run>/permanent_ckpt-<epoch>``), ``step`` = epoch,
     ``config.*`` columns, rows sorted by checkpoint path. ``shortened_run`` stops after epoch 20
@@ -399,7 +428,7 @@ def write_smallcnnzoo(folder: Path, runs: int = 5, gz: bool = True, seed: int = 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows, pos = [], 0
-    for name, shape in SMALL_TF:
+    for name, shape in layout:
         size = int(np.prod(shape))
         rows.append({"varname": name, "start_idx": pos, "end_idx": pos + size, "shape": str(shape)})
         pos += size

@@ -150,3 +150,43 @@ def test_the_bench_script_checks_and_times_both_variants(capsys, one_thread):
     assert bench_analyze.main(["--arch", "smallcnn", "--images", "64", "--alphas", "5", "--windows", "1"]) == 0
     out = capsys.readouterr().out
     assert "batched" in out and "one-at-a-time" in out and "max |dloss| between the variants" in out
+
+
+def test_mli_runs_on_an_imported_small_cnn_zoo_and_lmc_says_it_has_no_pairs(tmp_path, capsys, one_thread):
+    """A published zoo as imported (Small CNN Zoo: runs with epoch-0 and final weights, no pairs):
+    `mli` rebuilds every run at both checkpoints, on the zoo's own dataset or `--data` (here an
+    npz of 28x28 images, as MNIST), and each curve's ends are those nets' own losses on the
+    subset; `lmc` refuses it, naming the missing pair column."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from hub_fixtures import SMALL_TF_CNN, write_smallcnnzoo
+
+    import zoo
+    from zoo.analyze.pairs import data_of, subset
+    from zoo.hub.importers import run_import
+
+    write_smallcnnzoo(tmp_path / "up", runs=3, layout=SMALL_TF_CNN)
+    run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo", options={"epochs": "0,86", "dataset": "mnist"})
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "mnist-like.npz"
+    np.savez(npz, x_train=rng.random((96, 28, 28), dtype=np.float32), y_train=rng.integers(0, 10, 96),
+             x_test=rng.random((32, 28, 28), dtype=np.float32), y_test=rng.integers(0, 10, 32))
+    code, text, err = run(capsys, "analyze", "mli", tmp_path / "zoo", "--data", f"npz:{npz}", "--alphas", "5",
+                          "--subset", "64", "--out", tmp_path / "mli", "--quiet")
+    assert code == 0, err
+    (res,) = json.loads((tmp_path / "mli" / "results.json").read_text())["results"]
+    rows = {int(r["model_id"]): r for r in res["records"]}
+    z = zoo.open(tmp_path / "zoo")
+    assert sorted(rows) == [int(i) for i in z.ids] and len(rows) == 3
+    data = data_of(z, f"npz:{npz}")
+    idx = subset(len(data.y_train), 64)
+    x, y = data.normalize(data.x_train[idx]), data.y_train[idx]
+    for mid, row in rows.items():
+        with torch.no_grad():
+            init = F.cross_entropy(z.rebuild(mid, "epoch_0")(x), y).item()
+            final = F.cross_entropy(z.rebuild(mid, "final")(x), y).item()
+        assert row["loss_init"] == pytest.approx(init, rel=1e-5)
+        assert row["loss_final"] == pytest.approx(final, rel=1e-5)
+    code, _, err = run(capsys, "analyze", "lmc", tmp_path / "zoo", "--data", f"npz:{npz}", "--quiet")
+    assert code == 2 and "no 'pair' column" in err and len(err.strip().splitlines()) == 1

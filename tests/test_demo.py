@@ -15,7 +15,7 @@ from metanets import demo
 from metanets.errors import MetanetError
 from zoo.errors import ZooError
 from zoo.generate import generate
-from zoo.generate.spec import spec_from_dict
+from zoo.generate.spec import load_spec, spec_from_dict
 
 # Two zoos of 8 nets in 2 shards of 4: given 6 cores, the demo runs 2 shard jobs per zoo (a job owns whole shards).
 SPEC = {**TINY, "models_per_shard": 4}
@@ -27,7 +27,10 @@ def test_sizes_put_the_default_zoos_in_out_and_the_others_in_their_own_folders(t
                                                                  tmp_path / "quick" / "digits-wasym"]
     assert [z for z, _ in demo.zoo_dirs(tmp_path, "full")] == ["digits-resnet8", "digits-wasym-resnet8"]
     # The default demo has the 250 test nets per zoo that the τ interval of ± 0.08 needs.
-    assert demo.SIZES["default"]["models"] * 0.25 >= 250
+    for preset, _ in demo.ZOOS:
+        spec = load_spec(preset)
+        assert spec.models == demo.SIZES["default"]["models"]
+        assert round(spec.split[2] * spec.models) >= 250
     assert demo.SIZES["quick"]["models"] < demo.SIZES["default"]["models"] < demo.SIZES["full"]["models"]
     with pytest.raises(MetanetError, match="demo size 'huge' is unknown; allowed: quick, default, full"):
         demo.run_demo(tmp_path, size="huge")

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from hub_fixtures import (
     SMALL_EPOCHS,
     SMALL_TF,
+    SMALL_TF_CNN,
+    keras_cnn_forward,
     tar_folder,
     tf_conv_same,
     write_smallcnnzoo,
@@ -119,3 +121,37 @@ def test_a_layout_whose_shape_disagrees_with_its_span_is_refused(tmp_path):
     (tmp_path / "up" / "layout.csv").write_text(text)
     with pytest.raises(ZooError, match=r"conv2d/kernel.*spans 36 entries but shape \(3, 3, 2, 4\) has 72"):
         run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo")
+
+
+@pytest.mark.parametrize("dataset,colour", [("mnist", 1), ("cifar10", 3)])
+def test_upstreams_cnn_rebuilds_and_computes_what_keras_computed_at_every_checkpoint(tmp_path, dataset, colour):
+    """An imported zoo of upstream's CNN rebuilds (smallcnn, 'valid' padding, per-run
+    activation): at epoch 0 and at the end, each net computes the Keras CNN of its
+    weights.npy row. CIFAR-10 and SVHN nets were trained on one grayscale channel: the rebuilt
+    net takes colour images and averages their channels first."""
+    up = write_smallcnnzoo(tmp_path / "up", runs=3, layout=SMALL_TF_CNN)
+    run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo", options={"epochs": "0,86", "dataset": dataset})
+    z = zoo.open(tmp_path / "zoo")
+    assert z.manifest["net"]["arch"] == "smallcnn" and z.manifest["net"]["padding"] == "valid"
+    x = np.random.default_rng(1).normal(size=(5, 28, 28, colour))  # NHWC
+    gray = x.mean(axis=3, keepdims=True)
+    for mid in z.ids:
+        mid = int(mid)
+        run = int(z.table["run"][mid].rsplit("_", 1)[1])
+        activation = z.table["activation"][mid]
+        assert activation == ("relu" if run % 3 else "tanh")
+        for ck, epoch in (("epoch_0", 0), ("final", 86)):
+            want = keras_cnn_forward(up["weights"][up["order"].index((run, epoch))], gray, activation)
+            net = z.rebuild(mid, ck)
+            with torch.no_grad():
+                got = net.double()(torch.from_numpy(x).permute(0, 3, 1, 2))
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_layout_that_is_not_upstreams_cnn_imports_but_says_it_cannot_be_rebuilt(tmp_path):
+    write_smallcnnzoo(tmp_path / "up", runs=2)  # two convs: not upstream's CNN
+    run_import("smallcnnzoo", tmp_path / "up", tmp_path / "zoo")
+    z = zoo.open(tmp_path / "zoo")
+    assert z.manifest.get("net") is None
+    with pytest.raises(ZooError, match="stores no buildable architecture"):
+        z.rebuild(0)

@@ -89,6 +89,36 @@ def test_a_plugin_metanet_is_benchmarked_without_editing_metazoo(zoos, tmp_path,
     assert "| norms-mlp |" in (out / "results.md").read_text()
 
 
+def test_workers_give_the_one_process_results_plugins_included(zoos, tmp_path, capsys):
+    """Two spawned processes share the (metanet, zoo) units, one thread each as here: every run,
+    lr-choice run, prediction, n/a and summary equals the one-process benchmark's, in its order."""
+    argv = [*map(str, zoos), "--metanets", "mlp,dmc,nfn-np,statnn-gbm,hparams,norms-mlp", "--plugin", str(EXAMPLE),
+            "--seeds", "2", "--lr", "mlp=auto,dmc=1e-3,norms-mlp=1e-2", *FAST]
+    got = {}
+    for w in ("1", "2"):
+        assert main(["bench", *argv, "--out", str(tmp_path / w), "--workers", w]) == 0
+        got[w] = json.loads((tmp_path / w / "results.json").read_text())
+    one, two = got["1"], got["2"]
+    assert {r["metanet"] for r in one["runs"]} == {"mlp", "dmc", "statnn-gbm", "norms-mlp"}
+    # n/a: NFN on ResNets; hparams on synthetic zoos (no sampled hyper-parameters); zoo by zoo
+    assert [(s["zoo"], s["metanet"]) for s in one["skipped"]] == [
+        ("std", "nfn-np"), ("std", "hparams"), ("wasym", "nfn-np"), ("wasym", "hparams")]
+    for key in ("runs", "sweeps", "skipped", "summary", "comparisons"):
+        a = [{k: v for k, v in r.items() if k not in ("train_time_s", "cpu_time_s")} for r in one[key]]
+        b = [{k: v for k, v in r.items() if k not in ("train_time_s", "cpu_time_s")} for r in two[key]]
+        assert a == b, key
+    a, b = (pd.read_csv(tmp_path / w / "predictions.csv") for w in ("1", "2"))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert "norms-mlp" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,needle", [(["--workers", "0"], "--workers 0 is invalid; allowed: >= 1"),
+                                          (["--workers", "2", "--device", "cuda"], "--workers 2 is for CPU runs")])
+def test_bad_workers_are_one_line_errors(zoos, tmp_path, capsys, extra, needle):
+    err = _error(capsys, ["bench", str(zoos[0]), "--metanets", "hparams", "--out", str(tmp_path / "o"), *extra])
+    assert needle in err
+
+
 def test_a_plugin_that_registers_nothing_is_a_clear_error(zoos, tmp_path, capsys):
     plug = tmp_path / "empty_plugin.py"
     plug.write_text("import torch\n\nclass Forgotten(torch.nn.Module):\n    view = 'vector'\n")

@@ -58,6 +58,11 @@ def pairs_of(z, max_pairs: int | None = None) -> tuple[list[Pair], list[str]]:
     return out, notes
 
 
+#: The datasets imported zoos name (manifest ``data.name``) -> metazoo's data source.
+IMPORTED_DATA = {"cifar10": "cifar10", "mnist": "mnist", "fashion_mnist": "fashion_mnist", "svhn_cropped": "svhn",
+                 "svhn": "svhn"}
+
+
 def data_of(z, source: str | None = None, device="cpu"):
     """The image data the zoo was trained on (``source`` overrides it, e.g. for imported zoos)."""
     if source is not None:
@@ -66,6 +71,8 @@ def data_of(z, source: str | None = None, device="cpu"):
         spec = z.spec["data"]
     elif (z.manifest.get("data") or {}).get("source"):
         spec = {"source": z.manifest["data"]["source"]}
+    elif IMPORTED_DATA.get((z.manifest.get("data") or {}).get("name")):  # an imported zoo's dataset
+        spec = {"source": IMPORTED_DATA[z.manifest["data"]["name"]]}
     else:
         raise ZooError(f"{z.path}: the zoo does not say which data it was trained on; pass --data SOURCE")
     return load_images(spec, device)

@@ -5,15 +5,14 @@ summaries, comparisons, files and plots are :mod:`zoo.analyze.report`'s.
 """
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import functools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..console import progress
 from ..errors import ZooError
+from ..workers import map_items
 from . import metrics
 from .align import align, check_alignable
 from .interp import Evaluator, curve, has_batchnorm
@@ -72,40 +71,17 @@ def _methods(z, opts: Options, variant: str) -> tuple[list[str], list[str]]:
 #
 # Each analysis is a setup (open the zoo, load its data, build the evaluator) and one item per
 # pair (lmc, align) or net (mli). With ``workers > 1`` the items run in a pool of spawned
-# processes, each of which does the setup once; the parent gathers the results in item order,
-# so the output is the serial one (bit for bit when every process runs one thread; otherwise to
-# float rounding, as any change of thread count). A worker's ZooError reaches the parent as is.
+# processes (:func:`zoo.workers.map_items`), each of which does the setup once; the results come
+# back in item order, so the output is the serial one.
 
-_CTX: dict = {}
-
-
-def _init_worker(setup, path, opts, threads):
-    torch.set_num_threads(threads)
-    _CTX["ctx"] = setup(path, opts)
-
-
-def _in_worker(item, opts, i):
-    return item(_CTX["ctx"], opts, i)
+def _item(item, opts, ctx, i):
+    return item(ctx, opts, i)
 
 
 def _map(setup, item, path, opts: Options, ctx, n: int, bar) -> list:
     """``[item(ctx, opts, i) for i in range(n)]``, in this process or in ``opts.workers``."""
-    workers = min(opts.workers, n)
-    if workers <= 1:
-        out = []
-        for i in range(n):
-            out.append(item(ctx, opts, i))
-            bar.update(1)
-        return out
-    threads = max(1, torch.get_num_threads() // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(setup, path, opts, threads)) as ex:
-        futures = {ex.submit(_in_worker, item, opts, i): i for i in range(n)}
-        out = [None] * n
-        for f in as_completed(futures):
-            out[futures[f]] = f.result()
-            bar.update(1)
-    return out
+    return map_items(setup, (path, opts), functools.partial(_item, item, opts), range(n), opts.workers,
+                     done=lambda i, r: bar.update(1), ctx=ctx)
 
 
 # ------------------------------------------------------------------------------ lmc

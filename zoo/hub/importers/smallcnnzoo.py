@@ -35,7 +35,10 @@ import pandas as pd
 
 from ...console import progress
 from ...errors import ZooError
+from ...generate.images import SHAPES
 from ...layout import Layout
+from ...nets import NetConfig
+from ...nets.smallcnn import LAYERS as SMALLCNN_LAYERS
 from ...store import ShardContent, metric_column
 from ..safety import ARCHIVE_ERRORS, Limits
 from .common import RESERVED, SHARD_SIZE, ZooWriter, column_name, fingerprint_of
@@ -254,7 +257,7 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
         bar.close()
         ds = dataset or _guess_dataset(Path(src))
         return writer.finish(
-            name=name or f"smallcnnzoo-{ds or 'unknown'}", net=None,
+            name=name or f"smallcnnzoo-{ds or 'unknown'}", net=net_config(layout, ds),
             data={"name": ds} if ds else None,
             source={"kind": "import", "format": "smallcnnzoo", "path": str(src), "runs_grouped_by": key_kind,
                     "epochs": chosen, "checkpoints_per_run": len(full), "dropped": dropped,
@@ -262,6 +265,32 @@ def import_smallcnnzoo(src, out, *, dataset: str | None = None, epochs: str = "f
                     "hparam_columns": list(hp_names.values()),
                     "kernel_order": "converted from TensorFlow [kh, kw, in, out] to PyTorch [out, in, kh, kw]",
                     **(source or {})})
+
+
+def net_config(layout: Layout, dataset: str | None) -> dict | None:
+    """The smallcnn config that rebuilds these nets (``zoo.open(...).rebuild``), or None when
+    the layout is not upstream's CNN: three 3x3 stride-2 convs of one width (Keras' default
+    'valid' padding, as upstream's ``build_cnn``), global average pooling, a dense layer. On
+    CIFAR-10 and SVHN upstream trained on one grayscale channel: the net averages the colour
+    channels first (``grayscale``), so it takes the torchvision images as they come. The net
+    computes what upstream's did on the same input; the input is metazoo's (standardised per
+    channel, a plain channel mean for grayscale), not upstream's own preprocessing, so losses
+    on it are close to upstream's, not equal."""
+    shapes = {t.name: tuple(t.shape) for t in layout.tensors}
+    names = [f"{n}.{p}" for n in SMALLCNN_LAYERS for p in ("weight", "bias")] + ["dense.weight", "dense.bias"]
+    if list(shapes) != names or len(shapes["conv2d.weight"]) != 4 or len(shapes["dense.weight"]) != 2:
+        return None
+    c, c_in = shapes["conv2d.weight"][:2]
+    classes = shapes["dense.weight"][0]
+    if not all(shapes[f"{n}.weight"] == (c, c_in if n == "conv2d" else c, 3, 3) and shapes[f"{n}.bias"] == (c,)
+               for n in SMALLCNN_LAYERS) or shapes["dense.weight"] != (classes, c) or shapes["dense.bias"] != (classes,):
+        return None
+    source = {"svhn_cropped": "svhn"}.get(dataset, dataset)
+    channels = SHAPES[source][0] if source in SHAPES else c_in
+    if channels != c_in and c_in != 1:
+        return None
+    return NetConfig(arch="smallcnn", width=c / 16, in_channels=channels, num_classes=classes, padding="valid",
+                     grayscale=channels != c_in).to_dict()
 
 
 def _torch_shape(tf_shape):
