@@ -236,3 +236,17 @@ def test_the_cpu_lever_benchmark_compiles_the_forward_the_trainer_calls(digits, 
     torch._dynamo.reset()
     assert len(walls) == 1 and counter.frame_count >= 1, "the compiled forward ran"
     assert GroupState.forward_input is eager, "the eager method is put back"
+
+
+def test_the_demo_benchmark_times_repeated_demos_and_checks_they_print_one_table(tmp_path, capsys):
+    """Two tiny demos in fresh folders: both phases are timed, and the seeded demo prints the
+    same table twice (the script fails otherwise)."""
+    from scripts import bench_demo
+
+    assert bench_demo.main(["--repeats", "2", "--no-warmup", "--keep", str(tmp_path), "--", "--quick",
+                            "--models", "16", "--metanets", "hparams,statnn-gbm"]) == 0
+    out = capsys.readouterr().out
+    assert "| whole command |" in out and "| generation |" in out and "| benchmark |" in out and " n=2" in out
+    assert "every repeat printed the same table: yes" in out
+    for rep in ("rep-1", "rep-2"):  # generation included: each repeat made its own zoos
+        assert (tmp_path / rep / "quick" / "digits-std" / "manifest.json").exists()
