@@ -39,6 +39,7 @@ from . import data, registry, uncertainty
 from . import stack as stacking
 from .data import WeightSet
 from .errors import MetanetError, NotApplicable
+from .plugins import load_plugin
 from .train import BATCH_SIZE, EPOCHS, LR_GRID, WEIGHT_DECAY, FitResult, fit
 
 
@@ -437,8 +438,6 @@ def _unit(m: str, info: dict, ws: WeightSet, cfg: BenchConfig, *, log=print, bar
 # shards already, and a plugin's metanets are registered again in the worker.
 
 def _worker_setup(paths, cfg: BenchConfig, zoos, plugins) -> dict:
-    from .plugins import load_plugin
-
     for p in plugins:
         load_plugin(p)
     return {"paths": paths, "cfg": cfg, "zoos": zoos, "sets": {}}

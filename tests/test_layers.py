@@ -14,7 +14,7 @@ PACKAGES = ("zoo", "metanets")
 #: its own group and the groups of lower layers, never a group beside it or above it.
 LAYERS = [
     ["zoo._version", "zoo.errors"],
-    ["zoo.seeding", "zoo.console", "zoo.fs", "zoo.layout"],  # leaves beside each other
+    ["zoo.seeding", "zoo.console", "zoo.fs", "zoo.layout", "zoo.workers"],  # leaves beside each other
     ["zoo.nets"],
     ["zoo.store"],
     ["zoo.generate", "zoo.hub"],  # making zoos and sharing them: neither imports the other

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpecError, ZooError
+from ..nets.config import IMAGE_SHAPES
 
 TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN", "mnist": "MNIST",
                "fashion_mnist": "FashionMNIST"}
 SOURCES = ("digits", "npz:PATH", *TORCHVISION)
 #: (channels, height, width, classes) of the named sources, for checks before any download.
-SHAPES = {"digits": (1, 8, 8, 10), "cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100),
-          "svhn": (3, 32, 32, 10), "mnist": (1, 28, 28, 10), "fashion_mnist": (1, 28, 28, 10)}
+SHAPES = IMAGE_SHAPES
 
 
 def default_cache() -> Path:

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+#: (channels, height, width, classes) of the image sources a net can be trained on by name
+#: (zoo.generate.images loads them; an importer rebuilding a published net reads its input shape here).
+IMAGE_SHAPES = {"digits": (1, 8, 8, 10), "cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100),
+                "svhn": (3, 32, 32, 10), "mnist": (1, 28, 28, 10), "fashion_mnist": (1, 28, 28, 10)}
+
 
 @dataclass(frozen=True)
 class WAsym:

@@ -35,9 +35,9 @@ import pandas as pd
 
 from ...console import progress
 from ...errors import ZooError
-from ...generate.images import SHAPES
 from ...layout import Layout
 from ...nets import NetConfig
+from ...nets.config import IMAGE_SHAPES
 from ...nets.smallcnn import LAYERS as SMALLCNN_LAYERS
 from ...store import ShardContent, metric_column
 from ..safety import ARCHIVE_ERRORS, Limits
@@ -286,7 +286,7 @@ def net_config(layout: Layout, dataset: str | None) -> dict | None:
                for n in SMALLCNN_LAYERS) or shapes["dense.weight"] != (classes, c) or shapes["dense.bias"] != (classes,):
         return None
     source = {"svhn_cropped": "svhn"}.get(dataset, dataset)
-    channels = SHAPES[source][0] if source in SHAPES else c_in
+    channels = IMAGE_SHAPES[source][0] if source in IMAGE_SHAPES else c_in
     if channels != c_in and c_in != 1:
         return None
     return NetConfig(arch="smallcnn", width=c / 16, in_channels=channels, num_classes=classes, padding="valid",
