@@ -394,7 +394,7 @@ def test_a_sealed_shard_damaged_before_the_zoo_is_finished_is_named(tmp_path, on
     out = tmp_path / "z"
     generate(spec_from_dict(TINY), out, shard=0, num_shards=2, group_size=2, progress=False)
     flip_weight_byte(out / "shard-00000.h5")
-    with pytest.raises(ZooError, match=r"shard-00000.h5 no longer matches the sha256 recorded"):
+    with pytest.raises(ZooError, match=r"shard-00000.h5 is corrupt or truncated: it no longer matches the sha256 recorded"):
         generate(spec_from_dict(TINY), out, progress=False)
     assert not (out / "manifest.json").exists()
 

@@ -166,6 +166,23 @@ def test_a_pickle_payload_is_refused_by_every_importer_loader(tmp_path):
     assert not any(p.name.startswith("z") for p in tmp_path.iterdir())
 
 
+def test_a_zip_entry_without_a_name_is_refused_naming_the_archive(tmp_path):
+    """An entry whose name is empty (fuzz finding import_modelzoos-ae96d42ac9: zipfile's
+    `is_dir` raised IndexError on it) is refused before anything is read or written."""
+    archive = tmp_path / "zoo.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "x")
+        zf.writestr(zipfile.ZipInfo("placeholder"), "y")
+    data = archive.read_bytes().replace(b"placeholder", b"\0" * 11)  # same length: offsets stay valid
+    archive.write_bytes(data)
+    with zipfile.ZipFile(archive) as zf:  # zipfile reads the name as empty (cut at the NUL)
+        assert "" in [i.filename for i in zf.infolist()]
+    for fmt in ("modelzoos", "smallcnnzoo"):
+        with pytest.raises(ZooError, match=r"zoo.zip.*empty name; refused"):
+            run_import(fmt, archive, tmp_path / f"out-{fmt}")
+        assert not (tmp_path / f"out-{fmt}").exists()
+
+
 def test_a_missing_file_is_reported_as_missing_not_as_corrupt(tmp_path):
     with pytest.raises(ZooError, match=r"gone.pt: file is missing") as e:
         load_tensors(tmp_path / "gone.pt")

@@ -204,6 +204,18 @@ def test_a_tensor_of_the_wrong_shape_is_refused_naming_file_and_tensor(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["up"]
 
 
+def test_a_scalar_stem_weight_is_refused_naming_the_tensor(tmp_path):
+    """A 0-d `conv1.weight` (fuzz finding import_lim2024-07540d77e1: it broke the model-type
+    guess with an IndexError) is a tensor of the wrong shape like any other."""
+    (tmp_path / "up").mkdir()
+    sd = lim_state_dict(0)
+    sd["conv1.weight"] = torch.tensor(0.5)
+    torch.save((sd, 50.0), tmp_path / "up" / "net_0.pt")
+    with pytest.raises(ZooError, match=r"net_0.pt.*conv1\.weight"):
+        run_import("lim2024", tmp_path / "up", tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists()
+
+
 def test_an_accuracy_outside_0_100_is_refused(tmp_path):
     (tmp_path / "up").mkdir()
     torch.save((lim_state_dict(0), 140.0), tmp_path / "up" / "net_0.pt")

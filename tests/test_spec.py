@@ -1,4 +1,6 @@
 """Zoo specs: validation names the field; per-model hyper-parameters are a function of (seed, id)."""
+import datetime
+
 import numpy as np
 import pytest
 from conftest import write_toml
@@ -62,6 +64,8 @@ def test_fingerprint_changes_with_content_not_description(tiny_dict):
     ({"hparams": {"learning_rate": 0.1}}, "hparams.learning_rate", "unknown hyper-parameter"),
     ({"net": {"arch": "vgg"}}, "net.arch", "resnet"),
     ({"net": {"depth": 9}}, "net.depth", "6n+2"),
+    ({"net": {"grayscale": datetime.datetime(1979, 5, 27)}}, "net.grayscale", "true or false"),  # TOML dates
+    ({"net": {"arch": ["resnet"]}}, "net.arch", "a string"),
     ({"data": {"source": "imagenet"}}, "data.source", "digits"),
     ({"models": 0}, "models", ">= 1"),
     ({"checkpoints": [5, "final"]}, "checkpoints", "0..1"),

@@ -75,6 +75,21 @@ def test_verify_passes_a_sound_zoo_and_names_a_corrupted_shard(tmp_path):
     assert problems and all("shard-00001.h5" in p for p in problems)
 
 
+def test_a_shard_nobody_vouches_for_is_read_in_a_child_that_names_it_when_it_fails(tmp_path):
+    """`zoo generate` meets a shard with no recorded sha256 (copied in by hand): its ids are
+    read in a child process, so a file that makes libhdf5 loop cannot hang the run (the kept
+    fuzz finding plan_parts-8e5c6a77c4 replays that case); a good shard gives the ids HDF5
+    holds, a damaged one a ZooError naming it."""
+    tiny_zoo(tmp_path)
+    shard = tmp_path / "shard-00001.h5"
+    with store.open_shard(shard) as f:
+        ids = [int(i) for i in f["ids"][()]]
+    assert store.shard_ids_isolated(shard) == ids and len(ids) > 0
+    shard.write_bytes(shard.read_bytes()[:900])
+    with pytest.raises(ZooError, match=r"shard-00001.h5"):
+        store.shard_ids_isolated(shard)
+
+
 def test_verify_isolated_turns_a_reader_that_hangs_or_crashes_into_a_problem(tmp_path):
     """A zoo from someone else is verified in a child process: its verdict is verify's; a
     child that does not answer in time is killed, one that dies is reported, and this process

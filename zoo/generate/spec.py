@@ -259,7 +259,8 @@ TOP_KEYS = {"name", "description", "models", "seed", "models_per_shard", "checkp
 #: net field -> (types, description) checked before any arithmetic on them
 NET_TYPES = {"depth": ((int,), "an integer"), "width": ((int, float), "a number"),
              "norm": ((str,), "a string"), "activation": ((str,), "a string"),
-             "figlu_scale": ((int, float), "a number"), "asym_seed": ((int,), "an integer")}
+             "figlu_scale": ((int, float), "a number"), "asym_seed": ((int,), "an integer"),
+             "arch": ((str,), "a string"), "padding": ((str,), "a string")}
 WASYM_TYPES = {"n_fix": ((int,), "an integer"), "n_fix_linear": ((int,), "an integer"),
                "kappa": ((int, float), "a number"), "mode": ((str,), "a string")}
 
@@ -317,6 +318,8 @@ def spec_from_dict(d: dict) -> ZooSpec:
         raise SpecError("net", d.get("net"), "must be a table")
     net_d = dict(d.get("net", {}))
     _check_types(net_d, NET_TYPES, "net")
+    if not isinstance(net_d.get("grayscale", False), bool):
+        raise SpecError("net.grayscale", net_d["grayscale"], "must be true or false")
     unknown = set(net_d) - NET_KEYS
     if unknown:
         k = sorted(unknown)[0]

@@ -172,7 +172,9 @@ def _first_line(e) -> str:
 # ------------------------------------------------------------ archives
 
 def check_member(archive: Path, name: str) -> PurePosixPath:
-    """The member's path relative to the target, or a ZooError if it could escape."""
+    """The member's path relative to the target, or a ZooError if it could escape or is nameless."""
+    if not name:
+        raise ZooError(f"{archive}: an entry has an empty name; refused (nothing was extracted)")
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or (p.parts and p.parts[0].endswith(":")):
         raise ZooError(f"{archive}: entry {name!r} has an absolute path; refused (nothing was extracted)")

@@ -437,10 +437,10 @@ def verify(root: Path) -> list[str]:
     return problems
 
 
-def _verify_main() -> None:
-    """The child of :func:`verify_isolated`: ``verify(argv[1])`` as one JSON line on stdout."""
+def _child_main(fn) -> None:
+    """The child of :func:`_run_isolated`: ``fn(argv[1])`` as one JSON line on stdout."""
     try:
-        out = {"kind": "ok", "value": verify(Path(sys.argv[1]))}
+        out = {"kind": "ok", "value": fn(Path(sys.argv[1]))}
     except ZooError as e:
         out = {"kind": "zoo_error", "value": str(e)}
     except BaseException as e:  # a bug, not a verdict: the parent raises it as such
@@ -448,9 +448,54 @@ def _verify_main() -> None:
     sys.stdout.write("\n" + json.dumps(out) + "\n")
 
 
+def _verify_main() -> None:
+    _child_main(verify)
+
+
+def _shard_ids(path: Path) -> list[int]:
+    with open_shard(path) as f:
+        return [int(i) for i in f["ids"][()]]
+
+
+def _shard_ids_main() -> None:
+    _child_main(_shard_ids)
+
+
 _CHILD = "from zoo.store.format import _verify_main; _verify_main()"
-#: Seconds :func:`verify_isolated` allows before it counts the bytes (one more per 20 MB).
+#: Seconds an isolated reader is allowed before it counts the bytes (one more per 20 MB).
 ISOLATED_BASE_S = 20.0
+
+
+class _Unreadable(Exception):
+    """The isolated reader passed its deadline or died: what happened, in words."""
+
+
+def _run_isolated(code: str, arg: Path, timeout: float, what: str, crashed: str):
+    """Run ``code`` (a :func:`_child_main`) on ``arg`` in a fresh interpreter with a deadline:
+    its value; ZooError as itself; a deadline passed or a dead child as :class:`_Unreadable`
+    (``what`` did not finish; ``crashed`` its process)."""
+    here = str(Path(__file__).resolve().parents[2])  # the folder holding the zoo package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (here, os.environ.get("PYTHONPATH")) if x)}
+    try:
+        run = subprocess.run([sys.executable, "-c", code, str(arg)], capture_output=True, text=True,
+                             timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise _Unreadable(f"{what} did not finish within {timeout:.0f} s: a shard the HDF5 library cannot "
+                          "read (it loops on some damaged files)") from None
+    lines = run.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if run.returncode == 0 and lines else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or answer.get("kind") not in ("ok", "zoo_error", "error"):
+        last = (run.stderr.strip().splitlines() or [""])[-1][:200]
+        raise _Unreadable(f"{crashed} (exit code {run.returncode}"
+                          f"{': ' + last if last else ''}): a shard the HDF5 library cannot read")
+    if answer["kind"] == "zoo_error":
+        raise ZooError(answer["value"])
+    if answer["kind"] == "error":
+        raise RuntimeError(f"{what} failed in its child process: {answer['value']}")
+    return answer["value"]
 
 
 def verify_isolated(root: Path, timeout: float | None = None, _code: str = _CHILD) -> list[str]:
@@ -467,28 +512,25 @@ def verify_isolated(root: Path, timeout: float | None = None, _code: str = _CHIL
     if timeout is None:
         size = sum(p.stat().st_size for p in root.glob("*.h5") if p.is_file())
         timeout = ISOLATED_BASE_S + size / 20e6
-    here = str(Path(__file__).resolve().parents[2])  # the folder holding the zoo package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (here, os.environ.get("PYTHONPATH")) if x)}
     try:
-        run = subprocess.run([sys.executable, "-c", _code, str(root)], capture_output=True, text=True,
-                             timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return [f"verification did not finish within {timeout:.0f} s: a shard the HDF5 library cannot read "
-                "(it loops on some damaged files); nothing was read further"]
-    lines = run.stdout.strip().splitlines()
+        return _run_isolated(_code, root, timeout, "verification",
+                             "reading the shards crashed the verifying process")
+    except _Unreadable as e:
+        return [f"{e}; nothing was read further"]
+
+
+def shard_ids_isolated(path: Path, timeout: float | None = None) -> list[int]:
+    """The model ids of shard ``path``, read in a child process with a deadline: for a shard
+    whose sha256 nobody recorded, so that damaged bytes that make libhdf5 loop cannot hang
+    this process. ZooError (naming the file) if it is unreadable, times out or kills its reader."""
+    path = Path(path)
+    if timeout is None:
+        timeout = ISOLATED_BASE_S + path.stat().st_size / 20e6
     try:
-        answer = json.loads(lines[-1]) if run.returncode == 0 and lines else None
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict) or answer.get("kind") not in ("ok", "zoo_error", "error"):
-        last = (run.stderr.strip().splitlines() or [""])[-1][:200]
-        return [f"reading the shards crashed the verifying process (exit code {run.returncode}"
-                f"{': ' + last if last else ''}): a shard the HDF5 library cannot read; nothing was read further"]
-    if answer["kind"] == "zoo_error":
-        raise ZooError(answer["value"])
-    if answer["kind"] == "error":
-        raise RuntimeError(f"zoo verify failed in its child process: {answer['value']}")
-    return answer["value"]
+        return _run_isolated("from zoo.store.format import _shard_ids_main; _shard_ids_main()",
+                             path, timeout, "reading it", "reading it crashed its process")
+    except _Unreadable as e:
+        raise ZooError(f"{path}: {e}") from None
 
 
 def write_zoo(root: Path, shards: list[ShardContent], *, name: str, checkpoints=None, net: dict | None = None,

@@ -127,7 +127,8 @@ def _content_type(sd: dict) -> str:
     if any(k.endswith(".mask") for k in sd):
         return "sparse_resnet8"
     stem = sd.get("conv1.weight")
-    return "smaller_resnet8" if isinstance(stem, torch.Tensor) and stem.shape[0] == 14 else "resnet8"
+    # (a 0-d tensor has no first axis: it is not the smaller stem, and the shape checks refuse it)
+    return "smaller_resnet8" if isinstance(stem, torch.Tensor) and stem.dim() and stem.shape[0] == 14 else "resnet8"
 
 
 def _split_state(label: str, sd: dict, layout: Layout, model_type: str):
