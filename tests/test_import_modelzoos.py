@@ -62,6 +62,30 @@ def test_hyper_parameters_come_from_result_json_config_when_params_json_is_absen
     assert a.drop(columns="split").equals(b.drop(columns="split"))
 
 
+@pytest.mark.parametrize("bad", [[1.65], {"v": 1}, True, "fast"])
+def test_a_metric_that_is_not_a_number_is_refused_naming_archive_file_and_field(tmp_path, bad):
+    """result.json lines are JSON: a metric may be any JSON value (fuzz finding
+    import_modelzoos-6b78ae0eda: a list raised TypeError from float())."""
+    import json
+    import zipfile
+
+    good, archive = tmp_path / "good.zip", tmp_path / "bad.zip"
+    write_modelzoos(good, nets=3)
+    target = f"{modelzoos_dir(1)}/result.json"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(archive, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == target:
+                rows = [json.loads(line) for line in data.decode().splitlines()]
+                rows[-1]["train_loss"] = bad
+                data = ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+            dst.writestr(info, data)
+    with pytest.raises(ZooError, match=r"bad\.zip:.*" + modelzoos_dir(1) + r"/result\.json epoch 2: train_loss = .* "
+                       r"is not a number"):
+        run_import("modelzoos", archive, tmp_path / "z")
+    assert not (tmp_path / "z").exists()
+
+
 @pytest.mark.exactness
 @pytest.mark.parametrize("epochs", ["0", "1,2", "0,1,2"])
 def test_every_epoch_is_selectable(tmp_path, epochs):

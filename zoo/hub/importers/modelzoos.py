@@ -140,7 +140,12 @@ def _metrics(row: dict | None, where: str) -> dict:
     out = {}
     for ours, names in _ALIASES.items():
         v = next((row[n] for n in names if row and n in row), None)
-        v = math.nan if v is None else float(v)
+        try:
+            if isinstance(v, (bool, list, dict)):  # float() takes a bool, and would raise TypeError on the others
+                raise TypeError
+            v = math.nan if v is None else float(v)
+        except (TypeError, ValueError, OverflowError):
+            raise ZooError(f"{where}: {ours} = {str(v)[:40]!r} is not a number") from None
         out[ours] = check_fraction(v, f"{where}: {ours}") if ours.endswith("acc") else v
     return out
 
@@ -189,6 +194,7 @@ def import_modelzoos(src, out, *, epochs: str | None = None, name: str | None = 
         layout, skipped = _state_layout(tree.label(first), tree.tensors(first))
         # Hyper-parameters of all nets at once, so every shard gets the same columns and types.
         results_of = {n: _results(tree, n) for n in kept}
+        results_label = {n: tree.label(f"{n}/result.json" if n != "." else "result.json") for n in kept}
         params = table_frame([{column_name(k, RESERVED): v for k, v in _params(tree, n, results_of[n]).items()}
                               for n in kept])
         params["source_dir"] = np.asarray(kept, dtype=object)
@@ -218,7 +224,7 @@ def import_modelzoos(src, out, *, epochs: str | None = None, name: str | None = 
                     if buf is not None:
                         buf[ck][i] = layout.flatten_buffers(sd)
                     finite &= bool(np.isfinite(w[ck][i]).all())
-                    for k, v in _metrics(results.get(e), f"{net}/result.json epoch {e}").items():
+                    for k, v in _metrics(results.get(e), f"{results_label[net]} epoch {e}").items():
                         row[metric_column(k, ck)] = v
                 row["diverged"] = not finite or math.isnan(row["test_acc"])
                 rows.append(row)
