@@ -62,10 +62,15 @@ def test_hyper_parameters_come_from_result_json_config_when_params_json_is_absen
     assert a.drop(columns="split").equals(b.drop(columns="split"))
 
 
-@pytest.mark.parametrize("bad", [[1.65], {"v": 1}, True, "fast"])
-def test_a_metric_that_is_not_a_number_is_refused_naming_archive_file_and_field(tmp_path, bad):
-    """result.json lines are JSON: a metric may be any JSON value (fuzz finding
-    import_modelzoos-6b78ae0eda: a list raised TypeError from float())."""
+@pytest.mark.parametrize("field,bad,why", [("train_loss", [1.65], "is not a number"),
+                                           ("train_loss", {"v": 1}, "is not a number"),
+                                           ("train_loss", True, "is not a number"),
+                                           ("train_loss", "fast", "is not a number"),
+                                           ("test_acc", 1.3, r"is not an accuracy in \[0, 1\]")])
+def test_a_bad_metric_is_refused_naming_archive_file_and_field(tmp_path, field, bad, why):
+    """result.json lines are JSON: a metric may be any JSON value (fuzz findings
+    import_modelzoos-6b78ae0eda: a list raised TypeError from float(); -c551bb4508 and
+    -ff7afc9b0e: an accuracy above 1 was refused without naming the archive)."""
     import json
     import zipfile
 
@@ -77,11 +82,10 @@ def test_a_metric_that_is_not_a_number_is_refused_naming_archive_file_and_field(
             data = src.read(info)
             if info.filename == target:
                 rows = [json.loads(line) for line in data.decode().splitlines()]
-                rows[-1]["train_loss"] = bad
+                rows[-1][field] = bad
                 data = ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
             dst.writestr(info, data)
-    with pytest.raises(ZooError, match=r"bad\.zip:.*" + modelzoos_dir(1) + r"/result\.json epoch 2: train_loss = .* "
-                       r"is not a number"):
+    with pytest.raises(ZooError, match=r"bad\.zip:.*" + modelzoos_dir(1) + rf"/result\.json epoch 2: {field} = .* {why}"):
         run_import("modelzoos", archive, tmp_path / "z")
     assert not (tmp_path / "z").exists()
 
