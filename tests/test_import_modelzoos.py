@@ -62,6 +62,25 @@ def test_hyper_parameters_come_from_result_json_config_when_params_json_is_absen
     assert a.drop(columns="split").equals(b.drop(columns="split"))
 
 
+def test_upstream_keys_become_table_columns_hdf5_can_store(tmp_path):
+    """Config keys are anyone's strings (fuzz finding import_modelzoos-471ef18fec: the keys ''
+    and '\\0' gave two columns HDF5 named alike, a ValueError while writing the shard)."""
+    import h5py
+
+    from zoo.hub.importers.common import RESERVED, column_name
+
+    keys = ["", "\0", ".", "..", " / ", "a/b", "test_acc", "x\ud800y", "lr\n", "optim::lr", "dé"]
+    cols = {k: column_name(k, RESERVED) for k in keys}
+    assert cols["a/b"] == "a.b" and cols["test_acc"] == "hp.test_acc" and cols["optim::lr"] == "optim::lr"
+    assert cols["dé"] == "dé" and cols["x\ud800y"] == "xy" and cols["lr\n"] == "lr"
+    assert {cols[k] for k in ("", "\0", ".", "..", " / ")} == {"unnamed"}
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        g = f.create_group("table")
+        for c in set(cols.values()):
+            g.create_dataset(c, data=[1.0])
+        assert sorted(g) == sorted(set(cols.values()))
+
+
 @pytest.mark.parametrize("field,bad,why", [("train_loss", [1.65], "is not a number"),
                                            ("train_loss", {"v": 1}, "is not a number"),
                                            ("train_loss", True, "is not a number"),

@@ -204,8 +204,12 @@ def _kind(v) -> str:
 
 
 def column_name(key: str, reserved=()) -> str:
-    """An upstream key as a table column: no '/' (it would nest HDF5 groups), no clash with ours."""
-    col = str(key).replace("/", ".").strip() or "unnamed"
+    """An upstream key as a table column, a valid HDF5 dataset name: no '/' (it would nest HDF5
+    groups), no control characters (HDF5 ends a name at NUL), not empty nor only dots ('.' is the
+    group itself), no clash with ours."""
+    col = "".join(ch for ch in str(key).replace("/", ".") if ch.isprintable()).strip()
+    if not col.strip("."):
+        col = "unnamed"
     return f"hp.{col}" if col in reserved else col
 
 
