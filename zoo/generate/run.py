@@ -53,7 +53,7 @@ from ..layout import Layout
 from ..nets import FiGLU, build_net, family
 from ..store import (MANIFEST, PLAN, ShardContent, ShardVerifier, build_manifest, check_replaceable,
                      concat_contents, make_splits, open_shard, read_manifest, read_shard, recorded_sha,
-                     sha256_file, shard_entry, shard_ids_isolated, shard_name, versions, write_shard)
+                     sha256_file, shard_entry, shard_ids, shard_ids_isolated, shard_name, versions, write_shard)
 from ..store.lock import lock_dir
 from . import images as image_data
 from .spec import GROUP_KEYS, ZooSpec, check_image_size, load_spec, spec_from_dict, validate_for_data
@@ -222,8 +222,7 @@ def _part_ids(path: Path) -> tuple[str | None, list[int]]:
     if sha256_file(path) != sha:
         return "it no longer matches the sha256 recorded when it was written (damaged since)", []
     try:
-        with open_shard(path) as f:
-            return None, [int(i) for i in f["ids"][()]]
+        return None, shard_ids(path)
     except (ZooError, KeyError, OSError) as e:
         return f"it is unreadable ({e})", []
 
@@ -286,11 +285,8 @@ def _check_shard(path: Path, expected_ids, sha: str | None = None) -> None:
                        "was written (damaged since); delete it and rerun to regenerate its models "
                        "(no other shard is affected)")
     try:
-        if sha is None:  # bytes nobody vouches for: read them where a libhdf5 loop cannot hang us
-            ids = shard_ids_isolated(path)
-        else:
-            with open_shard(path) as f:
-                ids = list(f["ids"][()])
+        # bytes nobody vouches for are read where a libhdf5 loop cannot hang us
+        ids = shard_ids_isolated(path) if sha is None else shard_ids(path)
     except (ZooError, KeyError, OSError) as e:
         raise ZooError(f"{path} is corrupt or truncated ({e}); move it away or delete it and rerun to "
                        "regenerate its models (no other shard is affected)") from e

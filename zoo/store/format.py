@@ -452,13 +452,14 @@ def _verify_main() -> None:
     _child_main(verify)
 
 
-def _shard_ids(path: Path) -> list[int]:
+def shard_ids(path: Path) -> list[int]:
+    """The model ids shard ``path`` holds (in this process: for bytes whose checksum was checked)."""
     with open_shard(path) as f:
         return [int(i) for i in f["ids"][()]]
 
 
 def _shard_ids_main() -> None:
-    _child_main(_shard_ids)
+    _child_main(shard_ids)
 
 
 _CHILD = "from zoo.store.format import _verify_main; _verify_main()"

@@ -140,12 +140,16 @@ def _metrics(row: dict | None, where: str) -> dict:
     out = {}
     for ours, names in _ALIASES.items():
         v = next((row[n] for n in names if row and n in row), None)
-        try:
-            if isinstance(v, (bool, list, dict)):  # float() takes a bool, and would raise TypeError on the others
-                raise TypeError
-            v = math.nan if v is None else float(v)
-        except (TypeError, ValueError, OverflowError):
-            raise ZooError(f"{where}: {ours} = {str(v)[:40]!r} is not a number") from None
+        bad = ZooError(f"{where}: {ours} = {str(v)[:40]!r} is not a number")
+        if v is None:
+            v = math.nan
+        elif isinstance(v, bool) or not isinstance(v, (int, float, str)):  # any JSON value may stand here
+            raise bad
+        else:
+            try:
+                v = float(v)
+            except (ValueError, OverflowError):
+                raise bad from None
         out[ours] = check_fraction(v, f"{where}: {ours}") if ours.endswith("acc") else v
     return out
 
