@@ -1,4 +1,8 @@
 """modelzoos importer: per-net training folders become one zoo with per-epoch checkpoints."""
+import json
+import zipfile
+
+import h5py
 import numpy as np
 import pytest
 from hub_fixtures import modelzoos_dir, write_modelzoos
@@ -6,6 +10,7 @@ from hub_fixtures import modelzoos_dir, write_modelzoos
 import zoo
 from zoo.errors import ZooError
 from zoo.hub.importers import run_import
+from zoo.hub.importers.common import RESERVED, column_name
 from zoo.store import verify
 
 
@@ -65,10 +70,6 @@ def test_hyper_parameters_come_from_result_json_config_when_params_json_is_absen
 def test_upstream_keys_become_table_columns_hdf5_can_store(tmp_path):
     """Config keys are anyone's strings (fuzz finding import_modelzoos-471ef18fec: the keys ''
     and '\\0' gave two columns HDF5 named alike, a ValueError while writing the shard)."""
-    import h5py
-
-    from zoo.hub.importers.common import RESERVED, column_name
-
     keys = ["", "\0", ".", "..", " / ", "a/b", "test_acc", "x\ud800y", "lr\n", "optim::lr", "dé"]
     cols = {k: column_name(k, RESERVED) for k in keys}
     assert cols["a/b"] == "a.b" and cols["test_acc"] == "hp.test_acc" and cols["optim::lr"] == "optim::lr"
@@ -90,9 +91,6 @@ def test_a_bad_metric_is_refused_naming_archive_file_and_field(tmp_path, field, 
     """result.json lines are JSON: a metric may be any JSON value (fuzz findings
     import_modelzoos-6b78ae0eda: a list raised TypeError from float(); -c551bb4508 and
     -ff7afc9b0e: an accuracy above 1 was refused without naming the archive)."""
-    import json
-    import zipfile
-
     good, archive = tmp_path / "good.zip", tmp_path / "bad.zip"
     write_modelzoos(good, nets=3)
     target = f"{modelzoos_dir(1)}/result.json"
