@@ -9,6 +9,9 @@ times, per mode, with ``--repeats`` runs after one warm-up:
 
 with verification on and an empty cache (cold: every touched shard is hashed), on with
 the cache the first open filled (cached: a stat per shard), and off (``verify=False``).
+"First in a process" rows also start the helper process that reads every shard before this
+process does (:mod:`zoo.store.probe`: once per process, then once per shard file), as a new
+``zoo info`` or ``metanets bench`` would; the other rows find it started and the shards read.
 The OS page cache is warm in every mode (the zoo was just written or read), so "cold"
 is the hashing cost, not the disk's.
 
@@ -86,8 +89,13 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="metazoo-bench-cache-"))
     os.environ["METAZOO_CACHE_DIR"] = str(cache)
 
+    def fresh_helper():  # as in a new process: no helper yet, no shard read by one
+        store.probe._PROBER._stop()
+        store.probe._PROBER._done.clear()
+
     def clear():
         shutil.rmtree(cache, ignore_errors=True)
+        fresh_helper()
 
     def row(verify):
         with zoo.open(args.out, verify=verify) as z:
@@ -101,8 +109,10 @@ def main() -> None:
           f"{len(list(args.out.glob('shard-*.h5')))} shards; median [min, max] over {args.repeats} runs\n")
     print("| mode | open + first weights read (s) | open + table, all shards (s) |")
     print("| --- | --- | --- |")
-    for mode, verify, before in (("verify on, cold (empty cache)", True, clear),
-                                 ("verify on, cached", True, None), ("verify off", False, None)):
+    for mode, verify, before in (("verify on, cold (empty cache), first in a process", True, clear),
+                                 ("verify on, cached", True, None), ("verify on, cached, first in a process", True,
+                                                                    fresh_helper),
+                                 ("verify off", False, None), ("verify off, first in a process", False, fresh_helper)):
         cells = []
         for fn in (row, table):
             if before is None and verify:

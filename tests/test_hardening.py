@@ -709,3 +709,15 @@ def test_a_plan_edited_by_hand_is_refused_naming_its_key(tmp_path, key, value, n
 def _write(root, plan):
     (root / "zoo-plan.json").write_text(json.dumps(plan))
     return root / "zoo-plan.json"
+
+
+def test_an_error_quoting_a_name_with_a_line_break_character_stays_one_line():
+    """A spec key or file name may hold characters that end a line for str.splitlines and for
+    terminals (\\x1e, \\x85, U+2028, ...; the kept fuzz finding plan_parts-44463c8b64 had a plan key
+    with \\x1e\\x1d): ZooError shows them escaped, so the CLIs' error stays one line and still names
+    the key; a quoted multi-line message is joined by spaces as before."""
+    for c in "\v\f\x1c\x1d\x1e\x85\u2028\u2029":
+        e = SpecError(f"hparams.a{c}b", [], "unknown hyper-parameter")
+        assert len(str(e).splitlines()) == 1, repr(str(e))
+        assert f"hparams.a{c.encode('unicode_escape').decode()}b" in str(e)
+    assert str(ZooError("line one\nline two\r\n")) == "line one line two"

@@ -302,6 +302,31 @@ def test_pack_refuses_a_zoo_that_fails_verification(tmp_path):
     assert not (tmp_path / "x.tar").exists()
 
 
+def test_a_metazoo_archive_whose_net_does_not_build_its_layout_is_refused_and_nothing_is_kept(tmp_path):
+    """The kept fuzz finding import_metazoo-13e4885394: a manifest `net` with a misspelt key
+    (its shards intact) was imported, and the imported zoo could not rebuild its nets. The
+    archive's architecture is now built and checked against its layout before anything is kept;
+    a sound archive still imports and rebuilds."""
+    write_lim_zoo(tmp_path / "up", 2, wasym=True)
+    run_import("lim2024", tmp_path / "up", tmp_path / "mine")
+    pack(tmp_path / "mine", tmp_path / "good.tar")
+    run_import("metazoo", tmp_path / "good.tar", tmp_path / "good")
+    assert zoo.open(tmp_path / "good").rebuild(0) is not None
+    for what, change in (("unknown key", lambda net: net.update(asym_sexd=net.pop("asym_seed", 0))),
+                         ("another width", lambda net: net.update(width=2 * net.get("width", 1.0)))):
+        m = json.loads((tmp_path / "mine" / "manifest.json").read_text())
+        change(m["net"])
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(tmp_path / "mine", bad)
+        (bad / "manifest.json").write_text(json.dumps(m))
+        with tarfile.open(tmp_path / "bad.tar", "w") as tf:
+            tf.add(bad, arcname="bad")
+        with pytest.raises(ZooError, match=r"bad\.tar: the zoo in this archive failed verification .*key 'net'"):
+            run_import("metazoo", tmp_path / "bad.tar", tmp_path / "out")
+        assert not (tmp_path / "out").exists(), what
+
+
 # ---------------------------------------------------------------- safety
 
 def test_an_archive_entry_with_dotdot_is_refused_and_nothing_is_extracted(tmp_path):

@@ -282,3 +282,43 @@ def test_a_second_import_into_the_same_out_gets_the_lock_message(tmp_path):
         assert first.tmp.is_dir()
     with ZooWriter(out, fingerprint={"a": 1}):  # released when the first one ends
         pass
+
+
+def test_a_metazoo_import_holds_the_output_lock_and_a_refused_import_leaves_no_folders(tmp_path, capsys):
+    """`zoo import metazoo` writes its --out like every importer: a second writer of the same
+    folder is refused while the first holds it. And a refused import into a folder whose
+    parents did not exist (`--out a/b/zoo`, or a URL taken for a path) leaves none of them
+    behind, while a parent that existed before stays."""
+    from zoo.cli import main
+    from zoo.store.lock import lock_dir
+
+    out = tmp_path / "a" / "b" / "zoo"
+    with lock_dir(out, what="zoo import"):
+        with pytest.raises(ZooError, match=r"is being written by process \d+"):
+            run_import("metazoo", tmp_path / "missing.tar", out)
+    assert not (tmp_path / "a").exists()  # the lock made a/b for its file, and took them away again
+    (tmp_path / "notes.txt").write_text("x")
+    for fmt in ("metazoo", "lim2024", "smallcnnzoo", "modelzoos"):
+        assert main(["import", fmt, str(tmp_path / "notes.txt"), "--out", str(out)]) == 2
+        assert "notes.txt" in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"], fmt
+    (tmp_path / "a").mkdir()
+    assert main(["import", "metazoo", str(tmp_path / "notes.txt"), "--out", str(out)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "notes.txt"] and not any((tmp_path / "a").iterdir())
+
+
+def test_a_folder_with_archives_and_a_symbolic_link_is_refused_naming_the_link(tmp_path):
+    """A download folder holding archives is copied for the import (the archives extracted, the
+    loose files beside them copied: `zoo import metazoo`). A symbolic link in it would be followed out of the folder
+    (the kept fuzz finding import_metazoo-7b7bd01170: a link to /etc was copied until a dangling
+    link inside raised shutil.Error): it is refused, named, before anything is copied."""
+    src = tmp_path / "download"
+    src.mkdir()
+    with tarfile.open(src / "zoo.tar", "w") as tf:
+        info = tarfile.TarInfo("z/readme.txt")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"hi"))
+    os.symlink("/etc", src / "etc-link")
+    with pytest.raises(ZooError, match=r"etc-link is a symbolic link"):
+        run_import("metazoo", src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["download"]  # no out, no scratch copy

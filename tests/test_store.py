@@ -1,5 +1,6 @@
 """The HDF5 store: atomic writes, verify, and the reader's views."""
 import errno
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,19 +76,88 @@ def test_verify_passes_a_sound_zoo_and_names_a_corrupted_shard(tmp_path):
     assert problems and all("shard-00001.h5" in p for p in problems)
 
 
-def test_a_shard_nobody_vouches_for_is_read_in_a_child_that_names_it_when_it_fails(tmp_path):
-    """`zoo generate` meets a shard with no recorded sha256 (copied in by hand): its ids are
-    read in a child process, so a file that makes libhdf5 loop cannot hang the run (the kept
-    fuzz finding plan_parts-8e5c6a77c4 replays that case); a good shard gives the ids HDF5
-    holds, a damaged one a ZooError naming it."""
+def test_a_shard_is_read_by_a_helper_process_before_this_one_and_a_hang_or_crash_there_is_a_refusal(
+        tmp_path, monkeypatch):
+    """libhdf5 loops forever on some damaged files (the kept fuzz findings shard_bytes-* replay
+    real ones): open_shard lets a helper process read the file first, with a deadline. A good
+    shard opens as before; a helper that does not answer in time is killed and the shard refused,
+    naming it, at once the next time; a helper that dies is a refusal too; a fresh helper
+    serves the next file."""
+    import time
+
+    from zoo.store import probe
+
     tiny_zoo(tmp_path)
     shard = tmp_path / "shard-00001.h5"
     with store.open_shard(shard) as f:
         ids = [int(i) for i in f["ids"][()]]
-    assert store.shard_ids_isolated(shard) == ids and len(ids) > 0
-    shard.write_bytes(shard.read_bytes()[:900])
-    with pytest.raises(ZooError, match=r"shard-00001.h5"):
-        store.shard_ids_isolated(shard)
+    assert store.shard_ids(shard) == ids and len(ids) > 0
+
+    def prober_running(code):
+        monkeypatch.setattr(probe, "_SERVE", code)
+        return probe._Prober()
+
+    loops = prober_running("while True: pass")  # what libhdf5 does on those files: burn CPU
+    t0 = time.monotonic()
+    with pytest.raises(ZooError, match=r"shard-00001\.h5: reading its HDF5 metadata did not finish within "
+                                       r"2 s of CPU time"):
+        loops.probe(shard, timeout=2)
+    assert time.monotonic() - t0 < 60 and loops._proc is None  # killed, not waited for
+    t0 = time.monotonic()
+    with pytest.raises(ZooError, match=r"did not finish"):
+        loops.probe(shard, timeout=2)  # the same bytes: the same verdict, without the wait
+    assert time.monotonic() - t0 < 1
+    blocked = prober_running("import time; time.sleep(600)")  # no CPU spent: the wall-time backstop
+    with pytest.raises(ZooError, match=r"shard-00001\.h5: reading its HDF5 metadata did not finish within \d+ s "):
+        blocked.probe(shard, timeout=0.3)
+    assert blocked._proc is None
+    dies = prober_running("import sys; sys.stderr.write('boom\\n'); sys.exit(7)")
+    with pytest.raises(ZooError, match=r"shard-00001\.h5: .*crashed the helper process \(exit code 7: boom\)"):
+        dies.probe(shard, timeout=20)
+    monkeypatch.undo()
+    good = probe._Prober()
+    good.probe(shard, timeout=20)
+    helper = good._proc
+    good.probe(tmp_path / "shard-00000.h5", timeout=20)
+    assert good._proc is helper and helper.poll() is None  # one helper serves every file
+    good._stop()
+    assert helper.poll() is not None
+
+
+def test_a_looping_helper_whose_parent_is_gone_is_ended_by_the_kernel(tmp_path):
+    """A helper whose parent was killed mid-request (zoo verify's child, at its deadline) has
+    nobody left to kill it: before each file it limits its own CPU time, so a libhdf5 loop ends
+    it (SIGXCPU) instead of spinning forever; it writes no core file."""
+    import signal
+    import subprocess
+    import sys
+
+    code = "from zoo.store.probe import _limit_cpu; _limit_cpu(1)\nwhile True: pass"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, timeout=120, capture_output=True)
+    assert run.returncode == -signal.SIGXCPU
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_open_of_a_shard_in_this_process_goes_through_the_helper(tmp_path, monkeypatch):
+    """The reader, zoo verify and --no-verify opens all reach libhdf5 through open_shard, and
+    open_shard asks the helper first: a shard whose helper read fails is never opened here."""
+    from zoo.store import probe
+
+    tiny_zoo(tmp_path)
+    asked = []
+
+    def refuse(path, timeout=None):
+        asked.append(Path(path).name)
+        raise ZooError(f"{path}: refused by the test's helper")
+
+    monkeypatch.setattr(store_format, "probe_shard", refuse)
+    for read in (lambda: zoo.open(tmp_path).weights([0]), lambda: zoo.open(tmp_path, verify=False).table,
+                 lambda: store.read_shard(tmp_path / "shard-00000.h5")):
+        with pytest.raises(ZooError, match="refused by the test's helper"):
+            read()
+    assert all("refused by the test's helper" in p for p in store.verify(tmp_path))
+    assert asked and set(asked) <= {"shard-00000.h5", "shard-00001.h5"}
+    assert probe.probe_shard is not refuse  # only open_shard's name was replaced
 
 
 def test_verify_isolated_turns_a_reader_that_hangs_or_crashes_into_a_problem(tmp_path):

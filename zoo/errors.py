@@ -14,9 +14,23 @@ class ZooError(Exception):
     one-line error."""
 
     def __init__(self, *args):
-        if len(args) == 1 and isinstance(args[0], str) and ("\n" in args[0] or "\r" in args[0]):
-            args = (" ".join(args[0].split()),)
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_one_line(args[0]),)
         super().__init__(*args)
+
+
+#: Characters besides \n and \r that end a line for ``str.splitlines`` (and for many terminals).
+_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _one_line(msg: str) -> str:
+    """``msg`` on one line: a line break quoted from a file's name or content (a spec key that
+    holds \x1e) is shown escaped, as ``\x1e``; a library's multi-line message is joined by spaces."""
+    if any(c in msg for c in _BREAKS):
+        msg = "".join(c.encode("unicode_escape").decode("ascii") if c in _BREAKS else c for c in msg)
+    if "\n" in msg or "\r" in msg:
+        msg = " ".join(msg.split())
+    return msg
 
 
 class SpecError(ZooError):

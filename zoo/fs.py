@@ -144,6 +144,26 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def make_dirs(folder) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created, outermost first, so that a command
+    that is then refused can take them away again (:func:`remove_empty_dirs`)."""
+    folder = Path(os.path.abspath(folder))
+    missing, p = [], folder
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def remove_empty_dirs(created) -> None:
+    """Remove, innermost first, those of ``created`` (folders this process made) that are still
+    empty: a refused ``--out a/b/c`` leaves no ``a/b`` behind. A folder someone filled stays."""
+    for d in reversed(list(created)):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
 def check_writable_dir(folder: Path, what: str = "--out", need_bytes: int = 0) -> None:
     """Refuse, before long work, a folder we cannot write into or that lacks the space.
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 #: Roles a tensor can play. Metanet featurizers and W-Asym masks key on these.
 ROLES = ("conv_weight", "linear_weight", "bias", "norm_weight", "norm_bias", "other")
@@ -79,12 +79,14 @@ class Layout:
         return cls(_assign_offsets(items), _as_mask(fixed_mask), _assign_offsets(buffers))
 
     @classmethod
-    def from_module(cls, module: torch.nn.Module) -> "Layout":
+    def from_module(cls, module) -> "Layout":
         """Layout of a module's parameters in ``named_parameters`` order.
 
         Norm layers are recognised by type so their affine parameters get norm roles;
         W-Asym layers (having ``fixed_mask`` buffers) contribute to the fixed mask.
         """
+        import torch  # deferred: a zoo's layout is read (zoo verify's child) without torch
+
         items, masks, buffers = [], [], []
         for mod_name, mod in module.named_modules():
             is_norm = isinstance(mod, (torch.nn.GroupNorm, torch.nn.BatchNorm2d, torch.nn.LayerNorm))
@@ -158,7 +160,7 @@ class Layout:
             if t.name not in tensors:
                 raise KeyError(f"missing tensor {t.name!r} (layout expects {t.shape})")
             v = tensors[t.name]
-            v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            v = v.detach().cpu().numpy() if _is_tensor(v) else np.asarray(v)
             if tuple(v.shape) != t.shape:
                 raise ValueError(f"tensor {t.name!r} has shape {tuple(v.shape)}, layout expects {t.shape}")
             out[t.slice] = v.reshape(-1)
@@ -242,3 +244,9 @@ def _check_contiguous(specs):
 
 def _as_mask(m):
     return None if m is None else np.asarray(m, dtype=bool).reshape(-1)
+
+
+def _is_tensor(v) -> bool:
+    """A torch tensor, told without importing torch (a caller holding one has imported it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(v, torch.Tensor)

@@ -216,6 +216,9 @@ def apply_json(doc, plan, *, toml: bool = False):
             parent = _get(doc, p[:-1])
             if isinstance(parent, list):
                 parent.insert(p[-1], json.loads(json.dumps(parent[p[-1]])))
+        # Every edit leaves a tree: "double" repeats a list's items by reference, and a later swap
+        # of such an item with its own copy's parent would make the document contain itself.
+        doc = json.loads(json.dumps(doc))
     return doc
 
 

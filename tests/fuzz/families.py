@@ -28,7 +28,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from . import core
-from .core import BYTE_PLAN, JSON_PLAN, Finding, apply_bytes, apply_json
+from .core import BYTE_PLAN, JSON_PLAN, Finding, apply_bytes, apply_json, snapshot
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
@@ -739,6 +739,8 @@ def _pack(members: dict, container: str, dest_dir: Path, archive_edit, marker: P
         src = dest_dir / "src"
         for n, d in members.items():
             p = src / n
+            if src.resolve() not in (src / n).resolve().parents:
+                continue  # '/abs.pt', '..', '.': a folder cannot hold the name (an archive can, and does)
             with contextlib.suppress(OSError):
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(d)
@@ -1203,6 +1205,10 @@ def run_cli(plan, case):
 
     GroupTrainer.train = stub
     err = io.StringIO()
+    cwd = case.root / "cwd"  # relative paths (`--out x`, `http://...`) land here, not in the checkout
+    cwd.mkdir()
+    home = os.getcwd()
+    before = snapshot(case.root)
 
     def run():
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -1215,11 +1221,18 @@ def run_cli(plan, case):
             except Trained:
                 return "trained"
     try:
+        os.chdir(cwd)
         rc, _ = case.judge(run, may_write=("out", "zoo", "adir", ".out.lock", ".zoo.lock", ".adir.lock", "afile",
-                                           "missing", ".missing.lock", "card.toml"),
+                                           "missing", ".missing.lock", "card.toml", "cwd"),
                            may_delete=())
     finally:
+        os.chdir(home)
         GroupTrainer.train = real
+    if rc in (1, 2) or (isinstance(rc, tuple) and rc[0] == "argparse" and rc[1] == 2):
+        after = snapshot(case.root)
+        left = sorted(r for r in after if r not in before and after[r][2] and not any((case.root / r).iterdir()))
+        if left:
+            raise Finding(f"{plan['prog']} {argv}: refused (exit {rc!r}) and left the empty folder(s) {left[:3]}")
     text = err.getvalue()
     if "Traceback" in text:
         raise Finding(f"traceback: {text[-300:]}")

@@ -53,7 +53,7 @@ from ..layout import Layout
 from ..nets import FiGLU, build_net, family
 from ..store import (MANIFEST, PLAN, ShardContent, ShardVerifier, build_manifest, check_replaceable,
                      concat_contents, make_splits, open_shard, read_manifest, read_shard, recorded_sha,
-                     sha256_file, shard_entry, shard_ids, shard_ids_isolated, shard_name, versions, write_shard)
+                     sha256_file, shard_entry, shard_ids, shard_name, versions, write_shard)
 from ..store.lock import lock_dir
 from . import images as image_data
 from .spec import GROUP_KEYS, ZooSpec, check_image_size, load_spec, spec_from_dict, validate_for_data
@@ -278,15 +278,15 @@ def _expected_sha(out: Path, s: int) -> str | None:
 
 def _check_shard(path: Path, expected_ids, sha: str | None = None) -> None:
     """Refuse a written shard that differs from the sha256 it was written with, is unreadable,
-    or holds other models. The checksum comes first: damaged bytes never reach HDF5, whose
-    reader can loop forever on some of them (docs/FORMAT.md, "Open")."""
+    or holds other models. The checksum comes first; a shard nobody recorded one for (copied in
+    by hand) is read by open_shard's helper process first, so bytes that make libhdf5 loop are a
+    refusal, not a hang (docs/FORMAT.md, Fuzzing)."""
     if sha is not None and sha256_file(path) != sha:
         raise ZooError(f"{path} is corrupt or truncated: it no longer matches the sha256 recorded when it "
                        "was written (damaged since); delete it and rerun to regenerate its models "
                        "(no other shard is affected)")
     try:
-        # bytes nobody vouches for are read where a libhdf5 loop cannot hang us
-        ids = shard_ids_isolated(path) if sha is None else shard_ids(path)
+        ids = shard_ids(path)
     except (ZooError, KeyError, OSError) as e:
         raise ZooError(f"{path} is corrupt or truncated ({e}); move it away or delete it and rerun to "
                        "regenerate its models (no other shard is affected)") from e

@@ -290,14 +290,19 @@ def unpacked(path, workdir=None, limits: Limits | None = None):
         dest = tmp / "content"
         if path.is_dir():
             # A download folder: extract its archives, copy the (small) loose files beside them.
+            _refuse_links(path)
             dest.mkdir()
             for p in sorted(path.iterdir()):
                 if p.is_file() and is_archive(p):
                     safe_extract(p, dest / archive_stem(p), limits)
-                elif p.is_dir():
-                    shutil.copytree(p, dest / p.name)
-                else:
-                    shutil.copy2(p, dest / p.name)
+                    continue
+                try:
+                    if p.is_dir():
+                        shutil.copytree(p, dest / p.name)
+                    else:
+                        shutil.copy2(p, dest / p.name)
+                except (OSError, shutil.Error) as e:
+                    raise ZooError(f"{p}: could not be copied for the import ({_first_error(e)})") from e
         elif is_archive(path):
             safe_extract(path, dest, limits)
         else:
@@ -306,6 +311,24 @@ def unpacked(path, workdir=None, limits: Limits | None = None):
         yield dest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _refuse_links(folder: Path) -> None:
+    """A folder that holds archives is copied, not read in place: a symbolic link in it would be
+    followed out of the folder (a link to / would copy the disk), so it is refused, named."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise ZooError(f"{os.path.join(root, name)} is a symbolic link; a folder with archives in it is "
+                               "copied for the import and links are not followed: import the archive itself, "
+                               "or put the file in place of the link")
+
+
+def _first_error(e: BaseException) -> str:
+    """shutil.copytree's Error holds a list of (src, dst, why): the first why, in words."""
+    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
+        return str(e.args[0][0][-1])
+    return e.strerror or str(e) if isinstance(e, OSError) else str(e)
 
 
 def archive_stem(p: Path) -> str:

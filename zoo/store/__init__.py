@@ -8,14 +8,15 @@ from ..fs import (TMP_SUFFIX, atomic_path, check_writable_dir, is_temp, json_def
 from .format import (FORMAT, MANIFEST, METRICS, PLAN, SCHEMA_VERSION, SHARD_FORMAT, SUPPORTED_SCHEMAS,
                      ShardContent, build_manifest, check_replaceable, concat_contents, make_splits, metric_column,
                      open_shard, owned_by_metazoo, read_manifest, read_shard, read_table, recorded_sha,
-                     shard_entry, shard_ids, shard_ids_isolated, shard_name, verify, verify_isolated, versions,
+                     shard_entry, shard_ids, shard_name, verify, verify_isolated, versions,
                      write_shard, write_zoo)
 from .integrity import ShardVerifier, check_manifest, sha256_file
+from .probe import probe_shard
 
 __all__ = ["FORMAT", "MANIFEST", "METRICS", "PLAN", "SCHEMA_VERSION", "SHARD_FORMAT", "SUPPORTED_SCHEMAS",
-           "ShardContent", "ShardVerifier", "TMP_SUFFIX", "atomic_path", "build_manifest", "check_manifest",
+           "TMP_SUFFIX", "ShardContent", "ShardVerifier", "atomic_path", "build_manifest", "check_manifest",
            "check_replaceable", "check_writable_dir", "concat_contents", "is_temp", "json_default", "make_splits",
-           "metric_column", "open_shard", "owned_by_metazoo", "read_manifest", "read_shard", "read_table",
-           "recorded_sha", "remove_stale_temp", "sha256_file", "shard_entry", "shard_ids", "shard_ids_isolated",
-           "shard_name", "verify", "verify_isolated", "versions", "write_json", "write_shard", "write_text",
-           "write_zoo"]
+           "metric_column", "open_shard", "owned_by_metazoo", "probe_shard", "read_manifest", "read_shard",
+           "read_table", "recorded_sha", "remove_stale_temp", "sha256_file", "shard_entry", "shard_ids",
+           "shard_name", "verify", "verify_isolated", "versions", "write_json", "write_shard",
+           "write_text", "write_zoo"]

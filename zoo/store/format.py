@@ -17,13 +17,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-import torch
 
 from .._version import __version__
 from ..errors import ZooError
 from ..fs import atomic_path, json_default, write_json, write_text
 from ..layout import Layout
 from .integrity import ShardVerifier, check_manifest, sha256_file
+from .probe import ISOLATED_BASE_S, probe_shard
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMAS = (1,)
@@ -43,6 +43,8 @@ def metric_column(metric: str, checkpoint: str) -> str:
 
 
 def versions(device: str | None = None) -> dict:
+    import torch  # deferred: reading and verifying a zoo (zoo verify's child) never needs torch
+
     return {"metazoo": __version__, "torch": torch.__version__, "h5py": h5py.__version__,
             "python": platform.python_version(), "device": device or "cpu"}
 
@@ -202,7 +204,10 @@ def _check_shard_structure(f: h5py.File, path) -> None:
 
 
 def open_shard(path: Path) -> h5py.File:
-    """Open a shard read-only, turning HDF5's errors on a damaged file into a ZooError."""
+    """Open a shard read-only, turning HDF5's errors on a damaged file into a ZooError. A helper
+    process reads the file first (:mod:`zoo.store.probe`), so bytes that make libhdf5 loop are a
+    refusal naming the shard, not a hang."""
+    probe_shard(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -391,7 +396,7 @@ def verify(root: Path) -> list[str]:
         if sha != s["sha256"]:
             problems.append(f"{s['file']}: sha256 {sha[:12]}… does not match manifest {s['sha256'][:12]}…")
             continue
-        ShardVerifier(root).remember(s)
+        found = len(problems)
         try:
             with open_shard(path) as f:
                 ids = f["ids"][()]
@@ -422,6 +427,8 @@ def verify(root: Path) -> list[str]:
                 for col in ("diverged",):
                     if col not in f["table"]:
                         problems.append(f"{s['file']}: table column {col!r} missing")
+            if len(problems) == found:  # read through without a fault: later opens need not hash it again
+                ShardVerifier(root).remember(s)
         except ZooError as e:
             problems.append(f"{s['file']}: {e}")
         except (KeyError, OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
@@ -453,18 +460,12 @@ def _verify_main() -> None:
 
 
 def shard_ids(path: Path) -> list[int]:
-    """The model ids shard ``path`` holds (in this process: for bytes whose checksum was checked)."""
+    """The model ids shard ``path`` holds."""
     with open_shard(path) as f:
         return [int(i) for i in f["ids"][()]]
 
 
-def _shard_ids_main() -> None:
-    _child_main(shard_ids)
-
-
 _CHILD = "from zoo.store.format import _verify_main; _verify_main()"
-#: Seconds an isolated reader is allowed before it counts the bytes (one more per 20 MB).
-ISOLATED_BASE_S = 20.0
 
 
 class _Unreadable(Exception):
@@ -518,20 +519,6 @@ def verify_isolated(root: Path, timeout: float | None = None, _code: str = _CHIL
                              "reading the shards crashed the verifying process")
     except _Unreadable as e:
         return [f"{e}; nothing was read further"]
-
-
-def shard_ids_isolated(path: Path, timeout: float | None = None) -> list[int]:
-    """The model ids of shard ``path``, read in a child process with a deadline: for a shard
-    whose sha256 nobody recorded, so that damaged bytes that make libhdf5 loop cannot hang
-    this process. ZooError (naming the file) if it is unreadable, times out or kills its reader."""
-    path = Path(path)
-    if timeout is None:
-        timeout = ISOLATED_BASE_S + path.stat().st_size / 20e6
-    try:
-        return _run_isolated("from zoo.store.format import _shard_ids_main; _shard_ids_main()",
-                             path, timeout, "reading it", "reading it crashed its process")
-    except _Unreadable as e:
-        raise ZooError(f"{path}: {e}") from None
 
 
 def write_zoo(root: Path, shards: list[ShardContent], *, name: str, checkpoints=None, net: dict | None = None,

@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ZooError
+from ..fs import make_dirs, remove_empty_dirs
 
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -65,16 +66,19 @@ def lock_dir(path, what: str = "zoo generate", key: str | None = None):
     (see the module doc). On a file system without locks, warns and goes on unlocked."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = make_dirs(path.parent)
     except OSError as e:
         raise ZooError(f"could not create {path.parent}: {e.strerror}") from e
-    with contextlib.ExitStack() as stack:
-        if key is None:
-            stack.enter_context(_flock(lock_path(path), path, what, shared=False))
-        else:
-            stack.enter_context(_flock(lock_path(path), path, what, shared=True))
-            stack.enter_context(_flock(lock_path(path, key), path, f"{what} {key}", shared=False))
-        yield
+    try:
+        with contextlib.ExitStack() as stack:
+            if key is None:
+                stack.enter_context(_flock(lock_path(path), path, what, shared=False))
+            else:
+                stack.enter_context(_flock(lock_path(path), path, what, shared=True))
+                stack.enter_context(_flock(lock_path(path, key), path, f"{what} {key}", shared=False))
+            yield
+    finally:  # folders made only to hold the lock file go again if the command wrote nothing into them
+        remove_empty_dirs(created)
 
 
 def holder(path, key: str | None = None) -> dict | None:
@@ -90,6 +94,12 @@ def _flock(lock: Path, folder: Path, what: str, shared: bool):
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # a refused writer beside us removed the folder it made: make it again
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ZooError(f"could not lock {folder}: cannot create {lock.parent}: {e.strerror}") from e
+            continue
         except OSError as e:
             raise ZooError(f"could not lock {folder}: cannot create {lock}: {e.strerror}") from e
         try:

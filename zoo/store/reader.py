@@ -282,8 +282,19 @@ class Zoo:
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise ZooError(f"{self.path / 'manifest.json'}: key 'net' is malformed ({type(e).__name__}: {e})") from e
 
+    def check_net(self) -> None:
+        """Refuse (ZooError naming ``manifest.json``) a manifest ``net`` that does not build the net
+        the layout describes, as :meth:`rebuild` would; a zoo that stores no architecture passes."""
+        if self.manifest.get("net") and len(self):
+            self._build(int(self.ids[0]))
+
     def rebuild(self, model_id: int, checkpoint: str = "final") -> torch.nn.Module:
         """An ``nn.Module`` (eval mode, CPU) computing exactly what model ``model_id`` computed."""
+        net = self._build(model_id)
+        return self._fill(net, model_id, checkpoint, self.layer_weights(model_id, checkpoint))
+
+    def _build(self, model_id: int) -> torch.nn.Module:
+        """Model ``model_id``'s net, untrained, checked against the layout."""
         cfg = self.net_config
         hp = None
         keys = family(cfg.arch).rebuild_hparams  # a family's per-model hyper-parameters (smallcnn: activation)
@@ -298,7 +309,9 @@ class Zoo:
                            f"({type(e).__name__}: {e})") from e
         if {t.name: t.shape for t in built.tensors} != {t.name: t.shape for t in self.layout.tensors}:
             raise ZooError(f"{self.path / 'manifest.json'}: key 'net' builds another net than the layout describes")
-        weights = self.layer_weights(model_id, checkpoint)
+        return net
+
+    def _fill(self, net, model_id: int, checkpoint: str, weights: dict) -> torch.nn.Module:
         with torch.no_grad():
             mods = dict(net.named_modules())
             for name, t in weights.items():

@@ -12,27 +12,30 @@ from pathlib import Path
 
 from ...errors import ZooError
 from ...store import MANIFEST, read_manifest, verify_isolated
+from ...store.lock import lock_dir
+from ...store.reader import Zoo
 from ..safety import unpacked
 from .common import claim_output
 
 
 def import_metazoo(src, out, *, force: bool = False, source: dict | None = None, name: str | None = None,
                    limits=None) -> dict:
-    out = claim_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A fixed scratch name per output, so what a killed run left is removed by the next one.
-    scratch = out.parent / f".imp.{out.name}.source"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
-        return _import(src, out, scratch, limits)
-    except ZooError as e:  # name a nested archive as the user knows it, not by our scratch copy
-        if str(scratch) not in str(e):
-            raise
-        raise ZooError(re.sub(re.escape(str(scratch)) + r"/\.metazoo-unpack\.[^/]+/content/?", f"{src}:", str(e))) \
-            from e.__cause__
-    finally:
+    # One writer per output (its lock also removes the parent folders it made if nothing is kept).
+    with lock_dir(Path(out), what="zoo import"):
+        out = claim_output(out, force)
+        # A fixed scratch name per output, so what a killed run left is removed by the next one.
+        scratch = out.parent / f".imp.{out.name}.source"
         shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+        try:
+            return _import(src, out, scratch, limits)
+        except ZooError as e:  # name a nested archive as the user knows it, not by our scratch copy
+            if str(scratch) not in str(e):
+                raise
+            raise ZooError(re.sub(re.escape(str(scratch)) + r"/\.metazoo-unpack\.[^/]+/content/?", f"{src}:",
+                                  str(e))) from e.__cause__
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _import(src, out: Path, scratch: Path, limits) -> dict:
@@ -45,6 +48,12 @@ def _import(src, out: Path, scratch: Path, limits) -> dict:
             problems = verify_isolated(zoo_dir)  # a forged manifest can make libhdf5 hang: not here
         except ZooError as e:  # it names our scratch copy, which is gone once this returns
             problems = [str(e).replace(str(zoo_dir), "<zoo in the archive>")]
+        if not problems:  # its bytes are sound: the architecture it names must also build its layout
+            try:
+                with Zoo(zoo_dir) as z:
+                    z.check_net()
+            except ZooError as e:
+                problems = [str(e).replace(str(zoo_dir), "<zoo in the archive>")]
         if problems:
             raise ZooError(f"{src}: the zoo in this archive failed verification (nothing was kept): "
                            + "; ".join(problems[:5]))
