@@ -24,7 +24,7 @@ _BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def _one_line(msg: str) -> str:
-    """``msg`` on one line: a line break quoted from a file's name or content (a spec key that
+    r"""``msg`` on one line: a line break quoted from a file's name or content (a spec key that
     holds \x1e) is shown escaped, as ``\x1e``; a library's multi-line message is joined by spaces."""
     if any(c in msg for c in _BREAKS):
         msg = "".join(c.encode("unicode_escape").decode("ascii") if c in _BREAKS else c for c in msg)
