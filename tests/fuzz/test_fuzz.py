@@ -58,10 +58,10 @@ def test_the_kept_libhdf5_hang_is_a_refusal_not_a_hang_in_process_for_verify_and
     (root / name).write_bytes(damaged)
     F._rehash(root, name)  # the forged manifest: checksums match, so HDF5 reads the bytes
     t0 = time.monotonic()
-    monkeypatch.setattr(store.format, "ISOLATED_BASE_S", 10.0)  # the deadlines, shortened for the test
-    monkeypatch.setattr(probe, "ISOLATED_BASE_S", 5.0)
+    monkeypatch.setattr(probe, "ISOLATED_BASE_S", 10.0)  # the deadlines, shortened for the test
     problems = store.verify_isolated(root)
     assert problems and time.monotonic() - t0 < 60  # a hang (this libhdf5) or a damaged-file verdict
+    monkeypatch.setattr(probe, "ISOLATED_BASE_S", 5.0)
     for read in (lambda: zoo.open(root).table, lambda: zoo.open(root, verify=False).table):
         with pytest.raises(ZooError, match=name):
             read()

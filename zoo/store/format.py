@@ -23,7 +23,7 @@ from ..errors import ZooError
 from ..fs import atomic_path, json_default, write_json, write_text
 from ..layout import Layout
 from .integrity import ShardVerifier, check_manifest, sha256_file
-from .probe import ISOLATED_BASE_S, probe_shard
+from .probe import child_env, deadline, probe_shard
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMAS = (1,)
@@ -476,11 +476,9 @@ def _run_isolated(code: str, arg: Path, timeout: float, what: str, crashed: str)
     """Run ``code`` (a :func:`_child_main`) on ``arg`` in a fresh interpreter with a deadline:
     its value; ZooError as itself; a deadline passed or a dead child as :class:`_Unreadable`
     (``what`` did not finish; ``crashed`` its process)."""
-    here = str(Path(__file__).resolve().parents[2])  # the folder holding the zoo package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (here, os.environ.get("PYTHONPATH")) if x)}
     try:
         run = subprocess.run([sys.executable, "-c", code, str(arg)], capture_output=True, text=True,
-                             timeout=timeout, env=env)
+                             timeout=timeout, env=child_env())
     except subprocess.TimeoutExpired:
         raise _Unreadable(f"{what} did not finish within {timeout:.0f} s: a shard the HDF5 library cannot "
                           "read (it loops on some damaged files)") from None
@@ -513,7 +511,7 @@ def verify_isolated(root: Path, timeout: float | None = None, _code: str = _CHIL
     root = Path(root)
     if timeout is None:
         size = sum(p.stat().st_size for p in root.glob("*.h5") if p.is_file())
-        timeout = ISOLATED_BASE_S + size / 20e6
+        timeout = deadline(size)
     try:
         return _run_isolated(_code, root, timeout, "verification",
                              "reading the shards crashed the verifying process")

@@ -53,10 +53,21 @@ _SERVE = "from zoo.store.probe import _serve; _serve()"
 def probe_shard(path, timeout: float | None = None) -> None:
     """Have the helper read shard ``path``'s metadata; return when it has (whatever it found).
 
-    ZooError naming ``path`` if it did not finish within ``timeout`` seconds (by default 20 plus
-    one per 20 MB) or killed its reader. A file probed before by this process, unchanged, is not
-    probed again."""
+    ZooError naming ``path`` if it did not finish within ``timeout`` seconds of the helper's CPU
+    time (by default :func:`deadline`) or killed its reader. A file probed before by this process,
+    unchanged, is not probed again."""
     _PROBER.probe(Path(path), timeout)
+
+
+def deadline(nbytes: int) -> float:
+    """Seconds an isolated reader of ``nbytes`` of shards is allowed: 20, plus one per 20 MB."""
+    return ISOLATED_BASE_S + nbytes / 20e6
+
+
+def child_env() -> dict:
+    """The environment of a child interpreter that imports this very ``zoo`` package."""
+    here = str(Path(__file__).resolve().parents[2])  # the folder holding the zoo package
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (here, os.environ.get("PYTHONPATH")) if x)}
 
 
 class _Prober:
@@ -75,7 +86,7 @@ class _Prober:
             return  # missing or unreadable: opening it says so, and libhdf5 reads nothing
         key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if timeout is None:
-            timeout = ISOLATED_BASE_S + st.st_size / 20e6
+            timeout = deadline(st.st_size)
         with self._lock:
             if key in self._refused:  # the same bytes again: the same answer, without the wait
                 raise ZooError(self._refused[key])
@@ -127,11 +138,9 @@ class _Prober:
             return self._proc
         if self._owner == os.getpid():
             self._stop()
-        here = str(Path(__file__).resolve().parents[2])  # the folder holding the zoo package
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (here, os.environ.get("PYTHONPATH")) if x)}
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen([sys.executable, "-c", _SERVE], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+                                      stdout=subprocess.PIPE, stderr=self._stderr, env=child_env())
         self._owner = os.getpid()
         return self._proc
 
